@@ -1,0 +1,232 @@
+"""Benchmark: naive vs Captum vs exact incremental occlusion, one process, one machine.
+
+Every figure printed is measured in this run. Speedups are ratios of
+positions per second measured back to back on the same image, model copy
+and device. Naive and Captum get the batch size that served naive best in a
+short calibration, so neither baseline is handicapped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from krypton.engine import IncrementalOcclusion, ReferenceOcclusion
+from krypton.engine.patches import PatchGrid
+from krypton.models import Preprocessing, build_model, get_model_spec, to_model_input
+
+__all__ = ["BenchRow", "machine_description", "run_benchmark"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CPU_BATCHES = (4, 9, 16, 36)
+CUDA_BATCHES = (64, 144, 256, 576)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    model: str
+    input_size: int
+    patch: int
+    stride: int
+    positions: int
+    naive_batch: int
+    exact_batch: int
+    naive_pps: float
+    captum_pps: float | None
+    exact_pps: float
+    theoretical_ratio: float
+    flops_ratio: float
+    max_abs_diff: float
+
+    @property
+    def speedup_naive(self) -> float:
+        return self.exact_pps / self.naive_pps
+
+    @property
+    def speedup_captum(self) -> float | None:
+        return None if self.captum_pps is None else self.exact_pps / self.captum_pps
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "speedup_naive": self.speedup_naive,
+                "speedup_captum": self.speedup_captum}
+
+
+def benchmark_image() -> np.ndarray:
+    """A real fundus photograph (scikit-image's ``retina``), RGB in [0, 1]."""
+    from skimage import data
+
+    return np.asarray(data.retina(), dtype=np.float32) / 255.0
+
+
+def run_benchmark(
+    models: Sequence[str],
+    *,
+    patch: int = 16,
+    stride: int = 16,
+    device: str = "cpu",
+    exact_batch: int | None = None,
+    with_captum: bool = True,
+    report: Callable[[str], None] = print,
+) -> list[BenchRow]:
+    """Time the three methods on each model at its native input size."""
+    pixels = benchmark_image()
+    rows = []
+    for name in models:
+        spec = get_model_spec(name)
+        model = build_model(name, num_classes=4)
+        image = to_model_input(pixels, Preprocessing(spec.input_size))
+        report(f"{name}: {spec.input_size}x{spec.input_size}, patch {patch}, stride {stride}")
+        rows.append(_bench_model(name, model, image, patch, stride, device, exact_batch,
+                                 with_captum, report))
+    return rows
+
+
+def _bench_model(
+    name: str, model: nn.Module, image: Tensor, patch: int, stride: int, device: str,
+    exact_batch: int | None, with_captum: bool, report: Callable[[str], None],
+) -> BenchRow:
+    naive = ReferenceOcclusion(model, device=device)
+    exact = IncrementalOcclusion(model, device=device)
+    grid = PatchGrid(image.shape[1], image.shape[2], patch, stride)
+    size = image.shape[1]
+
+    # Warm up both engines (kernel selection, allocator) on a two-position grid.
+    for engine in (naive, exact):
+        engine.attribute(image, patch, size - patch, batch_size=2)
+    naive_batch = _calibrate_naive(naive, image, patch, device)
+
+    naive_result, naive_seconds = _timed(
+        lambda: naive.attribute(image, patch, stride, batch_size=naive_batch), device)
+    report(f"  naive   {grid.size / naive_seconds:8.2f} positions/s (batch {naive_batch})")
+
+    captum_pps = None
+    if with_captum:
+        captum_positions, captum_seconds = _time_captum(
+            naive.model, image, patch, stride, naive_result.target, naive_batch, device)
+        captum_pps = captum_positions / captum_seconds
+        report(f"  captum  {captum_pps:8.2f} positions/s")
+
+    exact_result, exact_seconds = _timed(
+        lambda: exact.attribute(image, patch, stride, batch_size=exact_batch), device)
+    report(f"  exact   {grid.size / exact_seconds:8.2f} positions/s "
+           f"(batch {exact_result.stats.batch_size})")
+    stats = exact_result.stats
+    return BenchRow(
+        model=name,
+        input_size=size,
+        patch=patch,
+        stride=stride,
+        positions=grid.size,
+        naive_batch=naive_batch,
+        exact_batch=stats.batch_size,
+        naive_pps=grid.size / naive_seconds,
+        captum_pps=captum_pps,
+        exact_pps=grid.size / exact_seconds,
+        theoretical_ratio=float(stats.theoretical_ratio or 1.0),
+        flops_ratio=float(stats.flops_ratio or 1.0),
+        max_abs_diff=float(np.abs(exact_result.heatmap - naive_result.heatmap).max()),
+    )
+
+
+def _calibrate_naive(engine: ReferenceOcclusion, image: Tensor, patch: int, device: str) -> int:
+    """The batch size at which naive inference runs fastest here.
+
+    Each candidate is a square number, timed on a grid of about that many
+    positions so that it runs as one batch.
+    """
+    candidates = CUDA_BATCHES if device.startswith("cuda") else CPU_BATCHES
+    side = image.shape[1] - patch
+    rates: dict[int, float] = {}
+    for batch in candidates:
+        step = max(side // max(math.isqrt(batch) - 1, 1), 1)
+        result, seconds = _timed(
+            lambda b=batch, s=step: engine.attribute(image, patch, s, batch_size=b), device
+        )
+        rates[batch] = result.stats.positions / seconds
+    return max(rates, key=lambda b: rates[b])
+
+
+def _time_captum(model: nn.Module, image: Tensor, patch: int, stride: int, target: int,
+                 batch: int, device: str) -> tuple[int, float]:
+    from captum.attr import Occlusion
+
+    def probabilities(x: Tensor) -> Tensor:
+        return torch.softmax(model(x.contiguous(memory_format=torch.channels_last)), dim=1)
+
+    occluder = Occlusion(probabilities)
+    inputs = image.unsqueeze(0).to(device)
+    channels = image.shape[0]
+    positions = int(np.prod([-(-(n - patch) // stride) + 1 for n in image.shape[1:]]))
+
+    def run() -> Tensor:
+        with torch.no_grad():
+            result: Tensor = occluder.attribute(
+                inputs, sliding_window_shapes=(channels, patch, patch),
+                strides=(channels, stride, stride), baselines=0.0, target=target,
+                perturbations_per_eval=batch,
+            )
+        return result
+
+    _, seconds = _timed(run, device)
+    return positions, seconds
+
+
+def _timed(fn: Callable[[], T], device: str) -> tuple[T, float]:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - started
+
+
+def machine_description(device: str) -> str:
+    """One line naming the processor or GPU, threads and library versions."""
+    if device.startswith("cuda"):
+        hardware = torch.cuda.get_device_name(torch.device(device))
+    else:
+        hardware = _cpu_name() + f", {torch.get_num_threads()} threads"
+    return (f"{hardware}; torch {torch.__version__}; Python {platform.python_version()}; "
+            f"{platform.system()} {platform.machine()}")
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """A Markdown table of the rows, ready for BENCHMARKS.md."""
+    lines = [
+        "| model | input | positions | naive pos/s | Captum pos/s | exact pos/s "
+        "| exact / naive | exact / Captum | R (theory) | FLOPs ratio run | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        captum = "-" if r.captum_pps is None else f"{r.captum_pps:.2f}"
+        vs_captum = "-" if r.speedup_captum is None else f"{r.speedup_captum:.2f}x"
+        lines.append(
+            f"| {r.model} | {r.input_size} | {r.positions} | {r.naive_pps:.2f} | {captum} "
+            f"| {r.exact_pps:.2f} | {r.speedup_naive:.2f}x | {vs_captum} "
+            f"| {r.theoretical_ratio:.2f} | {r.flops_ratio:.2f} | {r.max_abs_diff:.1e} |"
+        )
+    return "\n".join(lines)

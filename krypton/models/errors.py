@@ -1,0 +1,55 @@
+"""Errors raised by :mod:`krypton.models`. One root, so callers can catch all of them.
+
+The ``ValueError`` bases let code that only knows the standard library still
+catch bad input, while the service maps each class to its own HTTP status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "CheckpointError",
+    "ImageDecodeError",
+    "InvalidArgumentError",
+    "ModelError",
+    "UnknownModelError",
+]
+
+
+class ModelError(Exception):
+    """Root of every error :mod:`krypton.models` raises on purpose."""
+
+
+class UnknownModelError(ModelError, ValueError):
+    """A model name that is not registered.
+
+    The message lists the known names because the caller usually typed the
+    name by hand (CLI flag, request field) and needs the alternatives.
+
+    Attributes:
+        name: The name that was asked for.
+        known: Every registered name, sorted.
+    """
+
+    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+        self.name = name
+        self.known = tuple(sorted(known))
+        listed = ", ".join(self.known) if self.known else "none registered"
+        super().__init__(f"unknown model {name!r}; known models: {listed}")
+
+    def __reduce__(self) -> tuple[type[UnknownModelError], tuple[str, tuple[str, ...]]]:
+        # The default reduce would call cls(message) and lose ``known``.
+        return type(self), (self.name, self.known)
+
+
+class InvalidArgumentError(ModelError, ValueError):
+    """An argument is out of range or of the wrong kind (``num_classes=0``, colour ``"purple"``)."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint file is missing, unreadable, or does not fit the architecture."""
+
+
+class ImageDecodeError(ModelError, ValueError):
+    """Image bytes that cannot (or must not, being too large) be decoded."""

@@ -1,0 +1,1 @@
+"""The REST service (FastAPI, Redis Streams, workers) and result rendering."""

@@ -1,0 +1,128 @@
+"""Turn a heatmap into what people open: PNG, overlay PNG, JSON, NPY. Pure functions.
+
+Heatmap cell ``(i, j)`` describes the patch whose top-left corner is at
+model-input pixel ``(i * S, j * S)``; it is drawn at the patch centre. The
+model input is the image resized to ``size x size``, so mapping back to the
+original image is a scale per axis.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import matplotlib
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+from scipy import ndimage
+
+__all__ = [
+    "HeatmapGeometry",
+    "View",
+    "colorize",
+    "heatmap_json",
+    "heatmap_npy",
+    "heatmap_png",
+    "overlay_png",
+    "view_values",
+]
+
+View = Literal["drop", "probability"]
+COLORMAP = "inferno"
+"""Perceptually uniform, readable in grayscale print, and colour-blind safe."""
+
+FloatArray = npt.NDArray[np.floating[Any]]
+
+
+@dataclass(frozen=True)
+class HeatmapGeometry:
+    """Where the heatmap's cells sit on the model input (input pixels)."""
+
+    patch_size: int
+    stride: int
+    input_height: int
+    input_width: int
+
+
+def view_values(heatmap: FloatArray, target_probability: float, view: View) -> FloatArray:
+    """``probability``: p(target) with the patch; ``drop``: how much the patch lowers it."""
+    if view == "probability":
+        return np.asarray(heatmap, dtype=np.float32)
+    if view == "drop":
+        return np.float32(target_probability) - np.asarray(heatmap, dtype=np.float32)
+    raise ValueError(f"view must be 'drop' or 'probability', got {view!r}")
+
+
+def colorize(values: FloatArray, *, vmin: float | None = None,
+             vmax: float | None = None) -> npt.NDArray[np.uint8]:
+    """``(H, W, 3)`` uint8 RGB of ``values`` through :data:`COLORMAP`, min to max."""
+    low = float(np.min(values)) if vmin is None else vmin
+    high = float(np.max(values)) if vmax is None else vmax
+    span = high - low
+    scaled = (values - low) / span if span > 0 else np.zeros_like(values, dtype=np.float32)
+    rgba = matplotlib.colormaps[COLORMAP](np.clip(scaled, 0.0, 1.0))
+    return (rgba[..., :3] * 255).round().astype(np.uint8)
+
+
+def heatmap_png(values: FloatArray, *, cell_pixels: int = 8) -> bytes:
+    """The colour-mapped heatmap, each cell drawn as a ``cell_pixels`` square."""
+    rgb = colorize(values)
+    rgb = np.repeat(np.repeat(rgb, cell_pixels, axis=0), cell_pixels, axis=1)
+    return _png(rgb)
+
+
+def overlay_png(values: FloatArray, image: FloatArray, geometry: HeatmapGeometry, *,
+                alpha: float = 0.5) -> bytes:
+    """The heatmap blended over ``image`` (``(H, W, 3)`` in [0, 1]) at the image's own size."""
+    height, width = image.shape[:2]
+    resampled = resample_to_image(values, geometry, height, width)
+    colours = colorize(resampled).astype(np.float32) / 255.0
+    blended = (1.0 - alpha) * np.clip(image[..., :3], 0.0, 1.0) + alpha * colours
+    return _png((blended * 255).round().astype(np.uint8))
+
+
+def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int,
+                      width: int) -> FloatArray:
+    """Bilinear heatmap value at every pixel of an ``height x width`` image.
+
+    A pixel's centre is mapped to model-input coordinates, then to fractional
+    heatmap indices by the patch centres; past the outermost centres the edge
+    value holds.
+    """
+    g = geometry
+    centre = (g.patch_size - 1) / 2.0
+    rows = ((np.arange(height) + 0.5) * g.input_height / height - 0.5 - centre) / g.stride
+    cols = ((np.arange(width) + 0.5) * g.input_width / width - 0.5 - centre) / g.stride
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return ndimage.map_coordinates(
+        np.asarray(values, dtype=np.float64), [rr, cc], order=1, mode="nearest"
+    ).astype(np.float32)
+
+
+def heatmap_npy(values: FloatArray) -> bytes:
+    """The array in NumPy's ``.npy`` format (float32)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(values, dtype=np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def heatmap_json(heatmap: FloatArray, metadata: dict[str, Any]) -> str:
+    """The 2-D array under ``heatmap`` with its shape, range and ``metadata``."""
+    values = np.asarray(heatmap, dtype=np.float64)
+    document = {
+        "heatmap": values.round(7).tolist(),
+        "shape": list(values.shape),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        **metadata,
+    }
+    return json.dumps(document)
+
+
+def _png(rgb: npt.NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
