@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -33,17 +33,17 @@ app = typer.Typer(
 )
 
 
-class EngineMode(str, Enum):
+class EngineMode(StrEnum):
     exact = "exact"
     naive = "naive"
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     cpu = "cpu"
     cuda = "cuda"
 
 
-class ViewChoice(str, Enum):
+class ViewChoice(StrEnum):
     drop = "drop"
     probability = "probability"
 

@@ -3,7 +3,7 @@
 Knows nothing of HTTP, Redis or files: tensors in, heatmaps out.
 """
 
-from krypton.engine.base import OcclusionEngine, Occluder, ProgressCallback
+from krypton.engine.base import Occluder, OcclusionEngine, ProgressCallback
 from krypton.engine.errors import EngineError, InvalidParamsError, UnsupportedModelError
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.occlusion import MODES, make_engine, occlusion

@@ -360,7 +360,7 @@ def _bound_arguments(
 ) -> dict[str, Any]:
     """Map a call's positional and keyword arguments to parameter names."""
     bound = dict(defaults)
-    bound.update(zip(names, node.args))
+    bound.update(zip(names, node.args, strict=False))
     bound.update(node.kwargs)
     missing = [n for n in names if n not in bound]
     if missing:

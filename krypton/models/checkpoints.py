@@ -184,7 +184,7 @@ def _read_torchscript(file: Path, source: str) -> dict[str, Tensor]:
             # TorchScript is deprecated upstream, but users still have such files.
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*deprecated",
                                     category=FutureWarning)
-            module = torch.jit.load(str(file), map_location="cpu")
+            module = torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]
     except Exception as exc:
         raise CheckpointError(f"cannot read TorchScript checkpoint {source!r}: {exc}") from exc
     state = dict(module.state_dict())
@@ -200,16 +200,14 @@ def _torch_load(file: Path, source: str) -> object:
     except Exception as exc:
         # torch.load raises UnpicklingError, RuntimeError, KeyError, EOFError, ...
         # depending on how the bytes are broken.
-        hint = ""
-        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
-            hint = (
-                " (it holds objects other than tensors, e.g. a pickled nn.Module; "
-                "re-save it with torch.save(model.state_dict(), path))"
+        if "weights only" in str(exc).lower():
+            detail = (
+                "it holds objects other than tensors (e.g. a pickled nn.Module), which are "
+                "not unpickled for safety; re-save it with torch.save(model.state_dict(), path)"
             )
-        raise CheckpointError(
-            f"{source!r} is not a readable PyTorch checkpoint{hint}: "
-            f"{type(exc).__name__}: {_first_line(exc)}"
-        ) from exc
+        else:
+            detail = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise CheckpointError(f"{source!r} is not a readable PyTorch checkpoint: {detail}") from exc
 
 
 def _extract_state_dict(obj: object, source: str) -> dict[str, Tensor]:

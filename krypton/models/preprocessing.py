@@ -144,8 +144,10 @@ def decode_image(
                     f"limit of {max_pixels}"
                 )
             image.load()
+            # Read before exif_transpose, whose copy no longer carries the TIFF tags.
+            tiff_tags = _tiff_sample_tags(image)
             upright = ImageOps.exif_transpose(image)
-            array = _to_float_rgb(upright if upright is not None else image, source)
+            array = _to_float_rgb(upright if upright is not None else image, tiff_tags, source)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -255,7 +257,9 @@ def denormalize(
     return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())
 
 
-def _to_float_rgb(image: Image.Image, source: str) -> npt.NDArray[np.float32]:
+def _to_float_rgb(
+    image: Image.Image, tiff_tags: tuple[int | None, bool], source: str
+) -> npt.NDArray[np.float32]:
     """Scale whatever Pillow decoded by its true range and make it three channels."""
     mode = image.mode
     if mode in _EIGHT_BIT_MODES:
@@ -264,7 +268,7 @@ def _to_float_rgb(image: Image.Image, source: str) -> npt.NDArray[np.float32]:
     elif mode in _SIXTEEN_BIT_MODES:
         array = np.asarray(image).astype(np.float32) / 65535.0
     elif mode == "I":
-        array = _scale_int32(np.asarray(image), image, source)
+        array = _scale_int32(np.asarray(image), tiff_tags, source)
     elif mode == "F":
         array = np.asarray(image, dtype=np.float32)
         if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
@@ -278,8 +282,18 @@ def _to_float_rgb(image: Image.Image, source: str) -> npt.NDArray[np.float32]:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def _tiff_sample_tags(image: Image.Image) -> tuple[int | None, bool]:
+    """Declared bits per sample and signedness; ``(None, False)`` for non-TIFF images."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None, False
+    bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
+    signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED
+    return (bits if isinstance(bits, int) and bits > 0 else None), signed
+
+
 def _scale_int32(
-    array: npt.NDArray[np.integer], image: Image.Image, source: str
+    array: npt.NDArray[np.integer], tiff_tags: tuple[int | None, bool], source: str
 ) -> npt.NDArray[np.float32]:
     """Scale Pillow's 32-bit integer mode by the bit depth the file declares.
 
@@ -287,17 +301,12 @@ def _scale_int32(
     in its tags. Without tags, values that fit in 16 bits are taken as 16-bit.
     """
     if array.size and array.min() < 0:
-        raise ImageDecodeError(f"{source} holds negative pixel values; signed images are not "
-                               "supported")
-    tags = getattr(image, "tag_v2", None)
-    declared = tags.get(_TIFF_BITS_PER_SAMPLE) if tags is not None else None
-    if isinstance(declared, tuple):
-        declared = declared[0] if declared else None
-    if isinstance(declared, int) and declared > 0:
-        bits = declared
-    else:
+        raise ImageDecodeError(
+            f"{source} holds negative pixel values; signed images are not supported"
+        )
+    bits, signed = tiff_tags
+    if bits is None:
         bits = 16 if (not array.size or array.max() <= 0xFFFF) else 32
-    signed = tags is not None and _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED
     full_scale = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
     return np.clip(array.astype(np.float64) / full_scale, 0.0, 1.0).astype(np.float32)
 

@@ -179,16 +179,18 @@ def build_model(
         raise InvalidArgumentError(f"num_classes must be a positive integer, got {num_classes!r}")
     if not _is_int(seed):
         raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
-    state = read_state_dict(weights) if weights is not None else None
-    if state is not None and spec.checkpoint_options is not None:
-        options = {**spec.checkpoint_options(state.keys()), **options}
+    state = None
+    if weights is not None:
+        state = read_state_dict(weights)
+        if spec.checkpoint_options is not None:
+            options = {**spec.checkpoint_options(state.keys()), **options}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.builder(num_classes, **options)
     logger.debug("built %s (num_classes=%d, seed=%d, options=%s)", name, num_classes, seed,
                  options)
-    if state is not None:
-        apply_state_dict(model, state, source=os.fspath(weights))  # type: ignore[arg-type]
+    if weights is not None and state is not None:
+        apply_state_dict(model, state, source=os.fspath(weights))
     return model.eval()
 
 

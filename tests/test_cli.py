@@ -1,0 +1,118 @@
+"""The ``krypton`` command end to end, on a real fundus photograph."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from skimage import data
+from typer.testing import CliRunner
+
+from krypton.cli import app
+
+runner = CliRunner()
+FAST = ["--model", "resnet18", "--num-classes", "3", "--patch", "32", "--stride", "32"]
+
+
+@pytest.fixture(scope="module")
+def retina_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "retina.png"
+    Image.fromarray(data.retina()).resize((300, 260)).save(path)
+    return path
+
+
+def test_explain_writes_png_and_overlay_at_image_size(retina_png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "heat.png"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    overlay = tmp_path / "heat.overlay.png"
+    assert Image.open(out).format == "PNG"
+    assert Image.open(overlay).size == (300, 260)
+    assert "seeded random weights" in result.output
+
+
+def test_explain_writes_json_with_heatmap_and_metadata(retina_png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "heat.json"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert np.asarray(document["heatmap"]).shape == (7, 7)
+    assert document["view"] == "probability"
+    assert document["params"] == {"patch_size": 32, "stride": 32, "patch_color": "gray",
+                                  "mode": "exact"}
+    assert 0 <= document["predicted_class"] < 3
+
+
+def test_explain_exact_npy_equals_naive_npy(retina_png: Path, tmp_path: Path) -> None:
+    outputs = {}
+    for mode in ("exact", "naive"):
+        out = tmp_path / f"{mode}.npy"
+        result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), *FAST,
+                                     "--mode", mode])
+        assert result.exit_code == 0, result.output
+        outputs[mode] = np.load(out)
+    np.testing.assert_allclose(outputs["exact"], outputs["naive"], atol=1e-4)
+
+
+def test_explain_loads_fine_tuned_checkpoint(retina_png: Path, tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    checkpoint = tmp_path / "finetuned.pt"
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict(),
+                "epoch": 12}, checkpoint)
+    out = tmp_path / "heat.npy"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), *FAST,
+                                 "--weights", str(checkpoint)])
+    assert result.exit_code == 0, result.output
+    assert "random weights" not in result.output
+
+
+def test_explain_with_mismatched_checkpoint_names_the_keys(retina_png: Path,
+                                                          tmp_path: Path) -> None:
+    checkpoint = tmp_path / "five_classes.pt"
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), checkpoint)
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(tmp_path / "h.npy"),
+                                 *FAST, "--weights", str(checkpoint)])
+    assert result.exit_code == 2
+    assert "fc.weight" in result.output
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    pytest.param(["--model", "alexnet9"], "resnet18", id="unknown-model"),
+    pytest.param(["--patch", "500"], "larger than", id="patch-too-large"),
+    pytest.param(["--color", "purple"], "purple", id="bad-colour"),
+    pytest.param(["--target", "7"], "target 7", id="target-out-of-range"),
+])
+def test_explain_with_bad_option_exits_2_with_a_clear_error(
+    retina_png: Path, tmp_path: Path, arguments: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(tmp_path / "h.npy"),
+                                 *FAST, *arguments])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_explain_with_unsupported_output_suffix_exits_2(retina_png: Path,
+                                                       tmp_path: Path) -> None:
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(tmp_path / "h.bmp")])
+    assert result.exit_code == 2
+    assert ".npy" in result.output
+
+
+def test_explain_with_a_file_that_is_not_an_image_exits_2(tmp_path: Path) -> None:
+    fake = tmp_path / "notes.png"
+    fake.write_text("not an image")
+    result = runner.invoke(app, ["explain", str(fake), "-o", str(tmp_path / "h.npy"), *FAST])
+    assert result.exit_code == 2
+    assert "error:" in result.output
+
+
+def test_models_lists_the_required_architectures() -> None:
+    result = runner.invoke(app, ["models"])
+    assert result.exit_code == 0
+    for name in ("vgg16", "resnet18", "inception_v3"):
+        assert name in result.output
