@@ -71,24 +71,30 @@ class IncrementalOcclusion(OcclusionEngine):
         self.full_threshold = full_threshold
         self._plans: dict[tuple[Any, ...], tuple[StepPlan, float]] = {}
 
-    def _open(self, image: Tensor, grid: PatchGrid, patch: Tensor) -> Session:
+    def _prepare(self, image: Tensor) -> tuple[Tensor, Any]:
         activations = forward_layers(self.plan, image)
-        shapes = {name: _map_shape(value) for name, value in activations.items()}
-        steps, ratio = self._steps(shapes, grid)
-        return _IncrementalSession(self.plan, steps, ratio, activations, grid, patch)
+        logits: Tensor = activations[self.plan.output]
+        return logits, activations
 
-    def _steps(self, shapes: Mapping[str, Shape | None], grid: PatchGrid) -> tuple[StepPlan, float]:
-        key = (tuple(shapes.items()), grid)
+    def _session(self, prepared: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
+        shapes = {name: _map_shape(value) for name, value in prepared.items()}
+        steps, ratio = self._steps(shapes, grid, tau)
+        return _IncrementalSession(self.plan, steps, ratio, prepared, grid, patch)
+
+    def _steps(
+        self, shapes: Mapping[str, Shape | None], grid: PatchGrid, tau: float
+    ) -> tuple[StepPlan, float]:
+        key = (tuple(shapes.items()), grid, tau)
         if key not in self._plans:
             steps = plan_steps(
                 self.plan, shapes, grid.rows, grid.cols, grid.patch,
-                full_threshold=self.full_threshold,
+                full_threshold=self.full_threshold, tau=tau,
             )
             centre = plan_steps(
                 self.plan, shapes,
                 np.array([(grid.height - grid.patch) // 2]),
                 np.array([(grid.width - grid.patch) // 2]),
-                grid.patch, full_threshold=float("inf"),
+                grid.patch, full_threshold=float("inf"), tau=tau,
             )
             ratio = centre.macs_full / centre.macs_changed if centre.macs_changed else 1.0
             self._plans[key] = (steps, ratio)
@@ -190,7 +196,6 @@ class _IncrementalSession(Session):
         grid: PatchGrid,
         patch: Tensor,
     ) -> None:
-        self.logits = activations[plan.output]
         self._plan = plan
         self._plan_steps = steps
         self._ratio = theoretical_ratio
@@ -210,8 +215,11 @@ class _IncrementalSession(Session):
         }
         self._uses = _use_counts(plan)
 
-    def flops(self) -> tuple[int | None, int | None, float | None]:
-        return 2 * self._plan_steps.macs_full, 2 * self._plan_steps.macs_incremental, self._ratio
+    def flops_per_position(self) -> tuple[int, int]:
+        return 2 * self._plan_steps.macs_full, 2 * self._plan_steps.macs_incremental
+
+    def theoretical_ratio(self) -> float:
+        return self._ratio
 
     def bytes_per_position(self) -> int:
         cells = 0
@@ -228,12 +236,11 @@ class _IncrementalSession(Session):
                 cells += channels * height * width
         return 4 * cells
 
-    def occluded_logits(self, positions: range) -> Tensor:
+    def occluded_logits(self, positions: Tensor) -> Tensor:
         device = self._patch.device
-        flat = torch.arange(positions.start, positions.stop, device=device)
         n_cols = len(self._grid.cols)
-        grid_rows, grid_cols = flat // n_cols, flat % n_cols
-        batch = len(positions)
+        grid_rows, grid_cols = positions // n_cols, positions % n_cols
+        batch = positions.numel()
 
         values: dict[str, Any] = {}
         written: set[str] = set()

@@ -24,9 +24,11 @@ from krypton.engine.graph import Layer, LayerKind, LayerPlan
 from krypton.engine.regions import (
     Axis,
     Intervals,
+    cap,
     changed_output,
     patch_intervals,
     read_context,
+    tau_limit,
     union,
     widths,
     window_starts,
@@ -103,6 +105,7 @@ def plan_steps(
     patch: int,
     *,
     full_threshold: float = 0.8,
+    tau: float = 1.0,
 ) -> StepPlan:
     """Decide how every layer runs for patches at ``rows x cols``.
 
@@ -116,10 +119,12 @@ def plan_steps(
         full_threshold: fraction of a map's area above which a window is
             not worth gathering and the layer runs on whole maps; ``inf``
             never switches (used to count the theoretical cost).
+        tau: projective-field threshold; conv, pool and merge regions are
+            capped at ``ceil(tau * side)`` cells per axis, centred. 1 is exact.
     """
     steps: dict[str, Step] = {}
     for layer in plan.layers:
-        step = _plan_layer(layer, steps, shapes, rows, cols, patch, full_threshold)
+        step = _plan_layer(layer, steps, shapes, rows, cols, patch, full_threshold, tau)
         steps[layer.name] = step
     return StepPlan(tuple(steps.values()))
 
@@ -132,6 +137,7 @@ def _plan_layer(
     cols: npt.NDArray[np.int64],
     patch: int,
     full_threshold: float,
+    tau: float,
 ) -> Step:
     shape = shapes.get(layer.name)
     inputs = [steps[name] for name in layer.inputs]
@@ -171,8 +177,10 @@ def _plan_layer(
                  source.shape[1 + d], shape[1 + d])
             for d in (0, 1)
         ]
-        changed = [changed_output(src.changed, ax)
-                   for src, ax in zip((source.rows, source.cols), axes, strict=True)]
+        changed = [
+            cap(changed_output(src.changed, ax), tau_limit(tau, ax.size_out))
+            for src, ax in zip((source.rows, source.cols), axes, strict=True)
+        ]
         step = _windowed(layer, shape, changed, full_threshold, axes=axes)
         return step if step is not None else full
 
@@ -187,8 +195,10 @@ def _plan_layer(
         if not same_maps:
             return full
         changed = [
-            union(*(s.rows.changed for s in inputs if s.rows is not None)),
-            union(*(s.cols.changed for s in inputs if s.cols is not None)),
+            cap(union(*(s.rows.changed for s in inputs if s.rows is not None)),
+                tau_limit(tau, shape[1])),
+            cap(union(*(s.cols.changed for s in inputs if s.cols is not None)),
+                tau_limit(tau, shape[2])),
         ]
         step = _windowed(layer, shape, changed, full_threshold)
         return step if step is not None else full

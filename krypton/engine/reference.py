@@ -7,10 +7,13 @@ the model, so a speedup measures incremental inference, not memory layout.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 from krypton.engine.base import OcclusionEngine, Session
+from krypton.engine.errors import InvalidParamsError
 from krypton.engine.patches import PatchGrid
 
 __all__ = ["ReferenceOcclusion"]
@@ -29,8 +32,16 @@ class ReferenceOcclusion(OcclusionEngine):
 
     mode = "naive"
 
-    def _open(self, image: Tensor, grid: PatchGrid, patch: Tensor) -> Session:
-        return _NaiveSession(self.model, image, grid, patch)
+    def _prepare(self, image: Tensor) -> tuple[Tensor, Any]:
+        logits: Tensor = self.model(image)
+        return logits, image
+
+    def _session(self, prepared: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
+        if tau != 1.0:
+            raise InvalidParamsError(
+                "projective-field thresholding (tau < 1) needs the incremental engine"
+            )
+        return _NaiveSession(self.model, prepared, grid, patch)
 
 
 class _NaiveSession(Session):
@@ -39,19 +50,18 @@ class _NaiveSession(Session):
         self._image = image
         self._grid = grid
         self._patch = patch[0]
-        self.logits = model(image)
 
     def bytes_per_position(self) -> int:
         # A plain forward keeps a few maps alive at a time; the input is a fair proxy.
         return self._image.numel() * 4 * 64
 
-    def occluded_logits(self, positions: range) -> Tensor:
+    def occluded_logits(self, positions: Tensor) -> Tensor:
         grid, p = self._grid, self._grid.patch
-        batch = self._image.expand(len(positions), -1, -1, -1).clone(
+        batch = self._image.expand(positions.numel(), -1, -1, -1).clone(
             memory_format=torch.channels_last
         )
         rows, cols = grid.rows, grid.cols
-        for b, k in enumerate(positions):
+        for b, k in enumerate(positions.tolist()):
             r, c = int(rows[k // len(cols)]), int(cols[k % len(cols)])
             batch[b, :, r : r + p, c : c + p] = self._patch
         logits: Tensor = self._model(batch)

@@ -12,6 +12,7 @@ for instance when a 1x1 stride-2 convolution skips the only changed row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,11 +21,13 @@ import numpy.typing as npt
 __all__ = [
     "Axis",
     "Intervals",
+    "cap",
     "changed_output",
     "grid_positions",
     "output_size",
     "patch_intervals",
     "read_context",
+    "tau_limit",
     "union",
     "widths",
     "window_starts",
@@ -96,6 +99,23 @@ def union(*intervals: Intervals) -> Intervals:
     """Smallest interval covering all given ones (empty ones are ignored)."""
     stacked = np.stack(intervals)
     return np.stack([stacked[:, 0].min(axis=0), stacked[:, 1].max(axis=0)]).astype(np.int64)
+
+
+def cap(intervals: Intervals, limit: int) -> Intervals:
+    """Shrink intervals longer than ``limit`` to ``limit`` cells around their centre.
+
+    This is projective-field thresholding: the cells cut off still change a
+    little, but keep their original values. Empty intervals stay empty.
+    """
+    lo, hi = intervals
+    excess = np.maximum(hi - lo - limit, 0)
+    new_lo = lo + excess // 2
+    return np.stack([new_lo, np.where(excess > 0, new_lo + limit, hi)]).astype(np.int64)
+
+
+def tau_limit(tau: float, size: int) -> int:
+    """Most cells a region may span on an axis of ``size`` cells under threshold ``tau``."""
+    return max(1, min(size, math.ceil(tau * size - 1e-9)))
 
 
 def widths(intervals: Intervals) -> npt.NDArray[np.int64]:

@@ -14,11 +14,13 @@ __all__ = ["OcclusionResult", "RunStats"]
 class RunStats:
     """How a run went. FLOPs count convolutions only, as the KRYPTON paper does.
 
-    ``flops_incremental`` is what this run spent per patch position (windows
+    ``flops_incremental`` is what this run spent per heatmap position (windows
     rounded up to one size per layer, layers past the switch to full inference
-    counted whole); ``theoretical_ratio`` is the paper's ``R``: full over
-    incremental conv FLOPs for one patch at the image centre, counting only
-    the cells the patch really changes. Both are ``None`` for naive runs.
+    counted whole, a drill-down's two stages added up), so ``flops_ratio`` is
+    the effective saving over naive inference. ``theoretical_ratio`` is the
+    paper's ``R``: full over incremental conv FLOPs for one patch at the image
+    centre, counting only the cells the patch really changes (with ``tau``
+    applied). Both are ``None`` for naive runs.
     """
 
     mode: str
@@ -30,6 +32,11 @@ class RunStats:
     flops_full: int | None = None
     flops_incremental: int | None = None
     theoretical_ratio: float | None = None
+    tau: float = 1.0
+    drilldown_ratio: float | None = None
+    coarse_stride: int | None = None
+    ssim: float | None = None
+    """SSIM against the exact heatmap, when a caller had one to compare with."""
 
     @property
     def positions_per_second(self) -> float:
