@@ -13,15 +13,29 @@ import numpy as np
 import typer
 from tqdm import tqdm
 
-from krypton.engine import EngineError, OcclusionResult, occlusion
+from torch import nn
+
+from krypton.engine import (
+    Approximation,
+    EngineError,
+    IncrementalOcclusion,
+    OcclusionResult,
+    TuningResult,
+    make_engine,
+    tune,
+)
 from krypton.models import (
+    DatasetConfig,
+    DatasetStore,
     ModelError,
     Preprocessing,
     build_model,
     decode_image,
+    fingerprint,
     get_model_spec,
     list_models,
     patch_value,
+    random_weights_id,
     to_model_input,
 )
 from krypton.service import render
@@ -35,6 +49,7 @@ app = typer.Typer(
 
 class EngineMode(StrEnum):
     exact = "exact"
+    approximate = "approximate"
     naive = "naive"
 
 
@@ -49,6 +64,9 @@ class ViewChoice(StrEnum):
 
 
 OUTPUT_SUFFIXES = (".npy", ".json", ".png")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DEFAULT_PATCH, DEFAULT_STRIDE = 16, 4
+DEFAULT_CONFIGS = Path("datasets")
 
 
 @app.callback()
@@ -70,14 +88,28 @@ def explain(
         help="Fine-tuned checkpoint: state_dict, {'state_dict'|'model': ...} or TorchScript. "
         "Without it, seeded random weights are used.")] = None,
     num_classes: Annotated[int, typer.Option(help="Classes of the model's head.")] = 1000,
-    patch: Annotated[int, typer.Option(help="Patch side, in model-input pixels.")] = 16,
-    stride: Annotated[int, typer.Option(help="Step between patches, in model-input pixels.")] = 4,
+    patch: Annotated[int | None, typer.Option(
+        help="Patch side, in model-input pixels [default: 16, or the dataset's].")] = None,
+    stride: Annotated[int | None, typer.Option(
+        help="Step between patches, in model-input pixels [default: 4, or the dataset's].")
+    ] = None,
     color: Annotated[str, typer.Option(
         help="Patch colour: gray, black, white, mean, or R,G,B (0-255).")] = "gray",
     target: Annotated[int | None, typer.Option(
         help="Class to explain (default: the predicted one).")] = None,
-    mode: Annotated[EngineMode, typer.Option(help="exact: incremental; naive: reference.")
-                    ] = EngineMode.exact,
+    mode: Annotated[EngineMode, typer.Option(
+        help="exact: incremental; approximate: incremental with --dataset or --tau/"
+        "--drilldown-ratio; naive: reference.")] = EngineMode.exact,
+    dataset: Annotated[str | None, typer.Option(
+        help="Use this dataset's tuned config (see `krypton tune`); approximate mode.")] = None,
+    configs: Annotated[Path, typer.Option(help="Folder of tuned dataset configs.")
+                       ] = DEFAULT_CONFIGS,
+    tau: Annotated[float | None, typer.Option(
+        help="Projective-field threshold in (0, 1]; approximate mode.")] = None,
+    drilldown_ratio: Annotated[float | None, typer.Option(
+        help="Fraction of positions re-run at --stride after a coarse pass.")] = None,
+    coarse_stride: Annotated[int | None, typer.Option(
+        help="Stride of the drill-down's coarse pass.")] = None,
     device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.cpu,
     batch_size: Annotated[int | None, typer.Option(
         help="Patch positions per batch (default: what fits in memory).")] = None,
@@ -95,11 +127,11 @@ def explain(
         spec = get_model_spec(model)
         preprocessing = Preprocessing(spec.input_size)
         pixels = decode_image(image)
-        network = build_model(model, num_classes=num_classes, weights=weights, seed=seed)
-        if weights is None:
-            typer.echo(
-                f"note: no --weights given; {model} uses seeded random weights (seed {seed}). "
-                "The heatmap shows the pipeline working, not a diagnosis.", err=True)
+        network, checkpoint = _load_network(model, weights, num_classes, seed)
+        approximation, patch, stride = _approximation(
+            mode, dataset, configs, tau, drilldown_ratio, coarse_stride, model, checkpoint,
+            patch, stride,
+        )
         with tqdm(total=None, unit="pos", disable=not sys.stderr.isatty(),
                   desc=f"{mode.value} occlusion") as bar:
 
@@ -107,10 +139,10 @@ def explain(
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result = occlusion(
-                network, to_model_input(pixels, preprocessing), patch, stride,
+            result = make_engine(network, mode.value, device=device.value).attribute(
+                to_model_input(pixels, preprocessing), patch, stride,
                 patch_value=patch_value(color, preprocessing), target=target,
-                mode=mode.value, batch_size=batch_size, device=device.value, progress=progress,
+                batch_size=batch_size, progress=progress, approximation=approximation,
             )
     except (EngineError, ModelError, ValueError, OSError) as exc:
         _fail(str(exc))
@@ -130,6 +162,45 @@ def explain(
     )
     for path in written:
         typer.echo(f"wrote {path}")
+
+
+def _load_network(model: str, weights: Path | None, num_classes: int,
+                  seed: int) -> tuple[nn.Module, str]:
+    """The model, and what identifies its weights (checkpoint hash or random seed)."""
+    network = build_model(model, num_classes=num_classes, weights=weights, seed=seed)
+    if weights is None:
+        typer.echo(
+            f"note: no --weights given; {model} uses seeded random weights (seed {seed}). "
+            "The heatmap shows the pipeline working, not a diagnosis.", err=True)
+        return network, random_weights_id(seed)
+    return network, fingerprint(weights)
+
+
+def _approximation(
+    mode: EngineMode, dataset: str | None, configs: Path, tau: float | None,
+    drilldown_ratio: float | None, coarse_stride: int | None, model: str, checkpoint: str,
+    patch: int | None, stride: int | None,
+) -> tuple[Approximation | None, int, int]:
+    """The approximation to run with, and the patch and stride it applies to."""
+    knobs = (tau, drilldown_ratio, coarse_stride)
+    if mode is not EngineMode.approximate:
+        if dataset is not None or any(k is not None for k in knobs):
+            raise ValueError("--dataset, --tau, --drilldown-ratio and --coarse-stride need "
+                             "--mode approximate")
+        return None, patch or DEFAULT_PATCH, stride or DEFAULT_STRIDE
+    if dataset is not None:
+        if any(k is not None for k in knobs):
+            raise ValueError("give either --dataset or --tau/--drilldown-ratio/--coarse-stride")
+        config = DatasetStore(configs).load(dataset)
+        config.check_compatible(model, checkpoint, patch, stride)
+        approximation = Approximation(config.tau, config.drilldown_ratio, config.coarse_stride)
+        return approximation, config.patch_size, config.stride
+    if all(k is None for k in knobs):
+        raise ValueError("--mode approximate needs --dataset, or --tau and/or "
+                         "--drilldown-ratio with --coarse-stride")
+    approximation = Approximation(tau if tau is not None else 1.0, drilldown_ratio,
+                                  coarse_stride)
+    return approximation, patch or DEFAULT_PATCH, stride or DEFAULT_STRIDE
 
 
 def _write(output: Path, values: np.ndarray, result: OcclusionResult, pixels: np.ndarray,
@@ -175,6 +246,69 @@ def models() -> None:
     for name in list_models():
         spec = get_model_spec(name)
         typer.echo(f"{name:16} {spec.input_size:4d} px  {spec.description}")
+
+
+@app.command("tune")
+def tune_dataset(
+    dataset: Annotated[str, typer.Option(help="Name of the use case, e.g. retina-oct.")],
+    images: Annotated[Path, typer.Option(help="Folder of sample images (PNG, JPEG, TIFF).")],
+    model: Annotated[str, typer.Option(help="Architecture (see `krypton models`).")] = "resnet18",
+    weights: Annotated[Path | None, typer.Option(help="Fine-tuned checkpoint.")] = None,
+    num_classes: Annotated[int, typer.Option(help="Classes of the model's head.")] = 1000,
+    target_ssim: Annotated[float, typer.Option(
+        help="Mean SSIM against exact heatmaps to keep, on held-out images.")] = 0.90,
+    patch: Annotated[int, typer.Option(help="Patch side in input pixels.")] = DEFAULT_PATCH,
+    stride: Annotated[int, typer.Option(help="Stride in input pixels.")] = DEFAULT_STRIDE,
+    color: Annotated[str, typer.Option(help="Patch colour.")] = "gray",
+    holdout: Annotated[int | None, typer.Option(
+        help="Images held out for the final check (default: half).")] = None,
+    configs: Annotated[Path, typer.Option(help="Folder to write the config to.")
+                       ] = DEFAULT_CONFIGS,
+    device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.cpu,
+    seed: Annotated[int, typer.Option(help="Seed of the random weights without --weights.")
+                    ] = 0,
+) -> None:
+    """Tune approximate inference for one dataset and write its config."""
+    try:
+        files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if len(files) < 2:
+            raise ValueError(f"{images} holds {len(files)} image(s); tuning needs at least 2")
+        spec = get_model_spec(model)
+        preprocessing = Preprocessing(spec.input_size)
+        samples = [to_model_input(decode_image(f), preprocessing) for f in files]
+        network, checkpoint = _load_network(model, weights, num_classes, seed)
+        typer.echo(f"tuning {dataset!r} on {len(files)} images, {model}, patch {patch}, "
+                   f"stride {stride}, target SSIM {target_ssim}", err=True)
+        result = tune(
+            IncrementalOcclusion(network, device=device.value), samples, patch, stride,
+            target_ssim=target_ssim, patch_value=patch_value(color, preprocessing),
+            holdout=holdout, report=lambda line: typer.echo(f"  {line}", err=True),
+        )
+        config = DatasetConfig(
+            dataset=dataset, model=model, checkpoint=checkpoint, patch_size=patch,
+            stride=stride, tau=result.approximation.tau,
+            drilldown_ratio=result.approximation.drilldown_ratio,
+            coarse_stride=result.approximation.coarse_stride, target_ssim=target_ssim,
+            achieved_ssim=round(result.holdout_ssim, 4), speedup=round(result.speedup, 3),
+        )
+        path = DatasetStore(configs).save(config)
+    except (EngineError, ModelError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(_frontier_table(result))
+    typer.echo(f"chosen: tau {config.tau}, drill-down ratio {config.drilldown_ratio}, coarse "
+               f"stride {config.coarse_stride}: {result.speedup:.2f}x over exact, SSIM "
+               f"{result.tuning_ssim:.3f} (tuning) / {result.holdout_ssim:.3f} (held out)")
+    typer.echo(f"wrote {path}")
+
+
+def _frontier_table(result: TuningResult) -> str:
+    lines = ["| tau | drill-down r | coarse stride | s/image | x exact | SSIM |",
+             "|---|---|---|---|---|---|"]
+    for point in result.frontier:
+        a = point.approximation
+        lines.append(f"| {a.tau:.2f} | {a.drilldown_ratio or '-'} | {a.coarse_stride or '-'} "
+                     f"| {point.seconds:.3f} | {point.speedup:.2f} | {point.ssim:.3f} |")
+    return "\n".join(lines)
 
 
 @app.command()

@@ -3,17 +3,22 @@
 Knows nothing of HTTP, Redis or files: tensors in, heatmaps out.
 """
 
+from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
 from krypton.engine.base import Occluder, OcclusionEngine, ProgressCallback
 from krypton.engine.errors import EngineError, InvalidParamsError, UnsupportedModelError
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.occlusion import MODES, make_engine, occlusion
 from krypton.engine.patches import PatchGrid, PatchValue
+from krypton.engine.quality import heatmap_ssim
 from krypton.engine.reference import ReferenceOcclusion
 from krypton.engine.result import OcclusionResult, RunStats
+from krypton.engine.tuning import FrontierPoint, TuningResult, tune
 
 __all__ = [
     "MODES",
+    "Approximation",
     "EngineError",
+    "FrontierPoint",
     "IncrementalOcclusion",
     "InvalidParamsError",
     "OcclusionEngine",
@@ -24,7 +29,11 @@ __all__ = [
     "ProgressCallback",
     "ReferenceOcclusion",
     "RunStats",
+    "TuningResult",
     "UnsupportedModelError",
+    "coarse_stride_for_speedup",
+    "heatmap_ssim",
     "make_engine",
     "occlusion",
+    "tune",
 ]

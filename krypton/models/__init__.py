@@ -15,8 +15,15 @@ from krypton.models.checkpoints import (
     load_checkpoint,
     read_state_dict,
 )
+from krypton.models.datasets import (
+    SCHEMA_VERSION,
+    DatasetConfig,
+    DatasetStore,
+    random_weights_id,
+)
 from krypton.models.errors import (
     CheckpointError,
+    DatasetConfigError,
     ImageDecodeError,
     InvalidArgumentError,
     ModelError,
@@ -47,8 +54,12 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "SCHEMA_VERSION",
     "SUPPORTED_FORMATS",
     "CheckpointError",
+    "DatasetConfig",
+    "DatasetConfigError",
+    "DatasetStore",
     "CheckpointOptions",
     "ImageDecodeError",
     "InvalidArgumentError",
@@ -66,6 +77,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "patch_value",
+    "random_weights_id",
     "read_state_dict",
     "register_model",
     "to_model_input",

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 __all__ = [
     "CheckpointError",
+    "DatasetConfigError",
     "ImageDecodeError",
     "InvalidArgumentError",
     "ModelError",
@@ -53,3 +54,7 @@ class CheckpointError(ModelError):
 
 class ImageDecodeError(ModelError, ValueError):
     """Image bytes that cannot (or must not, being too large) be decoded."""
+
+
+class DatasetConfigError(ModelError, ValueError):
+    """A dataset config that is missing, malformed, or tuned for another model or checkpoint."""

@@ -1,0 +1,216 @@
+"""Per-dataset tuning: the fastest approximation that keeps a target SSIM.
+
+Images of one use case (retina OCT, chest X-ray) look alike, so settings tuned
+on a few samples carry over to the rest. The search is guided, not a grid:
+
+1. Exact heatmaps of every sample are the reference (and the time to beat).
+2. ``tau`` is lowered step by step on the tuning images until the mean SSIM
+   falls under the target: SSIM only falls as ``tau`` does, so the steps after
+   the first miss need not be run.
+3. For the two smallest passing ``tau`` values, each drill-down ratio ``r``
+   is tried at increasing target speedups ``t`` (coarse stride from
+   ``S1 = S2 * sqrt(t / (1 - r*t))``) until the SSIM misses.
+4. Passing settings are tried fastest first on the held-out images; the
+   first that keeps the target there wins. Exact inference always does.
+
+Every setting tried is reported with its measured time and SSIM, so the
+speed/quality frontier is visible, not just the winner.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from torch import Tensor
+
+from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
+from krypton.engine.errors import InvalidParamsError
+from krypton.engine.incremental import IncrementalOcclusion
+from krypton.engine.patches import PatchValue
+from krypton.engine.quality import heatmap_ssim
+
+__all__ = ["TAUS", "FrontierPoint", "TuningResult", "tune"]
+
+logger = logging.getLogger(__name__)
+
+TAUS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
+RATIOS = (0.05, 0.1, 0.2, 0.4)
+SPEEDUPS = (2.0, 3.0, 5.0, 8.0, 12.0)
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One setting tried: its mean time per image and mean SSIM on the tuning images."""
+
+    approximation: Approximation
+    seconds: float
+    speedup: float
+    """Exact seconds over this setting's seconds, measured in the same run."""
+    ssim: float
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    approximation: Approximation
+    target_ssim: float
+    tuning_ssim: float
+    holdout_ssim: float
+    speedup: float
+    """Over exact incremental inference, measured on the tuning images."""
+    exact_seconds: float
+    """Mean seconds of one exact heatmap, for scale."""
+    frontier: tuple[FrontierPoint, ...]
+    tuning_images: int
+    holdout_images: int
+
+
+ProgressReport = Callable[[str], None]
+
+
+def tune(
+    engine: IncrementalOcclusion,
+    images: Sequence[Tensor],
+    patch_size: int,
+    stride: int,
+    *,
+    target_ssim: float = 0.90,
+    patch_value: PatchValue = 0.0,
+    holdout: int | None = None,
+    batch_size: int | None = None,
+    report: ProgressReport | None = None,
+) -> TuningResult:
+    """Find the fastest approximation whose mean SSIM meets ``target_ssim``.
+
+    Args:
+        engine: the incremental engine of the model being tuned.
+        images (Sequence[Tensor[C, H, W]]): preprocessed samples of one use case.
+        patch_size, stride: the heatmap being tuned for, in input pixels.
+        target_ssim: mean SSIM against exact heatmaps to keep, in (0, 1].
+        patch_value: patch colour in model-input space.
+        holdout: how many images to hold out for the final check; default half.
+        batch_size: positions per batch; default the engine's.
+        report: called with a line of text as the search goes.
+
+    Raises:
+        InvalidParamsError: fewer than two images, or a target outside (0, 1].
+    """
+    if not 0.0 < target_ssim <= 1.0:
+        raise InvalidParamsError(f"target_ssim must be in (0, 1], got {target_ssim!r}")
+    if len(images) < 2:
+        raise InvalidParamsError("tuning needs at least two sample images (one held out)")
+    held = len(images) // 2 if holdout is None else holdout
+    if not 1 <= held < len(images):
+        raise InvalidParamsError(
+            f"holdout must leave at least one image on each side, got {holdout} of {len(images)}"
+        )
+    say = report or (lambda line: None)
+    search = _Search(engine, images, patch_size, stride, patch_value, batch_size)
+    tuning, held_out = list(range(len(images) - held)), list(range(len(images) - held,
+                                                                   len(images)))
+
+    exact_seconds = search.exact_seconds(tuning)
+    say(f"exact: {exact_seconds:.2f} s per image")
+    frontier: list[FrontierPoint] = []
+
+    def evaluate(approximation: Approximation) -> FrontierPoint:
+        seconds, ssim = search.evaluate(approximation, tuning)
+        point = FrontierPoint(approximation, seconds, exact_seconds / seconds, ssim)
+        frontier.append(point)
+        say(f"{_describe(approximation)}: SSIM {ssim:.3f}, {point.speedup:.2f}x over exact")
+        return point
+
+    passing_taus = [1.0]
+    for tau in TAUS:
+        if evaluate(Approximation(tau=tau)).ssim < target_ssim:
+            break
+        passing_taus.append(tau)
+
+    for tau in sorted(set(passing_taus[-2:])):
+        for ratio in RATIOS:
+            strides_tried: set[int] = set()
+            for speedup in SPEEDUPS:
+                if ratio * speedup >= 1.0:
+                    break
+                coarse = coarse_stride_for_speedup(stride, ratio, speedup)
+                if coarse in strides_tried or coarse <= stride:
+                    continue
+                strides_tried.add(coarse)
+                if evaluate(Approximation(tau, ratio, coarse)).ssim < target_ssim:
+                    break
+
+    candidates = sorted((p for p in frontier if p.ssim >= target_ssim), key=lambda p: p.seconds)
+    chosen, holdout_ssim = None, 1.0
+    for point in candidates:
+        _, holdout_ssim = search.evaluate(point.approximation, held_out)
+        say(f"held out: {_describe(point.approximation)} SSIM {holdout_ssim:.3f}")
+        if holdout_ssim >= target_ssim:
+            chosen = point
+            break
+    if chosen is None:
+        chosen = FrontierPoint(Approximation(), exact_seconds, 1.0, 1.0)
+        holdout_ssim = 1.0
+    return TuningResult(
+        approximation=chosen.approximation,
+        target_ssim=target_ssim,
+        tuning_ssim=chosen.ssim,
+        holdout_ssim=holdout_ssim,
+        speedup=chosen.speedup,
+        exact_seconds=exact_seconds,
+        frontier=tuple(sorted(frontier, key=lambda p: p.seconds)),
+        tuning_images=len(tuning),
+        holdout_images=len(held_out),
+    )
+
+
+class _Search:
+    """Runs settings on sample images, keeping the exact heatmaps to compare with."""
+
+    def __init__(self, engine: IncrementalOcclusion, images: Sequence[Tensor], patch_size: int,
+                 stride: int, patch_value: PatchValue, batch_size: int | None) -> None:
+        self._engine = engine
+        self._images = images
+        self._patch, self._stride = patch_size, stride
+        self._value, self._batch = patch_value, batch_size
+        self._exact: dict[int, np.ndarray] = {}
+        self._targets: dict[int, int] = {}
+
+    def _run(self, index: int, approximation: Approximation) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        result = self._engine.attribute(
+            self._images[index], self._patch, self._stride, patch_value=self._value,
+            target=self._targets.get(index), batch_size=self._batch,
+            approximation=approximation,
+        )
+        self._targets.setdefault(index, result.target)
+        return result.heatmap, time.perf_counter() - started
+
+    def exact_seconds(self, indices: Sequence[int]) -> float:
+        seconds = []
+        for index in range(len(self._images)):
+            heatmap, elapsed = self._run(index, Approximation())
+            self._exact[index] = heatmap
+            if index in indices:
+                seconds.append(elapsed)
+        return float(np.mean(seconds))
+
+    def evaluate(self, approximation: Approximation, indices: Sequence[int]
+                 ) -> tuple[float, float]:
+        """Mean seconds per image and mean SSIM against exact over ``indices``."""
+        seconds, scores = [], []
+        for index in indices:
+            heatmap, elapsed = self._run(index, approximation)
+            seconds.append(elapsed)
+            scores.append(heatmap_ssim(heatmap, self._exact[index]))
+        return float(np.mean(seconds)), float(np.mean(scores))
+
+
+def _describe(approximation: Approximation) -> str:
+    text = f"tau {approximation.tau:.2f}"
+    if approximation.drills_down:
+        text += (f", drill-down r {approximation.drilldown_ratio:.2f} "
+                 f"coarse stride {approximation.coarse_stride}")
+    return text

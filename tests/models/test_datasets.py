@@ -1,0 +1,99 @@
+"""Dataset configs: versioned JSON, pinned to a model, checkpoint and geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from krypton.models import (
+    DatasetConfig,
+    DatasetConfigError,
+    DatasetStore,
+    fingerprint,
+    random_weights_id,
+)
+
+
+def _config(**changes: object) -> DatasetConfig:
+    fields: dict[str, object] = {
+        "dataset": "retina-oct", "model": "resnet18", "checkpoint": "ab" * 32,
+        "patch_size": 16, "stride": 4, "tau": 0.7, "drilldown_ratio": 0.1,
+        "coarse_stride": 13, "target_ssim": 0.9, "achieved_ssim": 0.93, "speedup": 4.1,
+    }
+    fields.update(changes)
+    return DatasetConfig(**fields)  # type: ignore[arg-type]
+
+
+def test_config_round_trips_through_json() -> None:
+    config = _config()
+    assert DatasetConfig.from_json(config.to_json()) == config
+
+
+def test_config_json_records_version_and_date() -> None:
+    document = json.loads(_config().to_json())
+    assert document["version"] == 1
+    assert len(document["created"]) == 10
+
+
+def test_store_saves_and_loads_by_dataset_name(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    path = store.save(_config())
+    assert path == tmp_path / "retina-oct.json"
+    assert store.load("retina-oct") == _config()
+    assert store.names() == ["retina-oct"]
+
+
+def test_store_without_the_dataset_names_the_known_ones(tmp_path: Path) -> None:
+    store = DatasetStore(tmp_path)
+    store.save(_config())
+    with pytest.raises(DatasetConfigError, match="retina-oct"):
+        store.load("chest-xray")
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    pytest.param({"model": "vgg16"}, "model 'resnet18'", id="other-model"),
+    pytest.param({"checkpoint": "cd" * 32}, "checkpoint", id="other-checkpoint"),
+    pytest.param({"patch_size": 8}, "patch_size 16", id="other-patch"),
+    pytest.param({"stride": 2}, "stride 4", id="other-stride"),
+])
+def test_config_is_refused_for_another_model_checkpoint_or_geometry(
+    arguments: dict[str, object], message: str
+) -> None:
+    asked: dict[str, object] = {"model": "resnet18", "checkpoint": "ab" * 32, **arguments}
+    with pytest.raises(DatasetConfigError, match=message):
+        _config().check_compatible(**asked)  # type: ignore[arg-type]
+
+
+def test_config_is_accepted_for_its_own_model_and_checkpoint() -> None:
+    _config().check_compatible("resnet18", "ab" * 32, 16, 4)
+
+
+def test_random_weights_have_a_seed_identity_distinct_from_files(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "w.pt"
+    checkpoint.write_bytes(b"weights")
+    assert random_weights_id(0) != random_weights_id(1)
+    assert random_weights_id(0) != fingerprint(checkpoint)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param("{not json", "JSON", id="not-json"),
+    pytest.param("[1, 2]", "object", id="not-object"),
+    pytest.param(json.dumps({"dataset": "x"}), "fields", id="missing-fields"),
+])
+def test_malformed_config_raises_dataset_config_error(text: str, message: str) -> None:
+    with pytest.raises(DatasetConfigError, match=message):
+        DatasetConfig.from_json(text)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    pytest.param({"version": 2}, "version", id="future-version"),
+    pytest.param({"tau": 0.0}, "tau", id="tau-zero"),
+    pytest.param({"coarse_stride": None}, "together", id="ratio-without-stride"),
+    pytest.param({"dataset": "../etc/passwd"}, "dataset name", id="path-traversal"),
+])
+def test_invalid_config_values_raise_dataset_config_error(changes: dict[str, object],
+                                                          message: str) -> None:
+    with pytest.raises(DatasetConfigError, match=message):
+        _config(**changes)
