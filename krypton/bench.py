@@ -8,6 +8,7 @@ short calibration, so neither baseline is handicapped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import platform
@@ -152,7 +153,7 @@ def _calibrate_naive(engine: ReferenceOcclusion, image: Tensor, patch: int, devi
     for batch in candidates:
         step = max(side // max(math.isqrt(batch) - 1, 1), 1)
         result, seconds = _timed(
-            lambda b=batch, s=step: engine.attribute(image, patch, s, batch_size=b), device
+            functools.partial(engine.attribute, image, patch, step, batch_size=batch), device
         )
         rates[batch] = result.stats.positions / seconds
     return max(rates, key=lambda b: rates[b])

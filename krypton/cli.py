@@ -11,9 +11,8 @@ from typing import Annotated, NoReturn
 
 import numpy as np
 import typer
-from tqdm import tqdm
-
 from torch import nn
+from tqdm import tqdm
 
 from krypton.engine import (
     Approximation,
@@ -147,7 +146,8 @@ def explain(
     except (EngineError, ModelError, ValueError, OSError) as exc:
         _fail(str(exc))
 
-    chosen = (view or (ViewChoice.drop if suffix == ".png" else ViewChoice.probability)).value
+    picked = view or (ViewChoice.drop if suffix == ".png" else ViewChoice.probability)
+    chosen: render.View = "drop" if picked is ViewChoice.drop else "probability"
     values = render.view_values(result.heatmap, result.target_probability, chosen)
     written = _write(output, values, result, pixels, spec.input_size, chosen, model, color)
     stats = result.stats

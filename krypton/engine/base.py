@@ -147,13 +147,14 @@ class OcclusionEngine(ABC):
             if approximation.drills_down:
                 assert approximation.coarse_stride is not None
                 assert approximation.drilldown_ratio is not None
+                drill_ratio = approximation.drilldown_ratio
                 coarse_grid = PatchGrid(grid.height, grid.width, patch_size,
                                         approximation.coarse_stride)
                 coarse_session = self._session(prepared, coarse_grid, patch, approximation.tau)
-                run.total = coarse_grid.size + drilldown_count(grid.size, approximation.drilldown_ratio)
+                run.total = coarse_grid.size + drilldown_count(grid.size, drill_ratio)
                 coarse = run.occlude(coarse_session, _all_positions(coarse_grid, self.device))
                 heatmap = interpolate_coarse(coarse.view(coarse_grid.shape), coarse_grid, grid)
-                chosen = top_drop(heatmap, approximation.drilldown_ratio)
+                chosen = top_drop(heatmap, drill_ratio)
                 heatmap.view(-1)[chosen] = run.occlude(session, chosen)
             else:
                 run.total = grid.size
@@ -253,7 +254,9 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
         if getattr(module, "inplace", False) is True:
             module.inplace = False  # type: ignore[assignment]
     private.requires_grad_(False)
-    return private.to(device=device, memory_format=torch.channels_last)
+    private.to(device)
+    private.to(memory_format=torch.channels_last)
+    return private
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:

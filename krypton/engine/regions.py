@@ -120,7 +120,8 @@ def tau_limit(tau: float, size: int) -> int:
 
 def widths(intervals: Intervals) -> npt.NDArray[np.int64]:
     """Length of each interval, 0 for empty ones."""
-    return np.maximum(intervals[1] - intervals[0], 0)
+    lengths: npt.NDArray[np.int64] = np.maximum(intervals[1] - intervals[0], 0)
+    return lengths
 
 
 def window_starts(intervals: Intervals, width: int, size: int) -> npt.NDArray[np.int64]:

@@ -97,9 +97,10 @@ def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int
     rows = ((np.arange(height) + 0.5) * g.input_height / height - 0.5 - centre) / g.stride
     cols = ((np.arange(width) + 0.5) * g.input_width / width - 0.5 - centre) / g.stride
     rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    return ndimage.map_coordinates(
+    resampled: FloatArray = ndimage.map_coordinates(
         np.asarray(values, dtype=np.float64), [rr, cc], order=1, mode="nearest"
     ).astype(np.float32)
+    return resampled
 
 
 def heatmap_npy(values: FloatArray) -> bytes:

@@ -55,7 +55,7 @@ def test_tuning_reports_the_frontier_it_explored(tuned: tuple) -> None:  # type:
     taus = {point.approximation.tau for point in result.frontier}
     assert 0.9 in taus
     assert any(point.approximation.drills_down for point in result.frontier)
-    assert all(0.0 < point.seconds and -1.0 <= point.ssim <= 1.0 for point in result.frontier)
+    assert all(point.seconds > 0.0 and -1.0 <= point.ssim <= 1.0 for point in result.frontier)
 
 
 def test_tuning_chooses_the_fastest_setting_that_passes(tuned: tuple) -> None:  # type: ignore[type-arg]
