@@ -25,7 +25,16 @@ from krypton.engine import IncrementalOcclusion, ReferenceOcclusion
 from krypton.engine.patches import PatchGrid
 from krypton.models import Preprocessing, build_model, get_model_spec, to_model_input
 
-__all__ = ["BenchRow", "machine_description", "run_benchmark"]
+__all__ = [
+    "ApproximateRow",
+    "BenchRow",
+    "format_approximate_table",
+    "format_table",
+    "machine_description",
+    "run_approximate_benchmark",
+    "run_benchmark",
+    "sample_images",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +115,7 @@ def _bench_model(
     # Warm up both engines (kernel selection, allocator) on a two-position grid.
     for engine in (naive, exact):
         engine.attribute(image, patch, size - patch, batch_size=2)
-    naive_batch = _calibrate_naive(naive, image, patch, device)
+    naive_batch, _ = _calibrate_naive(naive, image, patch, device)
 
     naive_result, naive_seconds = _timed(
         lambda: naive.attribute(image, patch, stride, batch_size=naive_batch), device)
@@ -141,8 +150,9 @@ def _bench_model(
     )
 
 
-def _calibrate_naive(engine: ReferenceOcclusion, image: Tensor, patch: int, device: str) -> int:
-    """The batch size at which naive inference runs fastest here.
+def _calibrate_naive(engine: ReferenceOcclusion, image: Tensor, patch: int,
+                     device: str) -> tuple[int, float]:
+    """The batch size at which naive inference runs fastest here, and its positions/s.
 
     Each candidate is a square number, timed on a grid of about that many
     positions so that it runs as one batch.
@@ -156,7 +166,8 @@ def _calibrate_naive(engine: ReferenceOcclusion, image: Tensor, patch: int, devi
             functools.partial(engine.attribute, image, patch, step, batch_size=batch), device
         )
         rates[batch] = result.stats.positions / seconds
-    return max(rates, key=lambda b: rates[b])
+    best = max(rates, key=lambda b: rates[b])
+    return best, rates[best]
 
 
 def _time_captum(model: nn.Module, image: Tensor, patch: int, stride: int, target: int,
@@ -229,5 +240,143 @@ def format_table(rows: Sequence[BenchRow]) -> str:
             f"| {r.model} | {r.input_size} | {r.positions} | {r.naive_pps:.2f} | {captum} "
             f"| {r.exact_pps:.2f} | {r.speedup_naive:.2f}x | {vs_captum} "
             f"| {r.theoretical_ratio:.2f} | {r.flops_ratio:.2f} | {r.max_abs_diff:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ApproximateRow:
+    """Approximate vs exact vs naive on held-out images, after tuning on the others."""
+
+    model: str
+    input_size: int
+    patch: int
+    stride: int
+    positions: int
+    naive_pps: float
+    exact_seconds: float
+    approximate_seconds: float
+    tau: float
+    drilldown_ratio: float | None
+    coarse_stride: int | None
+    holdout_ssim: float
+    min_holdout_ssim: float
+    tuning_seconds: float
+    frontier: tuple[tuple[float, float | None, int | None, float, float], ...]
+    """(tau, r, coarse stride, speedup over exact, SSIM) of every setting tuning tried."""
+
+    @property
+    def naive_seconds(self) -> float:
+        return self.positions / self.naive_pps
+
+    @property
+    def speedup_naive(self) -> float:
+        return self.naive_seconds / self.approximate_seconds
+
+    @property
+    def speedup_exact(self) -> float:
+        return self.exact_seconds / self.approximate_seconds
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "naive_seconds": self.naive_seconds,
+                "speedup_naive": self.speedup_naive, "speedup_exact": self.speedup_exact}
+
+
+def sample_images(count: int) -> list[np.ndarray]:
+    """Images of one use case: crops and flips of scikit-image's two fundus images.
+
+    Alternates the full photograph (``retina``) with close-ups (crops of it and
+    the ``microaneurysms`` detail), so tuning and held-out halves both see each.
+    """
+    from skimage import data
+
+    retina = np.asarray(data.retina(), dtype=np.float32) / 255.0
+    detail = np.asarray(data.microaneurysms(), dtype=np.float32) / 255.0
+    detail = np.repeat(detail[..., None], 3, axis=2)
+    views = [
+        retina,
+        detail,
+        retina[:, ::-1],
+        retina[250:1150, 150:1050],
+        detail[::-1],
+        retina[300:1300, 400:1400, :][::-1],
+        detail[:, ::-1],
+        retina[100:1000, 350:1250],
+    ]
+    return [np.ascontiguousarray(v) for v in views[:count]]
+
+
+def run_approximate_benchmark(
+    models: Sequence[str],
+    *,
+    patch: int = 16,
+    stride: int = 8,
+    samples: int = 4,
+    target_ssim: float = 0.9,
+    device: str = "cpu",
+    report: Callable[[str], None] = print,
+) -> list[ApproximateRow]:
+    """Tune each model on half the samples, then time and score the other half."""
+    from krypton.engine import Approximation, heatmap_ssim, tune
+
+    pixels = sample_images(samples)
+    rows = []
+    for name in models:
+        spec = get_model_spec(name)
+        model = build_model(name, num_classes=4)
+        images = [to_model_input(p, Preprocessing(spec.input_size)) for p in pixels]
+        naive = ReferenceOcclusion(model, device=device)
+        exact = IncrementalOcclusion(model, device=device)
+        size = spec.input_size
+        for engine in (naive, exact):
+            engine.attribute(images[0], patch, size - patch, batch_size=2)
+        _, naive_pps = _calibrate_naive(naive, images[0], patch, device)
+        report(f"{name}: naive {naive_pps:.2f} positions/s; tuning on {samples // 2 + samples % 2}"
+               f" images")
+        tuning, tuning_seconds = _timed(functools.partial(
+            tune, exact, images, patch, stride, target_ssim=target_ssim, holdout=samples // 2,
+            report=lambda line: report(f"  {line}")), device)
+        held_out = images[tuning.tuning_images :]
+        exact_seconds, approximate_seconds, scores = 0.0, 0.0, []
+        for image in held_out:
+            reference, seconds = _timed(
+                functools.partial(exact.attribute, image, patch, stride), device)
+            exact_seconds += seconds
+            result, seconds = _timed(functools.partial(
+                exact.attribute, image, patch, stride, target=reference.target,
+                approximation=tuning.approximation), device)
+            approximate_seconds += seconds
+            scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
+        chosen: Approximation = tuning.approximation
+        rows.append(ApproximateRow(
+            model=name, input_size=size, patch=patch, stride=stride,
+            positions=PatchGrid(size, size, patch, stride).size, naive_pps=naive_pps,
+            exact_seconds=exact_seconds / len(held_out),
+            approximate_seconds=approximate_seconds / len(held_out),
+            tau=chosen.tau, drilldown_ratio=chosen.drilldown_ratio,
+            coarse_stride=chosen.coarse_stride, holdout_ssim=float(np.mean(scores)),
+            min_holdout_ssim=float(np.min(scores)), tuning_seconds=tuning_seconds,
+            frontier=tuple((p.approximation.tau, p.approximation.drilldown_ratio,
+                            p.approximation.coarse_stride, p.speedup, p.ssim)
+                           for p in tuning.frontier),
+        ))
+        report(f"  held out: {rows[-1].speedup_naive:.1f}x over naive, "
+               f"{rows[-1].speedup_exact:.1f}x over exact, SSIM {rows[-1].holdout_ssim:.3f}")
+    return rows
+
+
+def format_approximate_table(rows: Sequence[ApproximateRow]) -> str:
+    """A Markdown table of approximate-inference rows."""
+    lines = [
+        "| model | input | positions | naive s/image | exact s/image | approx s/image "
+        "| approx / naive | approx / exact | tau | r | coarse stride | held-out SSIM (min) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.model} | {r.input_size} | {r.positions} | {r.naive_seconds:.1f} "
+            f"| {r.exact_seconds:.2f} | {r.approximate_seconds:.2f} | {r.speedup_naive:.1f}x "
+            f"| {r.speedup_exact:.1f}x | {r.tau:.2f} | {r.drilldown_ratio or '-'} "
+            f"| {r.coarse_stride or '-'} | {r.holdout_ssim:.3f} ({r.min_holdout_ssim:.3f}) |"
         )
     return "\n".join(lines)

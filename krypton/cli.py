@@ -321,13 +321,38 @@ def bench(
     batch_size: Annotated[int | None, typer.Option(
         help="Exact engine's batch (default: its memory budget).")] = None,
     captum: Annotated[bool, typer.Option(help="Also time Captum's Occlusion.")] = True,
+    approximate: Annotated[bool, typer.Option(
+        help="Benchmark tuned approximate inference instead: tune on half of the sample "
+        "images, then time approximate vs exact vs naive on the other half.")] = False,
+    samples: Annotated[int, typer.Option(help="Sample images for --approximate.")] = 4,
+    target_ssim: Annotated[float, typer.Option(help="SSIM target for --approximate.")] = 0.9,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write rows as JSON.")
                         ] = None,
 ) -> None:
     """Time naive, Captum and exact occlusion in this process and print the speedups."""
-    from krypton.bench import format_table, machine_description, run_benchmark
+    from krypton.bench import (
+        format_approximate_table,
+        format_table,
+        machine_description,
+        run_approximate_benchmark,
+        run_benchmark,
+    )
 
     names = [n.strip() for n in models_.split(",") if n.strip()]
+    if approximate:
+        try:
+            approximate_rows = run_approximate_benchmark(
+                names, patch=patch, stride=stride, samples=samples, target_ssim=target_ssim,
+                device=device.value, report=lambda line: typer.echo(line, err=True))
+        except (EngineError, ModelError, ValueError) as exc:
+            _fail(str(exc))
+        typer.echo(f"machine: {machine_description(device.value)}")
+        typer.echo(format_approximate_table(approximate_rows))
+        if json_out is not None:
+            json_out.write_text(json.dumps({
+                "machine": machine_description(device.value),
+                "rows": [r.as_dict() for r in approximate_rows]}, indent=2))
+        return
     try:
         rows = run_benchmark(names, patch=patch, stride=stride, device=device.value,
                              exact_batch=batch_size, with_captum=captum,
