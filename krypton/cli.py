@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import numpy as np
 import typer
@@ -38,6 +39,8 @@ from krypton.models import (
     to_model_input,
 )
 from krypton.service import render
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Occlusion sensitivity heatmaps for CNN image classifiers, by incremental inference.",
@@ -370,3 +373,67 @@ def bench(
 def _fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the REST API. Without KRYPTON_REDIS_URL it also runs an in-process worker."""
+    import uvicorn
+
+    from krypton.service.app import create_app
+    from krypton.service.config import get_settings
+
+    settings = _settings_or_fail(get_settings)
+    _configure_logging(settings.log_level)
+    if settings.embedded:
+        typer.echo("embedded mode: in-process queue and worker (set KRYPTON_REDIS_URL to use "
+                   "Redis and `krypton worker` processes)", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+) -> None:
+    """Run a worker: claim heatmap jobs from Redis, compute, store. One per GPU."""
+    import asyncio
+    import signal
+
+    from krypton.service.app import make_deployment, make_queue
+    from krypton.service.config import get_settings
+    from krypton.service.worker import Worker
+
+    settings = _settings_or_fail(get_settings)
+    _configure_logging(settings.log_level)
+    if settings.embedded:
+        _fail("krypton worker needs KRYPTON_REDIS_URL (e.g. redis://localhost:6379/0); "
+              "`krypton serve` without it runs its own worker")
+
+    async def main() -> None:
+        queue = make_queue(settings)
+        runner = Worker(queue, make_deployment(settings), device=settings.device,
+                        max_pixels=settings.max_pixels)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, runner.stop)
+        try:
+            await runner.run(burst=burst)
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def _settings_or_fail(get: Callable[[], T]) -> T:
+    try:
+        return get()
+    except ValueError as exc:  # pydantic's ValidationError names the bad variable
+        _fail(f"invalid KRYPTON_* environment: {exc}")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,6 +27,7 @@ __all__ = [
     "heatmap_npy",
     "heatmap_png",
     "overlay_png",
+    "read_npy",
     "view_values",
 ]
 
@@ -108,6 +109,12 @@ def heatmap_npy(values: FloatArray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(values, dtype=np.float32), allow_pickle=False)
     return buffer.getvalue()
+
+
+def read_npy(data: bytes) -> npt.NDArray[np.float32]:
+    """The array :func:`heatmap_npy` wrote."""
+    array: npt.NDArray[np.float32] = np.load(io.BytesIO(data), allow_pickle=False)
+    return array
 
 
 def heatmap_json(heatmap: FloatArray, metadata: dict[str, Any]) -> str:

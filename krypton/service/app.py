@@ -1,0 +1,87 @@
+"""The FastAPI application: ``create_app()`` wires settings, queue, registry and routes.
+
+With no Redis configured the app also runs its own worker(s) in-process on an
+in-memory queue (the embedded default); with Redis it only enqueues, and
+``krypton worker`` processes do the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from krypton import __version__
+from krypton.models.deployment import Deployment, default_deployment, load_deployment
+from krypton.service.config import Settings, get_settings
+from krypton.service.errors import install_handlers
+from krypton.service.metrics import Metrics
+from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
+from krypton.service.routes import catalog, health, heatmaps
+from krypton.service.worker import Worker
+
+__all__ = ["create_app", "make_deployment", "make_queue"]
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Occlusion sensitivity heatmaps for CNN image classifiers.
+
+Submit an image to `POST /v1/heatmaps`, poll the job at its `Location`, then
+fetch `heatmap.png`, `heatmap.json` or `heatmap.npy`. Errors are
+`application/problem+json` (RFC 9457)."""
+
+
+def make_queue(settings: Settings) -> JobQueue:
+    options = {"ttl_seconds": settings.result_ttl_seconds,
+               "claim_idle_ms": settings.claim_idle_ms,
+               "heartbeat_ttl_seconds": settings.heartbeat_ttl_seconds}
+    if settings.redis_url is None:
+        return InMemoryQueue(**options)
+    return RedisStreamQueue.from_url(str(settings.redis_url), **options)
+
+
+def make_deployment(settings: Settings) -> Deployment:
+    if settings.registry is None:
+        return default_deployment(settings.datasets_dir)
+    return load_deployment(settings.registry)
+
+
+def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
+    """The API. ``queue`` overrides the one the settings describe (tests)."""
+    settings = settings or get_settings()
+    deployment = make_deployment(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.queue = queue or make_queue(settings)
+        workers: list[Worker] = []
+        if settings.embedded:
+            workers = [Worker(app.state.queue, deployment, device=settings.device,
+                              name=f"embedded-{i}", max_pixels=settings.max_pixels)
+                       for i in range(settings.embedded_workers)]
+            logger.info("embedded mode: in-process queue and %d worker(s); set "
+                        "KRYPTON_REDIS_URL to scale out", len(workers))
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.stop()
+            for task in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, timeout=5)
+            await app.state.queue.close()
+
+    app = FastAPI(title="Krypton", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.deployment = deployment
+    app.state.metrics = Metrics()
+    app.middleware("http")(app.state.metrics.middleware)
+    install_handlers(app)
+    for module in (heatmaps, catalog, health):
+        app.include_router(module.router)
+    return app

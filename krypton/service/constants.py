@@ -1,0 +1,38 @@
+"""Names and defaults shared by the API and the workers, in one place.
+
+Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
+
+- ``krypton:jobs`` - the stream of job ids, consumed by the ``workers`` group
+- ``krypton:job:{id}`` - the job document (JSON), with the job's TTL
+- ``krypton:image:{id}`` - the uploaded image bytes (patient data), same TTL
+- ``krypton:result:{id}`` - the heatmap as ``.npy`` bytes, same TTL
+- ``krypton:worker:{name}`` - a worker's heartbeat, expiring when it stops beating
+"""
+
+from __future__ import annotations
+
+KEY_PREFIX = "krypton"
+STREAM = f"{KEY_PREFIX}:jobs"
+GROUP = "workers"
+JOB_KEY = f"{KEY_PREFIX}:job:{{}}"
+IMAGE_KEY = f"{KEY_PREFIX}:image:{{}}"
+RESULT_KEY = f"{KEY_PREFIX}:result:{{}}"
+WORKER_KEY = f"{KEY_PREFIX}:worker:{{}}"
+
+DEFAULT_RESULT_TTL_SECONDS = 24 * 3600
+DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_PATCH_SIZE = 16
+DEFAULT_STRIDE = 8
+MAX_WAIT_SECONDS = 60
+"""Upper bound of ``Prefer: wait=N``, so a request never ties up a connection for long."""
+
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_SECONDS = 10
+"""A worker whose heartbeat is this old is presumed dead."""
+CLAIM_IDLE_MS = 30_000
+"""A job claimed but untouched this long belongs to a dead worker and is reclaimed."""
+MAX_ATTEMPTS = 3
+"""A job that killed this many workers is failed rather than handed to another."""
+PROGRESS_INTERVAL_SECONDS = 0.5
+"""Workers write progress at most this often; each write also keeps the claim fresh."""

@@ -1,0 +1,40 @@
+"""FastAPI dependencies: what a route needs, taken from the app's state."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from krypton.models.deployment import DeployedModel, Deployment
+from krypton.service.config import Settings
+from krypton.service.queue import JobQueue
+
+__all__ = ["DeploymentDep", "QueueDep", "SettingsDep", "weights_id"]
+
+
+def get_queue(request: Request) -> JobQueue:
+    queue: JobQueue = request.app.state.queue
+    return queue
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_deployment(request: Request) -> Deployment:
+    deployment: Deployment = request.app.state.deployment
+    return deployment
+
+
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+DeploymentDep = Annotated[Deployment, Depends(get_deployment)]
+
+
+@lru_cache(maxsize=64)
+def weights_id(model: DeployedModel) -> str:
+    """The checkpoint's sha256 (hashed once per process, not per request)."""
+    return model.weights_id()

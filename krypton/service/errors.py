@@ -1,0 +1,137 @@
+"""Domain errors of the service and their RFC 9457 ``application/problem+json`` form.
+
+Routes raise these (or let the engine's and models' errors through); the
+handlers installed by :func:`install_handlers` turn every one of them, and
+FastAPI's request validation errors, into a problem document with a stable
+``type``. A failed job stores the same document. Nothing here echoes request
+bodies: they are patient images.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from krypton.engine import EngineError
+from krypton.models import CheckpointError, ModelError
+
+__all__ = [
+    "PROBLEM_MEDIA_TYPE",
+    "InvalidInput",
+    "JobNotFound",
+    "PayloadTooLarge",
+    "QueueUnavailable",
+    "ResultNotReady",
+    "ServiceError",
+    "UnsupportedMediaType",
+    "install_handlers",
+    "problem",
+]
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_TYPE = "urn:krypton:problem:{}"
+
+
+class ServiceError(Exception):
+    """Root of the service's errors: an HTTP status, a stable slug and a title."""
+
+    status = 500
+    slug = "internal-error"
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, job_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.job_id = job_id
+
+
+class InvalidInput(ServiceError):
+    status, slug, title = 422, "invalid-input", "Invalid input"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported image type"
+
+
+class PayloadTooLarge(ServiceError):
+    status, slug, title = 413, "payload-too-large", "Upload too large"
+
+
+class JobNotFound(ServiceError):
+    status, slug, title = 404, "job-not-found", "No such job"
+
+
+class ResultNotReady(ServiceError):
+    status, slug, title = 409, "result-not-ready", "Result not ready"
+
+
+class QueueUnavailable(ServiceError):
+    status, slug, title = 503, "queue-unavailable", "Queue unavailable"
+
+
+def problem(status: int, slug: str, title: str, detail: str, *, instance: str | None = None,
+            job_id: str | None = None) -> dict[str, Any]:
+    """A problem document; ``job_id`` is the RFC's allowed extension member."""
+    document: dict[str, Any] = {"type": _TYPE.format(slug), "title": title, "status": status,
+                                "detail": detail}
+    if instance is not None:
+        document["instance"] = instance
+    if job_id is not None:
+        document["job_id"] = job_id
+    return document
+
+
+def problem_for(exc: BaseException) -> dict[str, Any]:
+    """The problem document for any exception a request or a job can end with."""
+    if isinstance(exc, ServiceError):
+        return problem(exc.status, exc.slug, exc.title, exc.detail, job_id=exc.job_id)
+    if isinstance(exc, CheckpointError):
+        # The deployment's checkpoint is broken: the server's fault, not the caller's.
+        return problem(500, "model-unavailable", "Model unavailable", str(exc))
+    if isinstance(exc, ModelError | EngineError | ValueError):
+        return problem(422, "invalid-input", "Invalid input", str(exc))
+    return problem(500, "internal-error", "Internal error",
+                   "the server failed unexpectedly; the error was logged")
+
+
+def _respond(request: Request, document: dict[str, Any],
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    document.setdefault("instance", request.url.path)
+    return JSONResponse(document, status_code=document["status"],
+                        media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every error a route can raise to problem+json."""
+
+    async def domain(request: Request, exc: Exception) -> JSONResponse:
+        document = problem_for(exc)
+        if document["status"] >= 500:
+            logger.error("%s %s failed: %s", request.method, request.url.path,
+                         type(exc).__name__, exc_info=exc)
+        return _respond(request, document)
+
+    async def validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg']}"
+            for error in exc.errors())
+        return _respond(request, problem(422, "invalid-input", "Invalid input", details))
+
+    async def http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        return _respond(request, problem(exc.status_code, slug, str(exc.detail), str(exc.detail)),
+                        headers=getattr(exc, "headers", None))
+
+    for error in (ServiceError, ModelError, EngineError, Exception):
+        app.add_exception_handler(error, domain)
+    app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, http)

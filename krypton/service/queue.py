@@ -1,0 +1,384 @@
+"""Where jobs wait and results live: a Redis Stream, or an in-process stand-in.
+
+The API calls :meth:`JobQueue.submit`, ``get`` and ``delete``; workers call
+``claim``, ``touch``, ``save``, ``put_result`` and ``ack``. Both
+implementations keep the same promises:
+
+- a job, its images and its result share one expiry (patient data), and
+  ``delete`` removes all three at once;
+- ``save`` never brings back a deleted or expired job: it returns ``False``
+  and the worker drops the work;
+- a claimed job is delivered to one worker; if that worker stops touching it
+  for ``claim_idle_ms`` (it died), ``claim`` hands it to another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError, ResponseError
+
+from krypton.service import constants
+from krypton.service.schemas import Job, WorkerInfo, utcnow
+
+__all__ = ["Claim", "InMemoryQueue", "JobQueue", "RedisStreamQueue"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job handed to one worker, to be acknowledged when its outcome is stored."""
+
+    job_id: str
+    message_id: str
+
+
+class JobQueue(ABC):
+    """The job store and queue shared by the API and the workers."""
+
+    name: str
+
+    def __init__(self, *, ttl_seconds: int, claim_idle_ms: int = constants.CLAIM_IDLE_MS,
+                 heartbeat_ttl_seconds: int = constants.HEARTBEAT_TTL_SECONDS) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.claim_idle_ms = claim_idle_ms
+        self.heartbeat_ttl_seconds = heartbeat_ttl_seconds
+
+    def _stamp(self, job: Job) -> Job:
+        return job.model_copy(update={
+            "expires_at": utcnow() + dt.timedelta(seconds=self.ttl_seconds)})
+
+    @abstractmethod
+    async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
+        """Store the job and its images, then queue it; returns the stored job."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> Job | None:
+        """The job, or ``None`` when unknown, expired or deleted."""
+
+    @abstractmethod
+    async def save(self, job: Job) -> bool:
+        """Overwrite an existing job, keeping its expiry; ``False`` when it is gone."""
+
+    @abstractmethod
+    async def images(self, job_id: str, count: int) -> list[bytes] | None:
+        """The job's uploaded images, or ``None`` when any is gone."""
+
+    @abstractmethod
+    async def put_result(self, job_id: str, data: bytes) -> bool:
+        """Store the result with the job's expiry; ``False`` when the job is gone."""
+
+    @abstractmethod
+    async def result(self, job_id: str) -> bytes | None:
+        """The stored result, or ``None``."""
+
+    @abstractmethod
+    async def delete(self, job_id: str) -> bool:
+        """Purge the job, its images and its result now; ``False`` when there was none."""
+
+    @abstractmethod
+    async def claim(self, consumer: str, block_ms: int) -> Claim | None:
+        """The next job for ``consumer``: a dead worker's first, else a new one."""
+
+    @abstractmethod
+    async def touch(self, claim: Claim, consumer: str) -> None:
+        """Tell the queue ``consumer`` is still working on ``claim``."""
+
+    @abstractmethod
+    async def ack(self, claim: Claim) -> None:
+        """The job's outcome is stored: never deliver it again."""
+
+    @abstractmethod
+    async def beat(self, info: WorkerInfo) -> None:
+        """Record that a worker is alive, for ``heartbeat_ttl_seconds``."""
+
+    @abstractmethod
+    async def retire(self, worker: str) -> None:
+        """Remove a stopping worker's heartbeat."""
+
+    @abstractmethod
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is live."""
+
+    @abstractmethod
+    async def ping(self) -> bool:
+        """Whether the store answers."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+@dataclass
+class _Entry:
+    value: Any
+    expires: float
+
+
+@dataclass
+class _Pending:
+    job_id: str
+    consumer: str
+    touched: float
+
+
+@dataclass
+class _Memory:
+    entries: dict[str, _Entry] = field(default_factory=dict)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+
+
+class InMemoryQueue(JobQueue):
+    """The embedded default: dictionaries with expiry and an ``asyncio.Queue``.
+
+    Lives and dies with the API process, so it needs none of Redis's recovery;
+    it still honours expiry, deletion and claims so behaviour matches.
+    """
+
+    name = "memory"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._memory = _Memory()
+        self._waiting: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._sequence = 0
+
+    def _live(self, key: str) -> Any:
+        entry = self._memory.entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= time.monotonic():
+            del self._memory.entries[key]
+            return None
+        return entry.value
+
+    def _purge_expired(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, e in self._memory.entries.items() if e.expires <= now]:
+            del self._memory.entries[key]
+
+    async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
+        self._purge_expired()
+        job = self._stamp(job)
+        expires = time.monotonic() + self.ttl_seconds
+        self._memory.entries[constants.JOB_KEY.format(job.id)] = _Entry(job, expires)
+        for index, image in enumerate(images):
+            self._memory.entries[_image_key(job.id, index)] = _Entry(image, expires)
+        self._sequence += 1
+        await self._waiting.put((f"{self._sequence}-0", job.id))
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        job: Job | None = self._live(constants.JOB_KEY.format(job_id))
+        return job
+
+    async def save(self, job: Job) -> bool:
+        key = constants.JOB_KEY.format(job.id)
+        if self._live(key) is None:
+            return False
+        self._memory.entries[key].value = job
+        return True
+
+    async def images(self, job_id: str, count: int) -> list[bytes] | None:
+        found = [self._live(_image_key(job_id, i)) for i in range(count)]
+        return None if any(f is None for f in found) else found
+
+    async def put_result(self, job_id: str, data: bytes) -> bool:
+        key = constants.JOB_KEY.format(job_id)
+        if self._live(key) is None:
+            return False
+        expires = self._memory.entries[key].expires
+        self._memory.entries[constants.RESULT_KEY.format(job_id)] = _Entry(data, expires)
+        return True
+
+    async def result(self, job_id: str) -> bytes | None:
+        data: bytes | None = self._live(constants.RESULT_KEY.format(job_id))
+        return data
+
+    async def delete(self, job_id: str) -> bool:
+        existed = self._live(constants.JOB_KEY.format(job_id)) is not None
+        doomed = (constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id))
+        images = constants.IMAGE_KEY.format(job_id) + ":"
+        for key in [k for k in self._memory.entries if k in doomed or k.startswith(images)]:
+            del self._memory.entries[key]
+        return existed
+
+    async def claim(self, consumer: str, block_ms: int) -> Claim | None:
+        now = time.monotonic()
+        for message_id, pending in self._memory.pending.items():
+            if (now - pending.touched) * 1000 >= self.claim_idle_ms:
+                pending.consumer, pending.touched = consumer, now
+                return Claim(pending.job_id, message_id)
+        try:
+            message_id, job_id = await asyncio.wait_for(self._waiting.get(), block_ms / 1000)
+        except TimeoutError:
+            return None
+        self._memory.pending[message_id] = _Pending(job_id, consumer, time.monotonic())
+        return Claim(job_id, message_id)
+
+    async def touch(self, claim: Claim, consumer: str) -> None:
+        pending = self._memory.pending.get(claim.message_id)
+        if pending is not None:
+            pending.consumer, pending.touched = consumer, time.monotonic()
+
+    async def ack(self, claim: Claim) -> None:
+        self._memory.pending.pop(claim.message_id, None)
+
+    async def beat(self, info: WorkerInfo) -> None:
+        self._memory.entries[constants.WORKER_KEY.format(info.name)] = _Entry(
+            info, time.monotonic() + self.heartbeat_ttl_seconds)
+
+    async def retire(self, worker: str) -> None:
+        self._memory.entries.pop(constants.WORKER_KEY.format(worker), None)
+
+    async def workers(self) -> list[WorkerInfo]:
+        prefix = constants.WORKER_KEY.format("")
+        found = [self._live(k) for k in list(self._memory.entries) if k.startswith(prefix)]
+        return sorted((w for w in found if w is not None), key=lambda w: w.name)
+
+    async def ping(self) -> bool:
+        return True
+
+
+class RedisStreamQueue(JobQueue):
+    """Jobs in a Redis Stream read by a consumer group; documents in keys with a TTL.
+
+    ``claim`` first takes over messages idle for ``claim_idle_ms``
+    (``XAUTOCLAIM``: their worker died), then reads new ones (``XREADGROUP``).
+    Working workers ``touch`` their claim (``XCLAIM ... JUSTID``) so it never
+    looks idle. Saves use ``SET ... XX KEEPTTL`` so a deleted job stays deleted.
+    """
+
+    name = "redis"
+
+    def __init__(self, client: aioredis.Redis, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # redis-py's response types depend on decode_responses; this client returns bytes.
+        self.client: Any = client
+        self._group_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisStreamQueue:
+        return cls(aioredis.Redis.from_url(url, decode_responses=False), **kwargs)
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self.client.xgroup_create(constants.STREAM, constants.GROUP, id="0",
+                                            mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
+        job = self._stamp(job)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(constants.JOB_KEY.format(job.id), job.model_dump_json(), ex=self.ttl_seconds)
+            for index, image in enumerate(images):
+                pipe.set(_image_key(job.id, index), image, ex=self.ttl_seconds)
+            pipe.xadd(constants.STREAM, {"job_id": job.id})
+            await pipe.execute()
+        return job
+
+    async def get(self, job_id: str) -> Job | None:
+        raw = await self.client.get(constants.JOB_KEY.format(job_id))
+        return None if raw is None else Job.model_validate_json(raw)
+
+    async def save(self, job: Job) -> bool:
+        stored = await self.client.set(constants.JOB_KEY.format(job.id), job.model_dump_json(),
+                                       xx=True, keepttl=True)
+        return bool(stored)
+
+    async def images(self, job_id: str, count: int) -> list[bytes] | None:
+        if count == 0:
+            return []
+        found = await self.client.mget([_image_key(job_id, i) for i in range(count)])
+        return None if any(f is None for f in found) else list(found)
+
+    async def put_result(self, job_id: str, data: bytes) -> bool:
+        ttl_ms = await self.client.pttl(constants.JOB_KEY.format(job_id))
+        if ttl_ms is None or ttl_ms <= 0:
+            return False
+        await self.client.set(constants.RESULT_KEY.format(job_id), data, px=ttl_ms)
+        return True
+
+    async def result(self, job_id: str) -> bytes | None:
+        data: bytes | None = await self.client.get(constants.RESULT_KEY.format(job_id))
+        return data
+
+    async def delete(self, job_id: str) -> bool:
+        job = await self.get(job_id)
+        images = 0 if job is None else getattr(job.params, "images", 1)
+        keys = [constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
+                *(_image_key(job_id, i) for i in range(max(images, 1)))]
+        removed = await self.client.delete(*keys)
+        return bool(removed) and job is not None
+
+    async def claim(self, consumer: str, block_ms: int) -> Claim | None:
+        await self._ensure_group()
+        _, taken, *_ = await self.client.xautoclaim(
+            constants.STREAM, constants.GROUP, consumer, min_idle_time=self.claim_idle_ms,
+            start_id="0-0", count=1)
+        if taken:
+            message_id, fields = taken[0]
+            logger.info("reclaimed message %s from an idle worker", _text(message_id))
+            return Claim(_text(fields[b"job_id"]), _text(message_id))
+        read = await self.client.xreadgroup(constants.GROUP, consumer, {constants.STREAM: ">"},
+                                            count=1, block=block_ms)
+        if not read:
+            return None
+        message_id, fields = read[0][1][0]
+        return Claim(_text(fields[b"job_id"]), _text(message_id))
+
+    async def touch(self, claim: Claim, consumer: str) -> None:
+        await self.client.xclaim(constants.STREAM, constants.GROUP, consumer, 0,
+                                 [claim.message_id], justid=True)
+
+    async def ack(self, claim: Claim) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.xack(constants.STREAM, constants.GROUP, claim.message_id)
+            pipe.xdel(constants.STREAM, claim.message_id)
+            await pipe.execute()
+
+    async def beat(self, info: WorkerInfo) -> None:
+        await self.client.set(constants.WORKER_KEY.format(info.name), info.model_dump_json(),
+                              ex=self.heartbeat_ttl_seconds)
+
+    async def retire(self, worker: str) -> None:
+        await self.client.delete(constants.WORKER_KEY.format(worker))
+
+    async def workers(self) -> list[WorkerInfo]:
+        keys = [key async for key in self.client.scan_iter(
+            match=constants.WORKER_KEY.format("*"), count=100)]
+        if not keys:
+            return []
+        found = await self.client.mget(keys)
+        workers = [WorkerInfo.model_validate_json(raw) for raw in found if raw is not None]
+        return sorted(workers, key=lambda w: w.name)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _image_key(job_id: str, index: int) -> str:
+    return f"{constants.IMAGE_KEY.format(job_id)}:{index}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,99 @@
+"""What the deployment serves (models, datasets) and dataset tuning jobs."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Response, UploadFile
+
+from krypton.models.deployment import Deployment
+from krypton.service import constants
+from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep
+from krypton.service.errors import InvalidInput, JobNotFound
+from krypton.service.routes.heatmaps import view
+from krypton.service.schemas import (
+    DatasetInfo,
+    Job,
+    JobKind,
+    JobView,
+    ModelInfo,
+    TuningParams,
+    new_job_id,
+)
+from krypton.service.uploads import read_image
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+MIN_TUNING_IMAGES = 2
+"""One to tune on and one held out to check the chosen setting."""
+
+
+@router.get("/models", response_model=list[ModelInfo])
+async def list_models(deployment: DeploymentDep) -> list[ModelInfo]:
+    """Every deployed model, its classes and preprocessing."""
+    return [
+        ModelInfo(name=m.name, architecture=m.architecture, labels=list(m.labels),
+                  input_size=m.preprocessing.size, mean=m.mean, std=m.std,
+                  random_weights=m.random_weights, description=m.description,
+                  datasets=sorted(d.name for d in deployment.datasets.values()
+                                  if d.model == m.name))
+        for m in deployment.models.values()
+    ]
+
+
+def _dataset_info(deployment: Deployment, name: str) -> DatasetInfo:
+    dataset = deployment.dataset(name)
+    tuned = deployment.tuned_config(name)
+    return DatasetInfo(name=dataset.name, model=dataset.model, description=dataset.description,
+                       tuned=None if tuned is None else dataclasses.asdict(tuned))
+
+
+@router.get("/datasets", response_model=list[DatasetInfo])
+async def list_datasets(deployment: DeploymentDep) -> list[DatasetInfo]:
+    """Every deployed dataset and its tuned approximation config, if any."""
+    return [_dataset_info(deployment, name) for name in sorted(deployment.datasets)]
+
+
+@router.get("/datasets/{name}", response_model=DatasetInfo)
+async def get_dataset(name: str, deployment: DeploymentDep) -> DatasetInfo:
+    return _dataset_info(deployment, name)
+
+
+@router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView)
+async def tune_dataset(
+    name: str,
+    images: Annotated[list[UploadFile], File(description="Sample images of the use case; "
+                                             "half are held out to check the result.")],
+    queue: QueueDep,
+    settings: SettingsDep,
+    deployment: DeploymentDep,
+    response: Response,
+    target_ssim: Annotated[float, Form(gt=0, le=1)] = 0.9,
+    patch_size: Annotated[int, Form(ge=1)] = constants.DEFAULT_PATCH_SIZE,
+    stride: Annotated[int, Form(ge=1)] = constants.DEFAULT_STRIDE,
+) -> JobView:
+    """Queue a tuning job: find the fastest approximation meeting ``target_ssim``."""
+    dataset = deployment.dataset(name)
+    size = deployment.model(dataset.model).preprocessing.size
+    if patch_size > size:
+        raise InvalidInput(f"patch_size must be at most the model's input size {size}")
+    if len(images) < MIN_TUNING_IMAGES:
+        raise InvalidInput(f"tuning needs at least {MIN_TUNING_IMAGES} images, got "
+                           f"{len(images)}")
+    blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
+                               max_pixels=settings.max_pixels))[0] for i in images]
+    params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
+                          stride=stride, target_ssim=target_ssim, images=len(blobs))
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params), blobs)
+    response.headers["Location"] = f"/v1/datasets/{name}/tuning/{job.id}"
+    return view(job)
+
+
+@router.get("/datasets/{name}/tuning/{job_id}", response_model=JobView)
+async def get_tuning(name: str, job_id: str, queue: QueueDep) -> JobView:
+    job = await queue.get(job_id)
+    if (job is None or not isinstance(job.params, TuningParams)
+            or job.params.dataset != name):
+        raise JobNotFound(f"no tuning job {job_id!r} for dataset {name!r}", job_id=job_id)
+    return view(job)

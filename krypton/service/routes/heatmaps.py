@@ -1,0 +1,260 @@
+"""Heatmap jobs: submit, poll, fetch results, delete; and synchronous prediction."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi.responses import JSONResponse
+
+from krypton.models import decode_image, patch_value
+from krypton.models.deployment import DeployedModel, Deployment
+from krypton.service import constants, render
+from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep, weights_id
+from krypton.service.errors import InvalidInput, JobNotFound, QueueUnavailable, ResultNotReady
+from krypton.service.queue import JobQueue
+from krypton.service.schemas import (
+    ClassProbability,
+    HeatmapParams,
+    Job,
+    JobKind,
+    JobStatus,
+    JobView,
+    Mode,
+    PredictParams,
+    PredictResponse,
+    TuningParams,
+    new_job_id,
+)
+from krypton.service.uploads import read_image
+
+router = APIRouter(prefix="/v1", tags=["heatmaps"])
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+_POLL_SECONDS = 0.05
+
+ImagePart = Annotated[UploadFile, File(description="PNG, JPEG or TIFF (8/16-bit).")]
+
+
+def job_links(job: Job) -> dict[str, str]:
+    base = f"/v1/heatmaps/{job.id}"
+    if job.kind is JobKind.tuning:
+        assert isinstance(job.params, TuningParams)
+        return {"self": f"/v1/datasets/{job.params.dataset}/tuning/{job.id}"}
+    links = {"self": base}
+    if job.status is JobStatus.succeeded and job.kind is JobKind.heatmap:
+        links |= {fmt: f"{base}/heatmap.{fmt}" for fmt in ("png", "json", "npy")}
+    return links
+
+
+def view(job: Job) -> JobView:
+    return JobView.of(job, job_links(job))
+
+
+async def wait_for(queue: JobQueue, job: Job, seconds: float) -> Job:
+    """The job once finished, or as it stands after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not job.status.finished and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(_POLL_SECONDS)
+        current = await queue.get(job.id)
+        if current is None:
+            break
+        job = current
+    return job
+
+
+def prefer_wait(prefer: str | None) -> int:
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 without it."""
+    match = _PREFER_WAIT.search(prefer or "")
+    return min(int(match.group(1)), constants.MAX_WAIT_SECONDS) if match else 0
+
+
+def _heatmap_params(deployment: Deployment, model: str | None, dataset: str | None,
+                    patch_size: int | None, stride: int | None, patch_color: str,
+                    target_class: int | None, mode: Mode) -> HeatmapParams:
+    """Validated parameters, with defaults from the dataset's tuned config."""
+    tuned = None
+    if dataset is not None:
+        deployed_dataset = deployment.dataset(dataset)
+        if model is not None and model != deployed_dataset.model:
+            raise InvalidInput(f"dataset {dataset!r} is served by model "
+                               f"{deployed_dataset.model!r}, not {model!r}")
+        model = deployed_dataset.model
+        tuned = deployment.tuned_config(dataset)
+    deployed = deployment.model(model or next(iter(deployment.models)))
+    size = deployed.preprocessing.size
+    if patch_size is None:
+        patch_size = tuned.patch_size if tuned else constants.DEFAULT_PATCH_SIZE
+    if stride is None:
+        stride = tuned.stride if tuned else constants.DEFAULT_STRIDE
+    if not 1 <= patch_size <= size:
+        raise InvalidInput(f"patch_size must be between 1 and the model's input size {size}, "
+                           f"got {patch_size}")
+    if stride < 1:
+        raise InvalidInput(f"stride must be at least 1, got {stride}")
+    patch_value(patch_color, deployed.preprocessing)
+    if target_class is not None and not 0 <= target_class < deployed.num_classes:
+        raise InvalidInput(f"target_class must be between 0 and {deployed.num_classes - 1} for "
+                           f"model {deployed.name!r}, got {target_class}")
+    tau, drilldown_ratio, coarse_stride = None, None, None
+    if mode == "approximate":
+        if dataset is None:
+            raise InvalidInput("mode=approximate needs a dataset with a tuned config; "
+                               "see GET /v1/datasets")
+        if tuned is None:
+            raise InvalidInput(f"dataset {dataset!r} is not tuned yet; POST sample images to "
+                               f"/v1/datasets/{dataset}/tuning first")
+        tuned.check_compatible(deployed.architecture, weights_id(deployed), patch_size, stride)
+        tau, drilldown_ratio = tuned.tau, tuned.drilldown_ratio
+        coarse_stride = tuned.coarse_stride
+    return HeatmapParams(model=deployed.name, dataset=dataset, patch_size=patch_size,
+                         stride=stride, patch_color=patch_color, target_class=target_class,
+                         mode=mode, tau=tau, drilldown_ratio=drilldown_ratio,
+                         coarse_stride=coarse_stride)
+
+
+@router.post("/heatmaps", status_code=202, response_model=JobView,
+             responses={200: {"model": JobView, "description": "Finished within Prefer: wait"}})
+async def submit_heatmap(
+    image: ImagePart,
+    queue: QueueDep,
+    settings: SettingsDep,
+    deployment: DeploymentDep,
+    response: Response,
+    model: Annotated[str | None, Form(description="Deployed model; default the dataset's "
+                                      "or the first deployed.")] = None,
+    dataset: Annotated[str | None, Form()] = None,
+    patch_size: Annotated[int | None, Form(description="Patch side, model-input pixels.")
+                          ] = None,
+    stride: Annotated[int | None, Form(description="Step, model-input pixels.")] = None,
+    patch_color: Annotated[str, Form(description="gray, black, white, mean or R,G,B")
+                           ] = "gray",
+    target_class: Annotated[int | None, Form(description="Default: the predicted class.")
+                            ] = None,
+    mode: Annotated[Mode, Form()] = "exact",
+    prefer: Annotated[str | None, Header(description="wait=N: answer 200 if done in N s")
+                      ] = None,
+) -> JobView:
+    """Queue an occlusion heatmap of the uploaded image."""
+    params = _heatmap_params(deployment, model, dataset, patch_size, stride, patch_color,
+                             target_class, mode)
+    data, pixels = await read_image(image, max_bytes=settings.max_upload_bytes,
+                                    max_pixels=settings.max_pixels)
+    job = await queue.submit(Job(id=new_job_id(), params=params,
+                                 image_size=(pixels.shape[0], pixels.shape[1])), [data])
+    response.headers["Location"] = f"/v1/heatmaps/{job.id}"
+    job = await wait_for(queue, job, prefer_wait(prefer))
+    if job.status.finished:
+        response.status_code = 200
+    return view(job)
+
+
+async def _job(queue: JobQueue, job_id: str) -> Job:
+    job = await queue.get(job_id)
+    if job is None or job.kind is not JobKind.heatmap:
+        raise JobNotFound(f"no heatmap job {job_id!r}; it may have expired or been deleted",
+                          job_id=job_id)
+    return job
+
+
+@router.get("/heatmaps/{job_id}", response_model=JobView)
+async def get_heatmap(job_id: str, queue: QueueDep) -> JobView:
+    """Status, progress, prediction, timings or error of a heatmap job."""
+    return view(await _job(queue, job_id))
+
+
+@router.delete("/heatmaps/{job_id}", status_code=204)
+async def delete_heatmap(job_id: str, queue: QueueDep) -> Response:
+    """Cancel the job and purge its image and result now."""
+    await _job(queue, job_id)
+    await queue.delete(job_id)
+    return Response(status_code=204)
+
+
+async def _result(queue: JobQueue, job_id: str) -> tuple[Job, np.ndarray]:
+    job = await _job(queue, job_id)
+    if job.status is not JobStatus.succeeded:
+        raise ResultNotReady(f"job {job_id} is {job.status.value}; results exist once it has "
+                             "succeeded", job_id=job_id)
+    data = await queue.result(job_id)
+    if data is None:
+        raise JobNotFound(f"the result of job {job_id} has expired", job_id=job_id)
+    return job, render.read_npy(data)
+
+
+View = Annotated[Literal["drop", "probability"], Query(
+    alias="view", description="drop: p(class) - p(class | patch); probability: p(class | patch)")]
+
+
+@router.get("/heatmaps/{job_id}/heatmap.png", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+async def heatmap_png(job_id: str, queue: QueueDep, view_: View = "drop",
+                      overlay: Annotated[bool, Query(description="Blend over the image at its "
+                                                     "own size")] = False) -> Response:
+    job, heatmap = await _result(queue, job_id)
+    assert job.prediction is not None and isinstance(job.params, HeatmapParams)
+    values = render.view_values(heatmap, job.prediction.target_probability, view_)
+    if not overlay:
+        return Response(render.heatmap_png(values), media_type="image/png")
+    images = await queue.images(job_id, 1)
+    if images is None:
+        raise JobNotFound(f"the image of job {job_id} has expired", job_id=job_id)
+    pixels = await asyncio.to_thread(decode_image, images[0], max_pixels=None)
+    assert job.run is not None
+    geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
+                                      job.run.input_size, job.run.input_size)
+    png = await asyncio.to_thread(render.overlay_png, values, pixels, geometry)
+    return Response(png, media_type="image/png")
+
+
+@router.get("/heatmaps/{job_id}/heatmap.json")
+async def heatmap_json(job_id: str, queue: QueueDep, view_: View = "probability"
+                       ) -> Response:
+    job, heatmap = await _result(queue, job_id)
+    assert job.prediction is not None
+    values = render.view_values(heatmap, job.prediction.target_probability, view_)
+    document = render.heatmap_json(values, {
+        "id": job.id, "view": view_, "params": job.params.model_dump(),
+        "prediction": job.prediction.model_dump(),
+        "run": job.run.model_dump() if job.run else None})
+    return Response(document, media_type="application/json")
+
+
+@router.get("/heatmaps/{job_id}/heatmap.npy", response_class=Response,
+            responses={200: {"content": {"application/octet-stream": {}}}})
+async def heatmap_npy(job_id: str, queue: QueueDep, view_: View = "probability") -> Response:
+    job, heatmap = await _result(queue, job_id)
+    assert job.prediction is not None
+    values = render.view_values(heatmap, job.prediction.target_probability, view_)
+    return Response(render.heatmap_npy(values), media_type="application/octet-stream",
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.npy"'})
+
+
+@router.post("/predict", response_model=PredictResponse, tags=["predict"])
+async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
+                  deployment: DeploymentDep,
+                  model: Annotated[str | None, Form()] = None) -> PredictResponse:
+    """Classify one image now (a worker runs the model; the API waits for it)."""
+    deployed: DeployedModel = deployment.model(model or next(iter(deployment.models)))
+    data, _ = await read_image(image, max_bytes=settings.max_upload_bytes,
+                               max_pixels=settings.max_pixels)
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict,
+                                 params=PredictParams(model=deployed.name)), [data])
+    try:
+        job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS)
+    finally:
+        await queue.delete(job.id)
+    if job.status is JobStatus.failed and job.error is not None:
+        return JSONResponse(job.error, status_code=job.error["status"],  # type: ignore[return-value]
+                            media_type="application/problem+json")
+    if job.status is not JobStatus.succeeded or job.probabilities is None:
+        raise QueueUnavailable(f"no worker classified the image within "
+                               f"{constants.MAX_WAIT_SECONDS} s")
+    ranked = sorted(enumerate(job.probabilities), key=lambda item: -item[1])
+    classes = [ClassProbability(class_index=i, label=deployed.labels[i], probability=p)
+               for i, p in ranked]
+    return PredictResponse(model=deployed.name, prediction=classes[0], probabilities=classes,
+                           random_weights=deployed.random_weights)

@@ -1,0 +1,240 @@
+"""The API's documents (pydantic v2). The job document is also what Redis stores."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "DatasetInfo",
+    "HeatmapParams",
+    "Job",
+    "JobKind",
+    "JobStatus",
+    "ModelInfo",
+    "Prediction",
+    "PredictParams",
+    "PredictResponse",
+    "JobView",
+    "ReadyReport",
+    "ClassProbability",
+    "RunSummary",
+    "Timings",
+    "TuningParams",
+    "WorkerInfo",
+    "new_job_id",
+    "utcnow",
+]
+
+Mode = Literal["exact", "approximate", "naive"]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed)
+
+
+class JobKind(StrEnum):
+    heatmap = "heatmap"
+    predict = "predict"
+    tuning = "tuning"
+
+
+class HeatmapParams(BaseModel):
+    """What to explain and how; patch and stride are in model-input pixels."""
+
+    kind: Literal["heatmap"] = "heatmap"
+    model: str
+    dataset: str | None = None
+    patch_size: int
+    stride: int
+    patch_color: str = "gray"
+    target_class: int | None = None
+    mode: Mode = "exact"
+    tau: float | None = Field(default=None, description="From the dataset's tuned config.")
+    drilldown_ratio: float | None = None
+    coarse_stride: int | None = None
+
+
+class PredictParams(BaseModel):
+    kind: Literal["predict"] = "predict"
+    model: str
+
+
+class TuningParams(BaseModel):
+    kind: Literal["tuning"] = "tuning"
+    model: str
+    dataset: str
+    patch_size: int
+    stride: int
+    target_ssim: float
+    images: int
+
+
+class Prediction(BaseModel):
+    """The classifier's answer on the unoccluded image, and the class explained."""
+
+    predicted_class: int
+    predicted_label: str
+    predicted_probability: float
+    target_class: int
+    target_label: str
+    target_probability: float
+
+
+class Timings(BaseModel):
+    created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+
+    @property
+    def queue_wait_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.started_at - self.created_at).total_seconds()
+
+    @property
+    def compute_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+
+class RunSummary(BaseModel):
+    """How the engine ran the job."""
+
+    positions: int
+    input_size: int
+    """Side of the square model input the patch and stride are measured on."""
+    heatmap_shape: tuple[int, int]
+    seconds: float
+    device: str
+    mode: str
+    flops_ratio: float | None = None
+    tau: float = 1.0
+    drilldown_ratio: float | None = None
+    coarse_stride: int | None = None
+
+
+class Job(BaseModel):
+    """A unit of work and everything known about it so far."""
+
+    model_config = ConfigDict(use_enum_values=False)
+
+    id: str
+    kind: JobKind = JobKind.heatmap
+    status: JobStatus = JobStatus.queued
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    params: Annotated[HeatmapParams | PredictParams | TuningParams,
+                      Field(discriminator="kind")]
+    image_size: tuple[int, int] | None = Field(
+        default=None, description="Uploaded image height and width, in pixels.")
+    timings: Timings = Field(default_factory=lambda: Timings(created_at=utcnow()))
+    prediction: Prediction | None = None
+    probabilities: list[float] | None = None
+    run: RunSummary | None = None
+    tuned: dict[str, Any] | None = Field(
+        default=None, description="The dataset config a tuning job wrote.")
+    error: dict[str, Any] | None = Field(
+        default=None, description="RFC 9457 problem document of a failed job.")
+    attempts: int = 0
+    worker: str | None = None
+    expires_at: dt.datetime | None = None
+
+
+class JobView(BaseModel):
+    """The job document clients see: the job plus derived timings and links."""
+
+    id: str
+    kind: JobKind
+    status: JobStatus
+    progress: float
+    params: HeatmapParams | PredictParams | TuningParams
+    prediction: Prediction | None
+    run: RunSummary | None
+    tuned: dict[str, Any] | None
+    error: dict[str, Any] | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    queue_wait_seconds: float | None
+    compute_seconds: float | None
+    expires_at: dt.datetime | None
+    links: dict[str, str]
+
+    @classmethod
+    def of(cls, job: Job, links: dict[str, str]) -> JobView:
+        t = job.timings
+        return cls(id=job.id, kind=job.kind, status=job.status, progress=job.progress,
+                   params=job.params, prediction=job.prediction, run=job.run, tuned=job.tuned,
+                   error=job.error, created_at=t.created_at, started_at=t.started_at,
+                   finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
+                   compute_seconds=t.compute_seconds, expires_at=job.expires_at, links=links)
+
+
+class ClassProbability(BaseModel):
+    class_index: int
+    label: str
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    model: str
+    prediction: ClassProbability
+    probabilities: list[ClassProbability]
+    random_weights: bool
+
+
+class ModelInfo(BaseModel):
+    name: str
+    architecture: str
+    labels: list[str]
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    random_weights: bool
+    description: str
+    datasets: list[str]
+
+
+class DatasetInfo(BaseModel):
+    name: str
+    model: str
+    description: str
+    tuned: dict[str, Any] | None = Field(
+        default=None, description="The tuned approximation config; null until tuned.")
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    device: str
+    pid: int
+    host: str
+    started_at: dt.datetime
+    jobs_done: int
+    current_job: str | None
+
+
+class ReadyReport(BaseModel):
+    status: Literal["ready", "not ready"]
+    queue: str
+    queue_ok: bool
+    workers: list[WorkerInfo]
