@@ -437,3 +437,18 @@ def _settings_or_fail(get: Callable[[], T]) -> T:
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def openapi(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the document.")
+                      ] = Path("openapi/openapi.json"),
+) -> None:
+    """Export the API's OpenAPI document (what the running service serves at /openapi.json)."""
+    from krypton.service.app import create_app
+    from krypton.service.config import Settings
+
+    document = create_app(Settings()).openapi()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {output}")

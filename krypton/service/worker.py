@@ -174,6 +174,7 @@ def run_tuning(cache: ModelCache, params: TuningParams, images: list[bytes], max
     assert isinstance(engine, IncrementalOcclusion)
     tuned = tune(engine, tensors, params.patch_size, params.stride,
                  target_ssim=params.target_ssim, holdout=max(1, len(tensors) // 2),
+                 patch_value=patch_value("gray", preprocessing),
                  report=report)
     chosen = tuned.approximation
     config = DatasetConfig(

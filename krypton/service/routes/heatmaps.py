@@ -34,7 +34,7 @@ from krypton.service.uploads import read_image
 router = APIRouter(prefix="/v1", tags=["heatmaps"])
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
-_POLL_SECONDS = 0.05
+_POLL_SECONDS = 0.02
 
 ImagePart = Annotated[UploadFile, File(description="PNG, JPEG or TIFF (8/16-bit).")]
 
