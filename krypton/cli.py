@@ -452,3 +452,29 @@ def openapi(
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     typer.echo(f"wrote {output}")
+
+
+@app.command("bench-api")
+def bench_api(
+    url: Annotated[str, typer.Option(help="The running API.")] = "http://127.0.0.1:8000",
+    image: Annotated[Path, typer.Option(help="Image to submit.")] = Path("examples/retina.jpg"),
+    model: Annotated[str, typer.Option(help="Deployed model.")] = "resnet18",
+    patch: Annotated[int, typer.Option(help="Patch side in input pixels.")] = 16,
+    stride: Annotated[int, typer.Option(help="Stride in input pixels.")] = 16,
+    jobs: Annotated[int, typer.Option(help="Jobs per concurrency level.")] = 20,
+    concurrency: Annotated[str, typer.Option(
+        help="Comma-separated numbers of clients submitting at once.")] = "1,4",
+    direct: Annotated[bool, typer.Option(
+        help="With one client, pair each job with a direct engine call here (default "
+        "registry models only): the API's overhead per job.")] = True,
+) -> None:
+    """Load a running service with heatmap jobs; print throughput, p50/p95 and overhead."""
+    from krypton.loadtest import engine_call, format_report, run_load
+
+    form = {"model": model, "patch_size": str(patch), "stride": str(stride)}
+    direct_call = (engine_call(image, model=model, patch_size=patch, stride=stride)
+                   if direct else None)
+    reports = [run_load(url, image, jobs=jobs, concurrency=int(c), form=form,
+                        direct=direct_call, report=lambda line: typer.echo(line, err=True))
+               for c in concurrency.split(",")]
+    typer.echo(format_report(reports))

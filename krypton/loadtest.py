@@ -1,0 +1,141 @@
+"""Load the running service with heatmap jobs and measure latency, throughput and overhead.
+
+Run from a second process against a live API (``krypton bench-api``): it
+submits ``jobs`` heatmap jobs, ``concurrency`` at a time, each with
+``Prefer: wait`` so the latency is submit-to-finished as a client sees it, then
+computes the same heatmap by calling the engine directly in this process to
+measure what the API, queue and worker add per job.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from krypton.engine import make_engine
+from krypton.models import decode_image, patch_value, to_model_input
+from krypton.models.deployment import default_deployment
+
+__all__ = ["LoadReport", "engine_call", "format_report", "run_load"]
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    url: str
+    workers: int
+    jobs: int
+    concurrency: int
+    wall_seconds: float
+    latencies: tuple[float, ...]
+    compute_seconds: tuple[float, ...]
+    direct_seconds: float | None = None
+
+    @property
+    def throughput(self) -> float:
+        return self.jobs / self.wall_seconds
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q))
+
+    @property
+    def overhead_seconds(self) -> float | None:
+        """Mean client latency minus the paired direct engine calls (one client only)."""
+        if self.direct_seconds is None:
+            return None
+        return statistics.fmean(self.latencies) - self.direct_seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"throughput": self.throughput, "p50": self.percentile(50),
+                               "p95": self.percentile(95),
+                               "overhead_seconds": self.overhead_seconds}
+
+
+def run_load(url: str, image: Path, *, jobs: int, concurrency: int,
+             form: dict[str, str], direct: Callable[[], float] | None = None,
+             report: Callable[[str], None] = print) -> LoadReport:
+    """Submit ``jobs`` jobs from ``concurrency`` threads; every job must succeed.
+
+    With ``direct`` and one client, each job is paired with a direct engine
+    call right after it, so both see the same machine load and their
+    difference is the service's overhead.
+    """
+    data = image.read_bytes()
+    with httpx.Client(base_url=url, timeout=120) as client:
+        ready = client.get("/readyz").json()
+        workers = len(ready.get("workers", []))
+
+        def one(_: int) -> tuple[float, float]:
+            started = time.perf_counter()
+            response = client.post("/v1/heatmaps", files={"image": (image.name, data)},
+                                   data=form, headers={"Prefer": "wait=60"})
+            response.raise_for_status()
+            job = response.json()
+            while job["status"] not in ("succeeded", "failed"):
+                time.sleep(0.05)
+                job = client.get(f"/v1/heatmaps/{job['id']}").json()
+            latency = time.perf_counter() - started
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job['id']} failed: {job['error']}")
+            client.delete(f"/v1/heatmaps/{job['id']}")
+            return latency, float(job["compute_seconds"])
+
+        one(0)  # warm-up: the worker loads the model and plans the grid once
+        direct_times: list[float] = []
+        paired = direct is not None and concurrency == 1
+        if paired and direct is not None:
+            direct()
+
+        def measured(index: int) -> tuple[float, float]:
+            outcome = one(index)
+            if paired and direct is not None:
+                direct_times.append(direct())
+            return outcome
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            results = list(pool.map(measured, range(jobs)))
+        wall = time.perf_counter() - started - sum(direct_times)
+    report(f"{jobs} jobs, concurrency {concurrency}, {workers} worker(s): {wall:.1f} s")
+    return LoadReport(url=url, workers=workers, jobs=jobs, concurrency=concurrency,
+                      wall_seconds=wall, latencies=tuple(r[0] for r in results),
+                      compute_seconds=tuple(r[1] for r in results),
+                      direct_seconds=statistics.fmean(direct_times) if direct_times else None)
+
+
+def engine_call(image: Path, *, model: str, patch_size: int, stride: int
+                ) -> Callable[[], float]:
+    """A timed direct call of decode + preprocess + exact occlusion: a job's work."""
+    deployed = default_deployment().model(model)
+    preprocessing = deployed.preprocessing
+    engine = make_engine(deployed.build(), "exact", device="cpu")
+    data = image.read_bytes()
+
+    def once() -> float:
+        started = time.perf_counter()
+        engine.attribute(to_model_input(decode_image(data), preprocessing), patch_size, stride,
+                         patch_value=patch_value("gray", preprocessing))
+        return time.perf_counter() - started
+
+    return once
+
+
+def format_report(reports: list[LoadReport]) -> str:
+    lines = ["| workers | concurrency | jobs | throughput (jobs/s) | p50 latency (s) | "
+             "p95 latency (s) | mean compute (s) | overhead vs engine (s) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        overhead = r.overhead_seconds
+        lines.append(
+            f"| {r.workers} | {r.concurrency} | {r.jobs} | {r.throughput:.2f} | "
+            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | "
+            f"{statistics.fmean(r.compute_seconds):.2f} | "
+            f"{'-' if overhead is None else f'{overhead:.3f}'} |")
+    return "\n".join(lines)
