@@ -175,7 +175,7 @@ def _load_network(model: str, weights: Path | None, num_classes: int,
         typer.echo(
             f"note: no --weights given; {model} uses seeded random weights (seed {seed}). "
             "The heatmap shows the pipeline working, not a diagnosis.", err=True)
-        return network, random_weights_id(seed)
+        return network, random_weights_id(seed, num_classes)
     return network, fingerprint(weights)
 
 

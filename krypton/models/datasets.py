@@ -25,9 +25,9 @@ SCHEMA_VERSION = 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def random_weights_id(seed: int) -> str:
-    """What stands for the checkpoint fingerprint when a model has seeded random weights."""
-    return f"random-seed-{seed}"
+def random_weights_id(seed: int, num_classes: int) -> str:
+    """What identifies seeded random weights: the seed and the head's size both change them."""
+    return f"random-seed-{seed}-classes-{num_classes}"
 
 
 @dataclass(frozen=True)

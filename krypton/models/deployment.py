@@ -74,7 +74,7 @@ class DeployedModel:
     def weights_id(self) -> str:
         """What identifies the weights: the checkpoint's sha256, or the random seed."""
         if self.checkpoint is None:
-            return random_weights_id(self.seed)
+            return random_weights_id(self.seed, self.num_classes)
         return fingerprint(self.checkpoint)
 
     def build(self) -> nn.Module:

@@ -73,8 +73,9 @@ def test_config_is_accepted_for_its_own_model_and_checkpoint() -> None:
 def test_random_weights_have_a_seed_identity_distinct_from_files(tmp_path: Path) -> None:
     checkpoint = tmp_path / "w.pt"
     checkpoint.write_bytes(b"weights")
-    assert random_weights_id(0) != random_weights_id(1)
-    assert random_weights_id(0) != fingerprint(checkpoint)
+    assert random_weights_id(0, 4) != random_weights_id(1, 4)
+    assert random_weights_id(0, 4) != random_weights_id(0, 1000)
+    assert random_weights_id(0, 4) != fingerprint(checkpoint)
 
 
 @pytest.mark.parametrize(("text", "message"), [
