@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Submit an image, poll the job, fetch the heatmap PNG, its overlay and the JSON array.
-# Usage: examples/heatmap.sh [IMAGE] [OUT_DIR]   (server: $KRYPTON_URL, default http://127.0.0.1:8000)
+# Usage: examples/heatmap.sh [IMAGE] [OUT_DIR]
+# Server: $KRYPTON_URL (default http://127.0.0.1:8000); model: $KRYPTON_MODEL (default resnet18).
 set -euo pipefail
 url=${KRYPTON_URL:-http://127.0.0.1:8000}
 image=${1:-examples/retina.jpg}
 out=${2:-out}
 mkdir -p "$out"
 
-job=$(curl -sS --fail-with-body -F "image=@$image" -F model=resnet18 -F patch_size=16 \
+job=$(curl -sS --fail-with-body -F "image=@$image" -F "model=${KRYPTON_MODEL:-resnet18}" -F patch_size=16 \
       -F stride=8 "$url/v1/heatmaps")
 id=$(printf '%s' "$job" | python3 -c 'import json, sys; print(json.load(sys.stdin)["id"])')
 echo "submitted job $id"

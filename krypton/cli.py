@@ -397,6 +397,9 @@ def serve(
 @app.command()
 def worker(
     burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    preload: Annotated[bool, typer.Option(
+        help="Load every deployed model before taking jobs (bad checkpoints show at start).")
+    ] = True,
 ) -> None:
     """Run a worker: claim heatmap jobs from Redis, compute, store. One per GPU."""
     import asyncio
@@ -416,6 +419,8 @@ def worker(
         queue = make_queue(settings)
         runner = Worker(queue, make_deployment(settings), device=settings.device,
                         max_pixels=settings.max_pixels)
+        if preload:
+            await asyncio.to_thread(runner.cache.preload)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, runner.stop)

@@ -91,6 +91,21 @@ class ModelCache:
                             self.device, time.perf_counter() - started)
             return self._loaded[name]
 
+    def preload(self) -> list[str]:
+        """Build every deployed model now; returns the names that failed (logged).
+
+        A deployment with a missing or mismatched checkpoint shows up in the
+        worker's log at start, not in the first patient's job.
+        """
+        failed = []
+        for name in self.deployment.models:
+            try:
+                self.get(name)
+            except Exception:
+                logger.exception("model %s cannot be loaded; its jobs will fail", name)
+                failed.append(name)
+        return failed
+
     def engine(self, name: str, mode: str) -> OcclusionEngine:
         loaded = self.get(name)
         kind = "naive" if mode == "naive" else "exact"
