@@ -68,7 +68,9 @@ class DeployedModel:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        size = self.input_size or get_model_spec(self.architecture).input_size
+        size = self.input_size
+        if size is None:
+            size = get_model_spec(self.architecture).input_size
         return Preprocessing(size=size, mean=self.mean, std=self.std)
 
     def weights_id(self) -> str:
@@ -143,11 +145,14 @@ def default_deployment(datasets_dir: str | os.PathLike[str] = DEFAULT_DATASETS_D
     return Deployment(models=models, datasets=datasets, datasets_dir=Path(datasets_dir))
 
 
-def load_deployment(path: str | os.PathLike[str]) -> Deployment:
+def load_deployment(path: str | os.PathLike[str],
+                    datasets_dir: str | os.PathLike[str] | None = None) -> Deployment:
     """Read a deployment TOML file (see ``deploy/registry.toml``).
 
     Relative paths inside the file are taken from the file's folder, so a
-    registry and its checkpoints can move together.
+    registry and its checkpoints can move together. The file's
+    ``datasets_dir`` wins over the ``datasets_dir`` argument, which wins over
+    ``<file's folder>/datasets``.
 
     Raises:
         InvalidArgumentError: unreadable file, unknown keys, missing fields, or a
@@ -183,8 +188,11 @@ def load_deployment(path: str | os.PathLike[str]) -> Deployment:
                 f"registry {file}: dataset {dataset.name!r} names model {dataset.model!r}, "
                 f"which is not deployed (deployed: {', '.join(sorted(models))})")
         datasets[dataset.name] = dataset
-    datasets_dir = _resolve(base, document.get("datasets_dir", str(DEFAULT_DATASETS_DIR)))
-    return Deployment(models=models, datasets=datasets, datasets_dir=datasets_dir)
+    if "datasets_dir" in document:
+        tuned_dir = _resolve(base, document["datasets_dir"])
+    else:
+        tuned_dir = Path(datasets_dir) if datasets_dir is not None else base / "datasets"
+    return Deployment(models=models, datasets=datasets, datasets_dir=tuned_dir)
 
 
 _MODEL_KEYS = {"name", "architecture", "checkpoint", "labels", "seed", "input_size", "mean",
@@ -197,16 +205,21 @@ def _model(entry: dict[str, Any], base: Path, file: Path) -> DeployedModel:
         if key not in entry:
             raise InvalidArgumentError(f"registry {file}: a [[models]] entry lacks {key!r}")
     get_model_spec(entry["architecture"])
+    where = f"registry {file}: model {entry['name']!r}"
+    if not isinstance(entry["labels"], list) or not entry["labels"]:
+        raise InvalidArgumentError(f"{where} has no labels: give a list of class names, in "
+                                   "the order of the model's outputs")
     labels = tuple(str(label) for label in entry["labels"])
-    if not labels:
-        raise InvalidArgumentError(f"registry {file}: model {entry['name']!r} has no labels")
+    seed = entry.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidArgumentError(f"{where}: seed must be an integer, got {seed!r}")
     checkpoint = entry.get("checkpoint")
     deployed = DeployedModel(
         name=str(entry["name"]),
         architecture=str(entry["architecture"]),
         labels=labels,
         checkpoint=None if checkpoint is None else _resolve(base, checkpoint),
-        seed=int(entry.get("seed", 0)),
+        seed=seed,
         input_size=entry.get("input_size"),
         mean=tuple(entry.get("mean", IMAGENET_MEAN)),
         std=tuple(entry.get("std", IMAGENET_STD)),

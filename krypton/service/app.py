@@ -16,8 +16,9 @@ from fastapi import FastAPI
 
 from krypton import __version__
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
+from krypton.service import constants
 from krypton.service.config import Settings, get_settings
-from krypton.service.errors import install_handlers
+from krypton.service.errors import BodyLimit, install_handlers
 from krypton.service.metrics import Metrics
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
@@ -46,7 +47,7 @@ def make_queue(settings: Settings) -> JobQueue:
 def make_deployment(settings: Settings) -> Deployment:
     if settings.registry is None:
         return default_deployment(settings.datasets_dir)
-    return load_deployment(settings.registry)
+    return load_deployment(settings.registry, settings.datasets_dir)
 
 
 def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
@@ -77,6 +78,10 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     app = FastAPI(title="Krypton", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan)
+    # Refuse an oversized body from its Content-Length, before it is spooled to disk;
+    # read_image then holds each image to max_upload_bytes.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes
+                       * constants.MAX_TUNING_IMAGES + 1024 * 1024)
     app.state.settings = settings
     app.state.deployment = deployment
     app.state.metrics = Metrics()

@@ -24,6 +24,8 @@ DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000
 DEFAULT_PATCH_SIZE = 16
 DEFAULT_STRIDE = 8
+MAX_TUNING_IMAGES = 16
+"""Sample images one tuning request may carry; it bounds the request body too."""
 MAX_WAIT_SECONDS = 60
 """Upper bound of ``Prefer: wait=N``, so a request never ties up a connection for long."""
 
@@ -35,4 +37,4 @@ CLAIM_IDLE_MS = 30_000
 MAX_ATTEMPTS = 3
 """A job that killed this many workers is failed rather than handed to another."""
 PROGRESS_INTERVAL_SECONDS = 0.5
-"""Workers write progress at most this often; each write also keeps the claim fresh."""
+"""Workers write progress at most this often (the claim is refreshed separately)."""

@@ -15,13 +15,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from krypton.engine import EngineError
 from krypton.models import CheckpointError, ModelError
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
+    "BodyLimit",
+    "DatasetNotFound",
     "InvalidInput",
     "JobNotFound",
     "PayloadTooLarge",
@@ -68,6 +72,10 @@ class JobNotFound(ServiceError):
     status, slug, title = 404, "job-not-found", "No such job"
 
 
+class DatasetNotFound(ServiceError):
+    status, slug, title = 404, "dataset-not-found", "No such dataset"
+
+
 class ResultNotReady(ServiceError):
     status, slug, title = 409, "result-not-ready", "Result not ready"
 
@@ -92,6 +100,9 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
     """The problem document for any exception a request or a job can end with."""
     if isinstance(exc, ServiceError):
         return problem(exc.status, exc.slug, exc.title, exc.detail, job_id=exc.job_id)
+    if isinstance(exc, RedisError):
+        return problem(503, QueueUnavailable.slug, QueueUnavailable.title,
+                       "the job queue (Redis) is unreachable; try again shortly")
     if isinstance(exc, CheckpointError):
         # The deployment's checkpoint is broken: the server's fault, not the caller's.
         return problem(500, "model-unavailable", "Model unavailable", str(exc))
@@ -131,7 +142,27 @@ def install_handlers(app: FastAPI) -> None:
         return _respond(request, problem(exc.status_code, slug, str(exc.detail), str(exc.detail)),
                         headers=getattr(exc, "headers", None))
 
-    for error in (ServiceError, ModelError, EngineError, Exception):
+    for error in (ServiceError, ModelError, EngineError, RedisError, Exception):
         app.add_exception_handler(error, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 problem+json for a request whose Content-Length is too large."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.max_bytes:
+                document = problem(413, PayloadTooLarge.slug, PayloadTooLarge.title,
+                                   f"the request body is {int(length)} bytes, more than the "
+                                   f"limit of {self.max_bytes}", instance=scope["path"])
+                response = JSONResponse(document, status_code=413, media_type=PROBLEM_MEDIA_TYPE)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -306,11 +306,11 @@ class RedisStreamQueue(JobQueue):
         return None if any(f is None for f in found) else list(found)
 
     async def put_result(self, job_id: str, data: bytes) -> bool:
-        ttl_ms = await self.client.pttl(constants.JOB_KEY.format(job_id))
-        if ttl_ms is None or ttl_ms <= 0:
-            return False
-        await self.client.set(constants.RESULT_KEY.format(job_id), data, px=ttl_ms)
-        return True
+        # One script, so a DELETE cannot slip between reading the TTL and writing.
+        stored = await self.client.eval(
+            _PUT_RESULT, 2, constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
+            data)
+        return bool(stored)
 
     async def result(self, job_id: str) -> bytes | None:
         data: bytes | None = await self.client.get(constants.RESULT_KEY.format(job_id))
@@ -374,6 +374,14 @@ class RedisStreamQueue(JobQueue):
 
     async def close(self) -> None:
         await self.client.aclose()
+
+
+_PUT_RESULT = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+return 1
+"""
 
 
 def _image_key(job_id: str, index: int) -> str:

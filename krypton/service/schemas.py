@@ -178,6 +178,8 @@ class JobView(BaseModel):
     queue_wait_seconds: float | None
     compute_seconds: float | None
     expires_at: dt.datetime | None
+    attempts: int
+    worker: str | None
     links: dict[str, str]
 
     @classmethod
@@ -187,7 +189,8 @@ class JobView(BaseModel):
                    params=job.params, prediction=job.prediction, run=job.run, tuned=job.tuned,
                    error=job.error, created_at=t.created_at, started_at=t.started_at,
                    finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
-                   compute_seconds=t.compute_seconds, expires_at=job.expires_at, links=links)
+                   compute_seconds=t.compute_seconds, expires_at=job.expires_at,
+                   attempts=job.attempts, worker=job.worker, links=links)
 
 
 class ClassProbability(BaseModel):

@@ -41,6 +41,8 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
+    except Image.DecompressionBombError as exc:
+        raise PayloadTooLarge(f"the image has too many pixels to decode safely: {exc}") from exc
     except Exception as exc:
         raise InvalidInput(f"the image cannot be read: {exc}") from exc
     if width * height > max_pixels:

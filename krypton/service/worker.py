@@ -272,6 +272,11 @@ class Worker:
             await self.queue.ack(claim)
             return
         if job.attempts >= constants.MAX_ATTEMPTS:
+            # Every earlier attempt's worker is dead: this worker owns the job now.
+            job = job.model_copy(update={"worker": self.name})
+            if not await self.queue.save(job):
+                await self.queue.ack(claim)
+                return
             await self._finish(claim, job, Outcome(updates={
                 "status": JobStatus.failed, "error": problem(
                     500, "worker-crashed", "Job crashed its workers",
@@ -329,8 +334,10 @@ class Worker:
         self.jobs_done += 1
 
     async def _keep_claim(self, claim: Claim) -> None:
+        # Touch well within the idle time after which another worker may take the job.
+        interval = min(constants.HEARTBEAT_SECONDS, self.queue.claim_idle_ms / 3000)
         while True:
-            await asyncio.sleep(constants.HEARTBEAT_SECONDS)
+            await asyncio.sleep(interval)
             try:
                 await self.queue.touch(claim, self.name)
             except Exception:

@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from krypton.models.deployment import Deployment
+from krypton.models.deployment import DeployedDataset, Deployment
 from krypton.service import constants
 from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep
-from krypton.service.errors import InvalidInput, JobNotFound
+from krypton.service.errors import DatasetNotFound, InvalidInput, JobNotFound
+from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view
 from krypton.service.schemas import (
     DatasetInfo,
@@ -42,8 +43,16 @@ async def list_models(deployment: DeploymentDep) -> list[ModelInfo]:
     ]
 
 
+def _deployed_dataset(deployment: Deployment, name: str) -> DeployedDataset:
+    """The dataset named in the path; unknown is a missing resource (404)."""
+    if name not in deployment.datasets:
+        known = ", ".join(sorted(deployment.datasets)) or "none"
+        raise DatasetNotFound(f"no dataset {name!r}; this deployment serves: {known}")
+    return deployment.datasets[name]
+
+
 def _dataset_info(deployment: Deployment, name: str) -> DatasetInfo:
-    dataset = deployment.dataset(name)
+    dataset = _deployed_dataset(deployment, name)
     tuned = deployment.tuned_config(name)
     return DatasetInfo(name=dataset.name, model=dataset.model, description=dataset.description,
                        tuned=None if tuned is None else dataclasses.asdict(tuned))
@@ -74,13 +83,13 @@ async def tune_dataset(
     stride: Annotated[int, Form(ge=1)] = constants.DEFAULT_STRIDE,
 ) -> JobView:
     """Queue a tuning job: find the fastest approximation meeting ``target_ssim``."""
-    dataset = deployment.dataset(name)
+    dataset = _deployed_dataset(deployment, name)
     size = deployment.model(dataset.model).preprocessing.size
     if patch_size > size:
         raise InvalidInput(f"patch_size must be at most the model's input size {size}")
-    if len(images) < MIN_TUNING_IMAGES:
-        raise InvalidInput(f"tuning needs at least {MIN_TUNING_IMAGES} images, got "
-                           f"{len(images)}")
+    if not MIN_TUNING_IMAGES <= len(images) <= constants.MAX_TUNING_IMAGES:
+        raise InvalidInput(f"tuning needs {MIN_TUNING_IMAGES} to {constants.MAX_TUNING_IMAGES} "
+                           f"images, got {len(images)}")
     blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels))[0] for i in images]
     params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
@@ -90,10 +99,23 @@ async def tune_dataset(
     return view(job)
 
 
-@router.get("/datasets/{name}/tuning/{job_id}", response_model=JobView)
-async def get_tuning(name: str, job_id: str, queue: QueueDep) -> JobView:
+async def _tuning_job(queue: JobQueue, name: str, job_id: str) -> Job:
     job = await queue.get(job_id)
     if (job is None or not isinstance(job.params, TuningParams)
             or job.params.dataset != name):
         raise JobNotFound(f"no tuning job {job_id!r} for dataset {name!r}", job_id=job_id)
-    return view(job)
+    return job
+
+
+@router.get("/datasets/{name}/tuning/{job_id}", response_model=JobView)
+async def get_tuning(name: str, job_id: str, queue: QueueDep) -> JobView:
+    """Status and progress of a tuning job; ``tuned`` holds the config once it succeeded."""
+    return view(await _tuning_job(queue, name, job_id))
+
+
+@router.delete("/datasets/{name}/tuning/{job_id}", status_code=204)
+async def delete_tuning(name: str, job_id: str, queue: QueueDep) -> Response:
+    """Cancel the tuning job and purge its sample images now."""
+    await _tuning_job(queue, name, job_id)
+    await queue.delete(job_id)
+    return Response(status_code=204)

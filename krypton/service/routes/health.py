@@ -32,6 +32,6 @@ async def readyz(queue: QueueDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    """Prometheus text format: jobs submitted, problems answered, request latency."""
+    """Prometheus text format: requests by route and status, and their latency."""
     return Response(generate_latest(request.app.state.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,281 @@
+"""The queue contract, held by both the in-memory queue and the Redis Streams queue."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
+from krypton.service.schemas import HeatmapParams, Job, JobStatus, WorkerInfo, new_job_id, utcnow
+
+Scenario = Callable[[JobQueue], Awaitable[Any]]
+Runner = Callable[..., Any]
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Run a scenario on a fresh queue of each kind (options as keyword arguments)."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+
+    def runner(scenario: Scenario, **options: Any) -> Any:
+        options = {"ttl_seconds": 60, **options}
+
+        async def main() -> Any:
+            queue: JobQueue = (InMemoryQueue(**options) if url is None
+                               else RedisStreamQueue.from_url(url, **options))
+            try:
+                return await scenario(queue)
+            finally:
+                await queue.close()
+
+        return asyncio.run(main())
+
+    return runner
+
+
+def _job() -> Job:
+    return Job(id=new_job_id(), params=HeatmapParams(model="m", patch_size=16, stride=8))
+
+
+def _worker(name: str) -> WorkerInfo:
+    return WorkerInfo(name=name, device="cpu", pid=1, host="h", started_at=utcnow(),
+                      jobs_done=0, current_job=None)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+# ---------------------------------------------------------------- documents
+
+
+def test_queue_get_returns_the_submitted_job(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[Job, Job | None]:
+        job = await queue.submit(_job(), [b"image"])
+        return job, await queue.get(job.id)
+
+    stored, fetched = run(scenario)
+    assert fetched == stored
+
+
+def test_queue_submit_stamps_expiry_ttl_from_now(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> Job:
+        return await queue.submit(_job(), [b"image"])
+
+    job = run(scenario, ttl_seconds=120)
+    assert job.expires_at is not None
+    assert abs((job.expires_at - utcnow() - dt.timedelta(seconds=120)).total_seconds()) < 5
+
+
+def test_queue_get_of_unknown_job_is_none(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> Job | None:
+        return await queue.get("nope")
+
+    assert run(scenario) is None
+
+
+def test_queue_images_returns_every_uploaded_image_in_order(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[bytes] | None:
+        job = await queue.submit(_job(), [b"first", b"second"])
+        return await queue.images(job.id, 2)
+
+    assert run(scenario) == [b"first", b"second"]
+
+
+def test_queue_save_overwrites_an_existing_job(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, Job | None]:
+        job = await queue.submit(_job(), [b"image"])
+        saved = await queue.save(job.model_copy(update={"status": JobStatus.running}))
+        return saved, await queue.get(job.id)
+
+    saved, job = run(scenario)
+    assert saved and job is not None and job.status is JobStatus.running
+
+
+def test_queue_result_round_trips_the_bytes(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, bytes | None]:
+        job = await queue.submit(_job(), [b"image"])
+        return await queue.put_result(job.id, b"npy"), await queue.result(job.id)
+
+    assert run(scenario) == (True, b"npy")
+
+
+@pytest.mark.parametrize("what", ["job", "images", "result"])
+def test_queue_delete_purges_job_images_and_result(run: Runner, what: str) -> None:
+    async def scenario(queue: JobQueue) -> object:
+        job = await queue.submit(_job(), [b"first", b"second"])
+        await queue.put_result(job.id, b"npy")
+        assert await queue.delete(job.id)
+        return {"job": await queue.get(job.id), "images": await queue.images(job.id, 2),
+                "result": await queue.result(job.id)}[what]
+
+    assert run(scenario) is None
+
+
+def test_queue_delete_of_unknown_job_is_false(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> bool:
+        return await queue.delete("nope")
+
+    assert run(scenario) is False
+
+
+def test_queue_save_after_delete_does_not_bring_the_job_back(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, Job | None]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.delete(job.id)
+        saved = await queue.save(job.model_copy(update={"status": JobStatus.succeeded}))
+        return saved, await queue.get(job.id)
+
+    assert run(scenario) == (False, None)
+
+
+def test_queue_put_result_after_delete_stores_nothing(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, bytes | None]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.delete(job.id)
+        return await queue.put_result(job.id, b"npy"), await queue.result(job.id)
+
+    assert run(scenario) == (False, None)
+
+
+def test_queue_job_images_and_result_expire_after_the_ttl(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[object]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.put_result(job.id, b"npy")
+        assert await queue.get(job.id) is not None
+        await _until(lambda: _gone(queue, job.id))
+        return [await queue.images(job.id, 1), await queue.result(job.id)]
+
+    assert run(scenario, ttl_seconds=1) == [None, None]
+
+
+async def _gone(queue: JobQueue, job_id: str) -> bool:
+    return await queue.get(job_id) is None
+
+
+# ---------------------------------------------------------------- claims
+
+
+def test_queue_claim_delivers_each_job_to_one_consumer(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[set[str], set[str], object]:
+        submitted = {(await queue.submit(_job(), [b"i"])).id for _ in range(2)}
+        first = await queue.claim("a", 100)
+        second = await queue.claim("b", 100)
+        third = await queue.claim("c", 100)
+        assert first is not None and second is not None
+        return submitted, {first.job_id, second.job_id}, third
+
+    submitted, claimed, third = run(scenario)
+    assert claimed == submitted
+    assert third is None
+
+
+def test_queue_claim_without_jobs_waits_then_returns_none(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[object, float]:
+        started = asyncio.get_running_loop().time()
+        claim = await queue.claim("a", 200)
+        return claim, asyncio.get_running_loop().time() - started
+
+    claim, waited = run(scenario)
+    assert claim is None
+    assert waited >= 0.15
+
+
+def test_queue_claim_hands_an_idle_claim_to_another_consumer(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[str, str]:
+        job = await queue.submit(_job(), [b"i"])
+        first = await queue.claim("dead", 100)
+        assert first is not None
+        await asyncio.sleep(0.25)
+        second = await queue.claim("alive", 100)
+        assert second is not None
+        return job.id, second.job_id
+
+    submitted, reclaimed = run(scenario, claim_idle_ms=200)
+    assert reclaimed == submitted
+
+
+def test_queue_touch_keeps_a_claim_from_being_reclaimed(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> object:
+        await queue.submit(_job(), [b"i"])
+        claim = await queue.claim("busy", 100)
+        assert claim is not None
+        for _ in range(3):
+            await asyncio.sleep(0.25)
+            await queue.touch(claim, "busy")
+        return await queue.claim("idle", 50)
+
+    assert run(scenario, claim_idle_ms=600) is None
+
+
+def test_queue_ack_ends_delivery_for_good(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> object:
+        await queue.submit(_job(), [b"i"])
+        claim = await queue.claim("a", 100)
+        assert claim is not None
+        await queue.ack(claim)
+        await asyncio.sleep(0.25)
+        return await queue.claim("b", 50)
+
+    assert run(scenario, claim_idle_ms=200) is None
+
+
+# ---------------------------------------------------------------- heartbeats
+
+
+def test_queue_workers_lists_beating_workers_by_name(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[str]:
+        for name in ("w2", "w1"):
+            await queue.beat(_worker(name))
+        return [worker.name for worker in await queue.workers()]
+
+    assert run(scenario) == ["w1", "w2"]
+
+
+def test_queue_retire_removes_the_heartbeat(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[WorkerInfo]:
+        await queue.beat(_worker("w1"))
+        await queue.retire("w1")
+        return await queue.workers()
+
+    assert run(scenario) == []
+
+
+def test_queue_heartbeat_expires_when_a_worker_stops_beating(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[WorkerInfo]:
+        await queue.beat(_worker("w1"))
+        assert await queue.workers()
+        await _until(lambda: _no_workers(queue))
+        return await queue.workers()
+
+    assert run(scenario, heartbeat_ttl_seconds=1) == []
+
+
+async def _no_workers(queue: JobQueue) -> bool:
+    return not await queue.workers()
+
+
+def test_queue_ping_answers_true(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> bool:
+        return await queue.ping()
+
+    assert run(scenario) is True
+
+
+def test_redis_queue_ping_of_unreachable_server_is_false(unused_port: int) -> None:
+    async def main() -> bool:
+        queue = RedisStreamQueue.from_url(f"redis://127.0.0.1:{unused_port}/0", ttl_seconds=60)
+        try:
+            return await queue.ping()
+        finally:
+            await queue.close()
+
+    assert asyncio.run(main()) is False
+

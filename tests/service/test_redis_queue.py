@@ -1,0 +1,294 @@
+"""Redis mode end to end: the API enqueues on a Redis Stream, separate workers compute.
+
+Workers run either in a thread of this process (a real :class:`Worker` on its
+own event loop) or as ``krypton worker`` subprocesses, which is what a crash
+test needs: SIGKILL leaves no chance to clean up.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from krypton.models.deployment import Deployment
+from krypton.service import constants
+from tests.service import helpers
+from tests.service.conftest import ClientFactory
+from tests.service.helpers import FAST, SLOW, ThreadedWorker
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TTL_SECONDS = 600
+
+
+@pytest.fixture
+def client(make_client: ClientFactory, redis_url: str) -> TestClient:
+    """The API in Redis mode: it enqueues and serves, and runs no worker itself."""
+    return make_client(redis_url=redis_url, result_ttl_seconds=TTL_SECONDS)
+
+
+def _keys(redis_client: redis.Redis, job_id: str) -> dict[str, str]:
+    return {"job": constants.JOB_KEY.format(job_id),
+            "image": f"{constants.IMAGE_KEY.format(job_id)}:0",
+            "result": constants.RESULT_KEY.format(job_id)}
+
+
+def _pending(redis_client: redis.Redis) -> int:
+    summary: dict[str, Any] = redis_client.xpending(constants.STREAM, constants.GROUP)
+    return int(summary["pending"])
+
+
+# ---------------------------------------------------------------- life cycle
+
+
+def test_redis_job_succeeds_through_a_separate_worker(client: TestClient, redis_url: str,
+                                                      deployment: Deployment,
+                                                      retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png, **FAST)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["run"]["heatmap_shape"] == [4, 4]
+
+
+def test_redis_job_results_are_served_by_the_api(client: TestClient, redis_url: str,
+                                                 deployment: Deployment,
+                                                 retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png, **FAST)
+    for result, media_type in (("heatmap.png", "image/png"),
+                               ("heatmap.json", "application/json"),
+                               ("heatmap.npy", "application/octet-stream")):
+        response = client.get(f"/v1/heatmaps/{job['id']}/{result}")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == media_type
+
+
+def test_redis_job_records_its_worker_and_one_attempt(client: TestClient, redis_url: str,
+                                                      redis_client: redis.Redis,
+                                                      deployment: Deployment,
+                                                      retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png, **FAST)
+    stored = helpers.job_document(redis_client, job["id"])
+    assert (stored["worker"], stored["attempts"]) == ("thread-1", 1)
+    assert _pending(redis_client) == 0
+
+
+def test_redis_job_waits_queued_until_a_worker_comes(client: TestClient, redis_url: str,
+                                                     deployment: Deployment,
+                                                     retina_png: bytes) -> None:
+    response = helpers.submit(client, retina_png, prefer="wait=1", **FAST)
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    with ThreadedWorker(redis_url, deployment, name="late"):
+        job = helpers.wait_for_job(client, response.headers["Location"])
+    assert job["status"] == "succeeded", job["error"]
+
+
+def test_redis_two_workers_run_every_job_exactly_once(client: TestClient, redis_url: str,
+                                                      redis_client: redis.Redis,
+                                                      deployment: Deployment,
+                                                      retina_png: bytes) -> None:
+    count = 6
+    with ThreadedWorker(redis_url, deployment, name="left") as left, \
+            ThreadedWorker(redis_url, deployment, name="right") as right:
+        urls = [helpers.submit(client, retina_png, **FAST).headers["Location"]
+                for _ in range(count)]
+        jobs = [helpers.wait_for_job(client, url) for url in urls]
+    # Read once both stopped: a worker counts a job after saving and acknowledging it.
+    done = left.jobs_done + right.jobs_done
+    assert [job["status"] for job in jobs] == ["succeeded"] * count
+    stored = [helpers.job_document(redis_client, job["id"]) for job in jobs]
+    assert [(s["attempts"], s["worker"] in ("left", "right")) for s in stored] == [
+        (1, True)] * count
+    assert done == count
+    assert _pending(redis_client) == 0
+
+
+# ---------------------------------------------------------------- crashes
+
+
+def _spawn_worker(registry: Path, redis_url: str, log: Path, **env: str
+                  ) -> subprocess.Popen[bytes]:
+    environment = {**os.environ, "KRYPTON_REDIS_URL": redis_url,
+                   "KRYPTON_REGISTRY": str(registry), "KRYPTON_LOG_LEVEL": "INFO", **env}
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from krypton.cli import app; app()", "worker"],
+            env=environment, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``krypton worker`` processes this test started; killed if still running at the end."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+
+
+def test_redis_job_of_a_killed_worker_is_finished_by_another(
+    client: TestClient, redis_url: str, redis_client: redis.Redis, registry: Path,
+    retina_png: bytes, tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    logs = {name: tmp_path / f"{name}.log" for name in ("doomed", "rescuer")}
+
+    def explain(what: str) -> str:
+        return what + "".join(f"\n--- {name} log:\n{path.read_text(errors='replace')[-3000:]}"
+                              for name, path in logs.items() if path.exists())
+
+    doomed = _spawn_worker(registry, redis_url, logs["doomed"])
+    spawned.append(doomed)
+    url = helpers.submit(client, retina_png, **SLOW).headers["Location"]
+
+    def computing() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(url).json()
+        assert job["status"] != "succeeded", explain("the job finished before the kill")
+        return job if job["status"] == "running" and job["progress"] > 0 else None
+
+    helpers.wait_until(computing, timeout=120, what=explain("the job to be computing"))
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(30)
+    assert client.get(url).json()["status"] == "running"
+
+    rescuer = _spawn_worker(registry, redis_url, logs["rescuer"], KRYPTON_CLAIM_IDLE_MS="1000")
+    spawned.append(rescuer)
+    job = helpers.wait_for_job(client, url, timeout=180)
+    assert job["status"] == "succeeded", explain(str(job["error"]))
+    stored = helpers.job_document(redis_client, job["id"])
+    assert stored["attempts"] == 2
+    assert f"-{rescuer.pid}-" in stored["worker"]
+    helpers.wait_until(lambda: _pending(redis_client) == 0, timeout=30,
+                       what="the rescuer to acknowledge the job")
+
+
+# ---------------------------------------------------------------- expiry and deletion
+
+
+def test_redis_job_keys_expire_within_the_result_ttl(client: TestClient, redis_url: str,
+                                                     redis_client: redis.Redis,
+                                                     deployment: Deployment,
+                                                     retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png, **FAST)
+    ttls = {what: redis_client.ttl(key) for what, key in _keys(redis_client, job["id"]).items()}
+    assert all(0 < ttl <= TTL_SECONDS for ttl in ttls.values()), ttls
+
+
+def test_redis_delete_removes_job_image_and_result_keys(client: TestClient, redis_url: str,
+                                                        redis_client: redis.Redis,
+                                                        deployment: Deployment,
+                                                        retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png, **FAST)
+    keys = _keys(redis_client, job["id"])
+    assert redis_client.exists(*keys.values()) == 3
+    assert client.delete(f"/v1/heatmaps/{job['id']}").status_code == 204
+    assert redis_client.exists(*keys.values()) == 0
+
+
+def test_redis_deleted_job_answers_404(client: TestClient, redis_url: str,
+                                       deployment: Deployment, retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png, **FAST)
+    client.delete(f"/v1/heatmaps/{job['id']}")
+    helpers.assert_problem(client.get(f"/v1/heatmaps/{job['id']}"), 404)
+
+
+def test_redis_job_deleted_while_running_is_abandoned_without_recreating_keys(
+    client: TestClient, redis_url: str, redis_client: redis.Redis, deployment: Deployment,
+    retina_png: bytes
+) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1") as worker:
+        url = helpers.submit(client, retina_png, **SLOW).headers["Location"]
+        job_id = url.rsplit("/", 1)[1]
+
+        def computing() -> bool:
+            job = client.get(url).json()
+            assert job["status"] != "succeeded", "the job finished before it could be deleted"
+            return bool(job["status"] == "running" and job["progress"] > 0)
+
+        helpers.wait_until(computing, what="the job to be computing")
+        assert client.delete(url).status_code == 204
+        deleted = time.monotonic()
+        helpers.wait_until(lambda: worker.current is None, what="the worker to drop the job")
+        idle_after = time.monotonic() - deleted
+        jobs_done = worker.jobs_done
+    assert redis_client.exists(*_keys(redis_client, job_id).values()) == 0
+    assert jobs_done == 0
+    assert _pending(redis_client) == 0
+    # The job runs for seconds; the deletion stops it at the next progress write.
+    assert idle_after < constants.PROGRESS_INTERVAL_SECONDS + 2.0
+
+
+def test_redis_predict_leaves_no_job_or_image_behind(client: TestClient, redis_url: str,
+                                                     redis_client: redis.Redis,
+                                                     deployment: Deployment,
+                                                     retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        response = client.post("/v1/predict",
+                               files={"image": ("retina.png", retina_png, "image/png")})
+    assert response.status_code == 200, response.text
+    assert redis_client.keys(f"{constants.KEY_PREFIX}:job:*") == []
+    assert redis_client.keys(f"{constants.KEY_PREFIX}:image:*") == []
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def test_redis_readyz_without_workers_answers_503(client: TestClient) -> None:
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "not ready", "queue": "redis", "queue_ok": True,
+                               "workers": []}
+
+
+def test_redis_readyz_lists_a_live_worker(client: TestClient, redis_url: str,
+                                          deployment: Deployment) -> None:
+    def ready() -> dict[str, Any] | None:
+        response = client.get("/readyz")
+        return response.json() if response.status_code == 200 else None
+
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        report = helpers.wait_until(ready, timeout=10, what="/readyz to answer 200")
+    assert (report["status"], report["queue_ok"]) == ("ready", True)
+    assert [worker["name"] for worker in report["workers"]] == ["thread-1"]
+
+
+def test_redis_readyz_answers_503_once_the_worker_stopped(client: TestClient, redis_url: str,
+                                                          deployment: Deployment) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        helpers.wait_until(lambda: client.get("/readyz").status_code == 200, timeout=10,
+                           what="/readyz to answer 200")
+    assert client.get("/readyz").status_code == 503
+
+
+def test_redis_readyz_with_unreachable_redis_answers_503(make_client: ClientFactory,
+                                                         unused_port: int) -> None:
+    client = make_client(redis_url=f"redis://127.0.0.1:{unused_port}/0")
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["queue_ok"] is False
+
+
+def test_redis_submit_with_unreachable_redis_answers_503(make_client: ClientFactory,
+                                                         unused_port: int,
+                                                         retina_png: bytes) -> None:
+    client = make_client(redis_url=f"redis://127.0.0.1:{unused_port}/0",
+                         raise_server_exceptions=False)
+    problem = helpers.assert_problem(helpers.submit(client, retina_png, **FAST), 503)
+    assert problem["type"] == "urn:krypton:problem:queue-unavailable"

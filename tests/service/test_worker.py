@@ -1,0 +1,253 @@
+"""The worker on the in-memory queue: burst runs, failures, retries, deletions, takeovers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from krypton.models.deployment import Deployment, load_deployment
+from krypton.service import constants
+from krypton.service.queue import InMemoryQueue, JobQueue
+from krypton.service.schemas import HeatmapParams, Job, JobStatus, new_job_id
+from krypton.service.worker import ModelCache, Worker
+from tests.service.helpers import MODEL, write_broken_registry
+
+
+@pytest.fixture(scope="module")
+def cache(deployment: Deployment) -> ModelCache:
+    """One model cache for the module's workers: each test needs no rebuild."""
+    return ModelCache(deployment, "cpu")
+
+
+def _job(patch_size: int = 16, stride: int = 16, **fields: Any) -> Job:
+    return Job(id=new_job_id(), params=HeatmapParams(model=MODEL, patch_size=patch_size,
+                                                     stride=stride), **fields)
+
+
+def _burst(queue: JobQueue, deployment: Deployment, cache: ModelCache,
+           name: str = "burst") -> Worker:
+    worker = Worker(queue, deployment, name=name, cache=cache)
+    asyncio.run(worker.run(burst=True, block_ms=50))
+    return worker
+
+
+def _heatmap(queue: InMemoryQueue, job_id: str) -> np.ndarray | None:
+    data = asyncio.run(queue.result(job_id))
+    return None if data is None else np.load(io.BytesIO(data))
+
+
+def test_model_cache_preload_builds_every_deployed_model(deployment: Deployment) -> None:
+    cache = ModelCache(deployment, "cpu")
+    assert cache.preload() == []
+    assert {name: cache.get(name).deployed.name for name in deployment.models} == {
+        name: name for name in deployment.models}
+
+
+def test_model_cache_preload_names_the_models_that_cannot_load(tmp_path: Path,
+                                                               registry: Path) -> None:
+    broken = load_deployment(write_broken_registry(tmp_path, registry))
+    assert ModelCache(broken, "cpu").preload() == [MODEL]
+
+
+def test_model_cache_builds_each_model_once(cache: ModelCache) -> None:
+    assert cache.get(MODEL) is cache.get(MODEL)
+
+
+def test_worker_runs_a_queued_job_to_success(deployment: Deployment, cache: ModelCache,
+                                             retina_png: bytes) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(), [retina_png]))
+    _burst(queue, deployment, cache)
+    done = asyncio.run(queue.get(job.id))
+    assert done is not None and done.status is JobStatus.succeeded, done
+    assert (done.progress, done.attempts, done.worker) == (1.0, 1, "burst")
+
+
+def test_worker_stores_the_heatmap_as_npy(deployment: Deployment, cache: ModelCache,
+                                         retina_png: bytes) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(patch_size=16, stride=8), [retina_png]))
+    _burst(queue, deployment, cache)
+    heatmap = _heatmap(queue, job.id)
+    assert heatmap is not None and heatmap.shape == (7, 7)
+
+
+def test_worker_counts_the_jobs_it_finished(deployment: Deployment, cache: ModelCache,
+                                            retina_png: bytes) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    for _ in range(3):
+        asyncio.run(queue.submit(_job(), [retina_png]))
+    assert _burst(queue, deployment, cache).jobs_done == 3
+
+
+def test_worker_fails_a_job_whose_image_cannot_be_decoded(deployment: Deployment,
+                                                          cache: ModelCache) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(), [b"\x89PNG\r\n\x1a\n broken"]))
+    _burst(queue, deployment, cache)
+    done = asyncio.run(queue.get(job.id))
+    assert done is not None and done.status is JobStatus.failed
+    assert done.error is not None
+    assert (done.error["status"], done.error["job_id"]) == (422, job.id)
+    assert asyncio.run(queue.result(job.id)) is None
+
+
+def test_worker_fails_a_job_that_already_stopped_max_attempts_workers(
+    deployment: Deployment, cache: ModelCache, retina_png: bytes
+) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(attempts=constants.MAX_ATTEMPTS), [retina_png]))
+    _burst(queue, deployment, cache)
+    done = asyncio.run(queue.get(job.id))
+    assert done is not None and done.status is JobStatus.failed
+    assert done.error is not None
+    assert done.error["type"] == "urn:krypton:problem:worker-crashed"
+
+
+def test_worker_fails_a_job_that_crashed_max_attempts_workers_after_it_was_reclaimed(
+    deployment: Deployment, cache: ModelCache, retina_png: bytes
+) -> None:
+    queue = InMemoryQueue(ttl_seconds=60, claim_idle_ms=50)
+
+    async def scenario() -> Job | None:
+        job = await queue.submit(_job(), [retina_png])
+        await queue.save(job.model_copy(update={
+            "status": JobStatus.running, "attempts": constants.MAX_ATTEMPTS,
+            "worker": "third-dead-worker"}))
+        worker = Worker(queue, deployment, name="alive", cache=cache)
+        for _ in range(3):  # redelivered to the same worker if it does not settle the job
+            await worker.run_once(block_ms=50)
+            await asyncio.sleep(0.06)
+        return await queue.get(job.id)
+
+    done = asyncio.run(scenario())
+    assert done is not None and done.status is JobStatus.failed, done
+    assert done.error is not None and done.error["type"] == "urn:krypton:problem:worker-crashed"
+
+
+def test_worker_drops_a_job_deleted_before_it_ran(deployment: Deployment, cache: ModelCache,
+                                                  retina_png: bytes) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(), [retina_png]))
+    asyncio.run(queue.delete(job.id))
+    worker = _burst(queue, deployment, cache)
+    assert worker.jobs_done == 0
+    assert asyncio.run(queue.get(job.id)) is None
+    assert asyncio.run(queue.result(job.id)) is None
+
+
+def test_worker_retires_its_heartbeat_when_it_stops(deployment: Deployment, cache: ModelCache
+                                                   ) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        worker = Worker(queue, deployment, name="short-lived", cache=cache)
+        task = asyncio.create_task(worker.run(block_ms=50))
+        while not await queue.workers():
+            await asyncio.sleep(0.01)
+        beating = [w.name for w in await queue.workers()]
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        return beating, [w.name for w in await queue.workers()]
+
+    assert asyncio.run(scenario()) == (["short-lived"], [])
+
+
+def test_worker_takes_over_the_job_of_a_dead_worker(deployment: Deployment, cache: ModelCache,
+                                                    retina_png: bytes) -> None:
+    queue = InMemoryQueue(ttl_seconds=60, claim_idle_ms=100)
+
+    async def scenario() -> Job | None:
+        job = await queue.submit(_job(), [retina_png])
+        claim = await queue.claim("dead", 100)  # claimed, marked running, then the worker died
+        assert claim is not None
+        await queue.save(job.model_copy(update={"status": JobStatus.running, "attempts": 1,
+                                                "worker": "dead"}))
+        await asyncio.sleep(0.15)
+        await Worker(queue, deployment, name="alive", cache=cache).run(burst=True, block_ms=50)
+        return await queue.get(job.id)
+
+    done = asyncio.run(scenario())
+    assert done is not None and done.status is JobStatus.succeeded
+    assert (done.attempts, done.worker) == (2, "alive")
+
+
+def _run_until_running_then(queue: InMemoryQueue, deployment: Deployment, cache: ModelCache,
+                            image: bytes, *, delete: bool) -> tuple[Worker, Job, float]:
+    """Start a slow job, wait until it reports progress, optionally delete it, then wait
+    for the worker to go idle. Returns the worker, the job and the seconds that took."""
+
+    async def scenario() -> tuple[Worker, Job, float]:
+        worker = Worker(queue, deployment, name="w", cache=cache)
+        job = await queue.submit(_job(patch_size=8, stride=1), [image])
+        task = asyncio.create_task(worker.run(block_ms=50))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            current = await queue.get(job.id)
+            assert current is not None and not current.status.finished, current
+            if current.progress > 0:
+                break
+            assert loop.time() < deadline, "the job never reported progress"
+            await asyncio.sleep(0.01)
+        if delete:
+            await queue.delete(job.id)
+        started = loop.time()
+        while worker.current is not None:
+            assert loop.time() < deadline, "the worker never went idle"
+            await asyncio.sleep(0.01)
+        idle_after = loop.time() - started
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        return worker, job, idle_after
+
+    return asyncio.run(scenario())
+
+
+def test_worker_abandons_a_job_deleted_while_running(deployment: Deployment, cache: ModelCache,
+                                                     retina_png: bytes) -> None:
+    queue = InMemoryQueue(ttl_seconds=60)
+    worker, job, _ = _run_until_running_then(queue, deployment, cache, retina_png, delete=True)
+    assert worker.jobs_done == 0
+    assert asyncio.run(queue.get(job.id)) is None
+    assert asyncio.run(queue.result(job.id)) is None
+
+
+def test_worker_abandons_a_deleted_job_at_the_next_progress_write(
+    deployment: Deployment, cache: ModelCache, retina_png: bytes
+) -> None:
+    # The job runs for seconds; the deletion must stop it within about one progress interval.
+    queue = InMemoryQueue(ttl_seconds=60)
+    _, _, idle_after = _run_until_running_then(queue, deployment, cache, retina_png,
+                                               delete=True)
+    assert idle_after < constants.PROGRESS_INTERVAL_SECONDS + 2.0
+
+
+def test_worker_keeps_its_claim_when_claim_idle_is_shorter_than_the_heartbeat(
+    deployment: Deployment, retina_png: bytes
+) -> None:
+    queue = InMemoryQueue(ttl_seconds=60, claim_idle_ms=300)
+
+    async def scenario() -> Job | None:
+        busy = Worker(queue, deployment, name="busy")
+        idle = Worker(queue, deployment, name="idle")
+        job = await queue.submit(_job(patch_size=8, stride=2), [retina_png])
+        first = asyncio.create_task(busy.run(block_ms=50))
+        while (await queue.get(job.id)).status is not JobStatus.running:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(idle.run(block_ms=50))
+        while not (await queue.get(job.id)).status.finished:  # type: ignore[union-attr]
+            await asyncio.sleep(0.02)
+        for worker, task in ((busy, first), (idle, second)):
+            worker.stop()
+            await asyncio.wait_for(task, 30)
+        return await queue.get(job.id)
+
+    done = asyncio.run(scenario())
+    assert done is not None and done.status is JobStatus.succeeded
+    assert (done.attempts, done.worker) == (1, "busy")
