@@ -262,6 +262,8 @@ class ApproximateRow:
     holdout_ssim: float
     min_holdout_ssim: float
     tuning_seconds: float
+    exact_range: float
+    """Mean max - min of the held-out exact heatmaps: near 0, SSIM says little."""
     frontier: tuple[tuple[float, float | None, int | None, float, float], ...]
     """(tau, r, coarse stride, speedup over exact, SSIM) of every setting tuning tried."""
 
@@ -306,6 +308,30 @@ def sample_images(count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in views[:count]]
 
 
+LOGIT_SPREAD = 2.0
+"""A random head's logits are either nearly equal (VGG16, ResNet18) or far apart
+(InceptionV3 gives p = 1.0); either way occlusion barely moves the probability
+and the heatmap is almost flat, so SSIM would compare rounding noise. The
+benchmark rescales the last linear layer so the logits on the first sample
+span this much: the network stays untrained, but its heatmaps have contrast."""
+
+
+def calibrate_head(model: nn.Module, image: Tensor, spread: float = LOGIT_SPREAD) -> nn.Module:
+    """``model`` with its last linear layer scaled so ``image``'s logits span ``spread``.
+
+    Scaling the weights and bias by ``s`` scales the logits by exactly ``s``.
+    """
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.inference_mode():
+        logits = model(image.unsqueeze(0))[0]
+    scale = spread / float(logits.max() - logits.min())
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        if head.bias is not None:
+            head.bias.mul_(scale)
+    return model
+
+
 def run_approximate_benchmark(
     models: Sequence[str],
     *,
@@ -323,8 +349,8 @@ def run_approximate_benchmark(
     rows = []
     for name in models:
         spec = get_model_spec(name)
-        model = build_model(name, num_classes=4)
         images = [to_model_input(p, Preprocessing(spec.input_size)) for p in pixels]
+        model = calibrate_head(build_model(name, num_classes=4), images[0])
         naive = ReferenceOcclusion(model, device=device)
         exact = IncrementalOcclusion(model, device=device)
         size = spec.input_size
@@ -337,7 +363,7 @@ def run_approximate_benchmark(
             tune, exact, images, patch, stride, target_ssim=target_ssim, holdout=samples // 2,
             report=lambda line: report(f"  {line}")), device)
         held_out = images[tuning.tuning_images :]
-        exact_seconds, approximate_seconds, naive_rates, scores = 0.0, 0.0, [], []
+        exact_seconds, approximate_seconds, naive_rates, scores, ranges = 0.0, 0.0, [], [], []
         for image in held_out:
             # Naive costs the same at every position: time it on a coarse grid of a few
             # batches right beside the exact and approximate runs, so that all three
@@ -349,6 +375,7 @@ def run_approximate_benchmark(
             reference, seconds = _timed(
                 functools.partial(exact.attribute, image, patch, stride), device)
             exact_seconds += seconds
+            ranges.append(float(np.ptp(reference.heatmap)))
             result, seconds = _timed(functools.partial(
                 exact.attribute, image, patch, stride, target=reference.target,
                 approximation=tuning.approximation), device)
@@ -364,6 +391,7 @@ def run_approximate_benchmark(
             tau=chosen.tau, drilldown_ratio=chosen.drilldown_ratio,
             coarse_stride=chosen.coarse_stride, holdout_ssim=float(np.mean(scores)),
             min_holdout_ssim=float(np.min(scores)), tuning_seconds=tuning_seconds,
+            exact_range=float(np.mean(ranges)),
             frontier=tuple((p.approximation.tau, p.approximation.drilldown_ratio,
                             p.approximation.coarse_stride, p.speedup, p.ssim)
                            for p in tuning.frontier),
@@ -377,14 +405,16 @@ def format_approximate_table(rows: Sequence[ApproximateRow]) -> str:
     """A Markdown table of approximate-inference rows."""
     lines = [
         "| model | input | positions | naive s/image | exact s/image | approx s/image "
-        "| approx / naive | approx / exact | tau | r | coarse stride | held-out SSIM (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| approx / naive | approx / exact | tau | r | coarse stride | held-out SSIM (min) "
+        "| exact map range |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.model} | {r.input_size} | {r.positions} | {r.naive_seconds:.1f} "
             f"| {r.exact_seconds:.2f} | {r.approximate_seconds:.2f} | {r.speedup_naive:.1f}x "
             f"| {r.speedup_exact:.1f}x | {r.tau:.2f} | {r.drilldown_ratio or '-'} "
-            f"| {r.coarse_stride or '-'} | {r.holdout_ssim:.3f} ({r.min_holdout_ssim:.3f}) |"
+            f"| {r.coarse_stride or '-'} | {r.holdout_ssim:.3f} ({r.min_holdout_ssim:.3f}) "
+            f"| {r.exact_range:.3f} |"
         )
     return "\n".join(lines)

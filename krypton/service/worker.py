@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from redis.exceptions import RedisError
 
 from krypton.engine import (
     Approximation,
@@ -203,6 +204,23 @@ def run_tuning(cache: ModelCache, params: TuningParams, images: list[bytes], max
     return Outcome(updates={"tuned": dataclasses.asdict(config) | {"met_target": met}})
 
 
+_TORCH_LOCK = threading.Lock()
+"""Workers sharing a process take turns with the model: torch.fx tracing (done
+when an engine is first built) patches ``nn.Module.__call__`` process-wide, so a
+forward pass in another thread during a trace would be traced too. Scale out
+with one worker process per GPU; in one process there is nothing to gain."""
+
+
+def _compute_alone(cache: ModelCache, params: HeatmapParams | PredictParams | TuningParams,
+                   images: list[bytes], max_pixels: int, progress: Progress) -> Outcome:
+    with _TORCH_LOCK:
+        if isinstance(params, HeatmapParams):
+            return run_heatmap(cache, params, images[0], max_pixels, progress)
+        if isinstance(params, PredictParams):
+            return run_predict(cache, params, images[0], max_pixels, progress)
+        return run_tuning(cache, params, images, max_pixels, progress)
+
+
 class Worker:
     """Claims jobs from ``queue`` and runs them until stopped (or, in burst mode, idle)."""
 
@@ -229,7 +247,15 @@ class Worker:
         beating = asyncio.create_task(self._beat_forever())
         try:
             while not self._stopping.is_set():
-                worked = await self.run_once(block_ms=block_ms)
+                try:
+                    worked = await self.run_once(block_ms=block_ms)
+                except (RedisError, OSError):
+                    # Redis restarting or unreachable: wait it out rather than exit; an
+                    # unacknowledged job is redelivered once Redis is back.
+                    logger.warning("worker %s: queue unreachable; retrying", self.name,
+                                   exc_info=True)
+                    await asyncio.sleep(constants.HEARTBEAT_SECONDS)
+                    continue
                 if burst and not worked:
                     break
         finally:
@@ -351,14 +377,8 @@ class Worker:
         if images is None:
             raise JobCancelled(job.id)
         progress = self._progress_reporter(job)
-        if isinstance(params, HeatmapParams):
-            return await asyncio.to_thread(run_heatmap, self.cache, params, images[0],
-                                           self.max_pixels, progress)
-        if isinstance(params, PredictParams):
-            return await asyncio.to_thread(run_predict, self.cache, params, images[0],
-                                           self.max_pixels, progress)
-        return await asyncio.to_thread(run_tuning, self.cache, params, images, self.max_pixels,
-                                       progress)
+        return await asyncio.to_thread(_compute_alone, self.cache, params, images,
+                                       self.max_pixels, progress)
 
     def _progress_reporter(self, job: Job) -> Progress:
         """A callback for the compute thread that writes progress, throttled.

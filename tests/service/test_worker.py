@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis
 
 from krypton.models.deployment import Deployment, load_deployment
 from krypton.service import constants
 from krypton.service.queue import InMemoryQueue, JobQueue
 from krypton.service.schemas import HeatmapParams, Job, JobStatus, new_job_id
 from krypton.service.worker import ModelCache, Worker
+from tests.service import helpers
 from tests.service.helpers import MODEL, write_broken_registry
 
 
@@ -251,3 +253,27 @@ def test_worker_keeps_its_claim_when_claim_idle_is_shorter_than_the_heartbeat(
     done = asyncio.run(scenario())
     assert done is not None and done.status is JobStatus.succeeded
     assert (done.attempts, done.worker) == (1, "busy")
+
+
+class _FlakyQueue(InMemoryQueue):
+    """An in-memory queue whose first claim fails as if Redis were restarting."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.failures = 1
+
+    async def claim(self, consumer: str, block_ms: int) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise redis.ConnectionError("Connection refused")
+        return await super().claim(consumer, block_ms)
+
+
+def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
+        deployment: Deployment, cache: ModelCache) -> None:
+    queue = _FlakyQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(), [helpers.encode(helpers.retina_image(), "PNG")]))
+    _burst(queue, deployment, cache)
+    assert queue.failures == 0
+    finished = asyncio.run(queue.get(job.id))
+    assert finished is not None and finished.status is JobStatus.succeeded, finished

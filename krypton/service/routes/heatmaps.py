@@ -174,7 +174,8 @@ async def delete_heatmap(job_id: str, queue: QueueDep) -> Response:
     return Response(status_code=204)
 
 
-async def _result(queue: JobQueue, job_id: str) -> tuple[Job, np.ndarray]:
+async def _result(queue: JobQueue, job_id: str, view: render.View) -> tuple[Job, np.ndarray]:
+    """The succeeded job and its heatmap in ``view``."""
     job = await _job(queue, job_id)
     if job.status is not JobStatus.succeeded:
         raise ResultNotReady(f"job {job_id} is {job.status.value}; results exist once it has "
@@ -182,7 +183,9 @@ async def _result(queue: JobQueue, job_id: str) -> tuple[Job, np.ndarray]:
     data = await queue.result(job_id)
     if data is None:
         raise JobNotFound(f"the result of job {job_id} has expired", job_id=job_id)
-    return job, render.read_npy(data)
+    assert job.prediction is not None
+    heatmap = render.read_npy(data)
+    return job, render.view_values(heatmap, job.prediction.target_probability, view)
 
 
 View = Annotated[Literal["drop", "probability"], Query(
@@ -194,9 +197,8 @@ View = Annotated[Literal["drop", "probability"], Query(
 async def heatmap_png(job_id: str, queue: QueueDep, view_: View = "drop",
                       overlay: Annotated[bool, Query(description="Blend over the image at its "
                                                      "own size")] = False) -> Response:
-    job, heatmap = await _result(queue, job_id)
-    assert job.prediction is not None and isinstance(job.params, HeatmapParams)
-    values = render.view_values(heatmap, job.prediction.target_probability, view_)
+    job, values = await _result(queue, job_id, view_)
+    assert isinstance(job.params, HeatmapParams)
     if not overlay:
         return Response(render.heatmap_png(values), media_type="image/png")
     images = await queue.images(job_id, 1)
@@ -213,9 +215,8 @@ async def heatmap_png(job_id: str, queue: QueueDep, view_: View = "drop",
 @router.get("/heatmaps/{job_id}/heatmap.json")
 async def heatmap_json(job_id: str, queue: QueueDep, view_: View = "probability"
                        ) -> Response:
-    job, heatmap = await _result(queue, job_id)
+    job, values = await _result(queue, job_id, view_)
     assert job.prediction is not None
-    values = render.view_values(heatmap, job.prediction.target_probability, view_)
     document = render.heatmap_json(values, {
         "id": job.id, "view": view_, "params": job.params.model_dump(),
         "prediction": job.prediction.model_dump(),
@@ -226,9 +227,7 @@ async def heatmap_json(job_id: str, queue: QueueDep, view_: View = "probability"
 @router.get("/heatmaps/{job_id}/heatmap.npy", response_class=Response,
             responses={200: {"content": {"application/octet-stream": {}}}})
 async def heatmap_npy(job_id: str, queue: QueueDep, view_: View = "probability") -> Response:
-    job, heatmap = await _result(queue, job_id)
-    assert job.prediction is not None
-    values = render.view_values(heatmap, job.prediction.target_probability, view_)
+    _, values = await _result(queue, job_id, view_)
     return Response(render.heatmap_npy(values), media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.npy"'})
 
