@@ -4,7 +4,7 @@ Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
 
 - ``krypton:jobs`` - the stream of job ids, consumed by the ``workers`` group
 - ``krypton:job:{id}`` - the job document (JSON), with the job's TTL
-- ``krypton:image:{id}`` - the uploaded image bytes (patient data), same TTL
+- ``krypton:image:{id}:{n}`` - the uploaded image(s) (patient data), same TTL
 - ``krypton:result:{id}`` - the heatmap as ``.npy`` bytes, same TTL
 - ``krypton:worker:{name}`` - a worker's heartbeat, expiring when it stops beating
 """

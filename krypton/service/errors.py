@@ -106,7 +106,7 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, CheckpointError):
         # The deployment's checkpoint is broken: the server's fault, not the caller's.
         return problem(500, "model-unavailable", "Model unavailable", str(exc))
-    if isinstance(exc, ModelError | EngineError | ValueError):
+    if isinstance(exc, ModelError | EngineError):
         return problem(422, "invalid-input", "Invalid input", str(exc))
     return problem(500, "internal-error", "Internal error",
                    "the server failed unexpectedly; the error was logged")

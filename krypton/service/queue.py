@@ -212,6 +212,7 @@ class InMemoryQueue(JobQueue):
         return existed
 
     async def claim(self, consumer: str, block_ms: int) -> Claim | None:
+        self._purge_expired()  # workers claim often: expired patient data goes promptly
         now = time.monotonic()
         for message_id, pending in self._memory.pending.items():
             if (now - pending.touched) * 1000 >= self.claim_idle_ms:

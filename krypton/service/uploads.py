@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
@@ -49,7 +50,8 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int
         raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels, more "
                               f"than the limit of {max_pixels}")
     try:
-        pixels = decode_image(data, max_pixels=max_pixels)
+        # Off the event loop: a large photo takes a second to decode.
+        pixels = await asyncio.to_thread(decode_image, data, max_pixels=max_pixels)
     except ImageDecodeError as exc:
         raise InvalidInput(str(exc)) from exc
     return data, pixels

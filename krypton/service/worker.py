@@ -3,8 +3,9 @@
 One long-lived worker per GPU (or CPU) loads each model once and keeps it.
 Compute runs in a thread so the worker's event loop stays free to beat its
 heartbeat, keep its claim fresh and write progress while batches finish. A
-job deleted mid-run is abandoned at the next batch; a job whose worker died
-is reclaimed by another worker and run again from the start.
+heatmap or tuning job deleted mid-run is abandoned at its next progress write;
+a job whose worker died is reclaimed by another worker and run again from the
+start.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from krypton.engine import (
@@ -256,6 +258,11 @@ class Worker:
                                    exc_info=True)
                     await asyncio.sleep(constants.HEARTBEAT_SECONDS)
                     continue
+                except Exception:
+                    # A bug or a malformed message must not stop the worker for good.
+                    logger.exception("worker %s: unexpected error; carrying on", self.name)
+                    await asyncio.sleep(constants.HEARTBEAT_SECONDS)
+                    continue
                 if burst and not worked:
                     break
         finally:
@@ -292,7 +299,13 @@ class Worker:
                           jobs_done=self.jobs_done, current_job=self.current)
 
     async def _process(self, claim: Claim) -> None:
-        job = await self.queue.get(claim.job_id)
+        try:
+            job = await self.queue.get(claim.job_id)
+        except ValidationError:
+            # Written by an incompatible version; retrying cannot help.
+            logger.exception("job %s: unreadable job document; dropped", claim.job_id)
+            await self.queue.ack(claim)
+            return
         if job is None or job.status.finished:
             # Deleted, expired, or finished by a worker that died before acknowledging.
             await self.queue.ack(claim)
@@ -396,7 +409,12 @@ class Worker:
             last[0] = now
             update = job.model_copy(update={"progress": min(done / max(total, 1), 1.0)})
             saved = asyncio.run_coroutine_threadsafe(self._save_progress(update), loop)
-            if not saved.result(timeout=30):
+            try:
+                exists = saved.result(timeout=30)
+            except Exception:  # a Redis blip costs a progress update, not the job
+                logger.warning("job %s: progress not saved", job.id, exc_info=True)
+                return
+            if not exists:
                 raise JobCancelled(job.id)
 
         return report

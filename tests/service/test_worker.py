@@ -277,3 +277,19 @@ def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
     assert queue.failures == 0
     finished = asyncio.run(queue.get(job.id))
     assert finished is not None and finished.status is JobStatus.succeeded, finished
+
+
+class _CorruptQueue(InMemoryQueue):
+    """An in-memory queue whose stored job document is unreadable (another version's)."""
+
+    async def get(self, job_id: str) -> Job | None:
+        return Job.model_validate_json(b'{"id": "x", "params": {"kind": "unknown"}}')
+
+
+def test_worker_drops_an_unreadable_job_document_and_keeps_working(
+        deployment: Deployment, cache: ModelCache) -> None:
+    queue = _CorruptQueue(ttl_seconds=60)
+    asyncio.run(queue.submit(_job(), [helpers.encode(helpers.retina_image(), "PNG")]))
+    worker = _burst(queue, deployment, cache)
+    assert worker.jobs_done == 0
+    assert queue._memory.pending == {}  # acknowledged, so never redelivered

@@ -139,8 +139,9 @@ async def submit_heatmap(
                       ] = None,
 ) -> JobView:
     """Queue an occlusion heatmap of the uploaded image."""
-    params = _heatmap_params(deployment, model, dataset, patch_size, stride, patch_color,
-                             target_class, mode)
+    # In a thread: the first approximate request per model hashes its checkpoint.
+    params = await asyncio.to_thread(_heatmap_params, deployment, model, dataset, patch_size,
+                                     stride, patch_color, target_class, mode)
     data, pixels = await read_image(image, max_bytes=settings.max_upload_bytes,
                                     max_pixels=settings.max_pixels)
     job = await queue.submit(Job(id=new_job_id(), params=params,
