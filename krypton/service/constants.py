@@ -7,6 +7,7 @@ Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
 - ``krypton:image:{id}:{n}`` - the uploaded image(s) (patient data), same TTL
 - ``krypton:result:{id}`` - the heatmap as ``.npy`` bytes, same TTL
 - ``krypton:worker:{name}`` - a worker's heartbeat, expiring when it stops beating
+- ``krypton:workers`` - sorted set of worker names by last heartbeat time
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ JOB_KEY = f"{KEY_PREFIX}:job:{{}}"
 IMAGE_KEY = f"{KEY_PREFIX}:image:{{}}"
 RESULT_KEY = f"{KEY_PREFIX}:result:{{}}"
 WORKER_KEY = f"{KEY_PREFIX}:worker:{{}}"
+WORKERS_KEY = f"{KEY_PREFIX}:workers"
 
 DEFAULT_RESULT_TTL_SECONDS = 24 * 3600
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024

@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton.engine import EngineError
 from krypton.models import CheckpointError, ModelError
@@ -138,8 +138,11 @@ def install_handlers(app: FastAPI) -> None:
 
     async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-        return _respond(request, problem(exc.status_code, slug, str(exc.detail), str(exc.detail)),
+        slug, title = {404: ("not-found", "Not found"),
+                       405: ("method-not-allowed", "Method not allowed"),
+                       413: (PayloadTooLarge.slug, PayloadTooLarge.title),
+                       }.get(exc.status_code, ("http-error", str(exc.detail)))
+        return _respond(request, problem(exc.status_code, slug, title, str(exc.detail)),
                         headers=getattr(exc, "headers", None))
 
     for error in (ServiceError, ModelError, EngineError, RedisError, Exception):
@@ -149,20 +152,40 @@ def install_handlers(app: FastAPI) -> None:
 
 
 class BodyLimit:
-    """ASGI middleware: 413 problem+json for a request whose Content-Length is too large."""
+    """ASGI middleware: 413 problem+json for a request body over ``max_bytes``.
+
+    A declared Content-Length is refused before anything is read; a chunked
+    body is counted as it streams and cut off at the limit, so nothing larger
+    is ever spooled to disk.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _detail(self, size: str) -> str:
+        return f"the request body is {size} bytes, more than the limit of {self.max_bytes}"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_bytes:
-                document = problem(413, PayloadTooLarge.slug, PayloadTooLarge.title,
-                                   f"the request body is {int(length)} bytes, more than the "
-                                   f"limit of {self.max_bytes}", instance=scope["path"])
-                response = JSONResponse(document, status_code=413, media_type=PROBLEM_MEDIA_TYPE)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            document = problem(413, PayloadTooLarge.slug, PayloadTooLarge.title,
+                               self._detail(str(int(length))), instance=scope["path"])
+            response = JSONResponse(document, status_code=413, media_type=PROBLEM_MEDIA_TYPE)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # An HTTPException, so FastAPI's body parsing lets it through to the handler.
+                raise StarletteHTTPException(413, self._detail(f"over {self.max_bytes}"))
+            return message
+
+        await self.app(scope, counted, send)

@@ -352,18 +352,27 @@ class RedisStreamQueue(JobQueue):
             await pipe.execute()
 
     async def beat(self, info: WorkerInfo) -> None:
-        await self.client.set(constants.WORKER_KEY.format(info.name), info.model_dump_json(),
-                              ex=self.heartbeat_ttl_seconds)
+        # The key holds the details and expires with a silent worker; the sorted set
+        # indexes live workers so readiness never scans the keyspace.
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(constants.WORKER_KEY.format(info.name), info.model_dump_json(),
+                     ex=self.heartbeat_ttl_seconds)
+            pipe.zadd(constants.WORKERS_KEY, {info.name: time.time()})
+            await pipe.execute()
 
     async def retire(self, worker: str) -> None:
-        await self.client.delete(constants.WORKER_KEY.format(worker))
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(constants.WORKER_KEY.format(worker))
+            pipe.zrem(constants.WORKERS_KEY, worker)
+            await pipe.execute()
 
     async def workers(self) -> list[WorkerInfo]:
-        keys = [key async for key in self.client.scan_iter(
-            match=constants.WORKER_KEY.format("*"), count=100)]
-        if not keys:
+        oldest = time.time() - self.heartbeat_ttl_seconds
+        await self.client.zremrangebyscore(constants.WORKERS_KEY, "-inf", oldest)
+        names = await self.client.zrangebyscore(constants.WORKERS_KEY, oldest, "+inf")
+        if not names:
             return []
-        found = await self.client.mget(keys)
+        found = await self.client.mget([constants.WORKER_KEY.format(_text(n)) for n in names])
         workers = [WorkerInfo.model_validate_json(raw) for raw in found if raw is not None]
         return sorted(workers, key=lambda w: w.name)
 

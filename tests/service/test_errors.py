@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -123,6 +124,27 @@ def test_request_body_over_the_limit_answers_413_before_reading_it(
     oversized = b"\x89PNG\r\n\x1a\n" + bytes(2_000_000)
     problem = helpers.assert_problem(helpers.submit(client, oversized, **FAST), 413)
     assert "request body" in problem["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_chunked_request_body_over_the_limit_answers_413(make_client: ClientFactory,
+                                                        retina_png: bytes) -> None:
+    client = make_client(max_upload_bytes=1000, embedded_workers=0)
+    boundary = "krypton-test"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
+            f"filename=\"big.png\"\r\nContent-Type: image/png\r\n\r\n").encode() \
+        + retina_png + bytes(2_000_000) + f"\r\n--{boundary}--\r\n".encode()
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: sent chunked
+        for start in range(0, len(body), 65536):
+            yield body[start:start + 65536]
+
+    response = client.post("/v1/heatmaps", content=chunks(),
+                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert "content-length" not in response.request.headers
+    problem = helpers.assert_problem(response, 413)
+    assert problem["type"].endswith("payload-too-large")
+    assert "request body" in problem["detail"]  # cut off while streaming, not after spooling
     assert client.get("/healthz").status_code == 200
 
 
