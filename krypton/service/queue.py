@@ -66,8 +66,14 @@ class JobQueue(ABC):
         """The job, or ``None`` when unknown, expired or deleted."""
 
     @abstractmethod
-    async def save(self, job: Job) -> bool:
-        """Overwrite an existing job, keeping its expiry; ``False`` when it is gone."""
+    async def save(self, job: Job, *, owner: str | None = None) -> bool:
+        """Overwrite an existing job, keeping its expiry; ``False`` when it is gone.
+
+        With ``owner``, only while the stored job is unfinished and names
+        ``owner`` as its worker (``""``: no worker yet), checked and written in
+        one step: a worker never overwrites a job another worker took over or
+        finished.
+        """
 
     @abstractmethod
     async def images(self, job_id: str, count: int) -> list[bytes] | None:
@@ -180,9 +186,12 @@ class InMemoryQueue(JobQueue):
         job: Job | None = self._live(constants.JOB_KEY.format(job_id))
         return job
 
-    async def save(self, job: Job) -> bool:
+    async def save(self, job: Job, *, owner: str | None = None) -> bool:
         key = constants.JOB_KEY.format(job.id)
-        if self._live(key) is None:
+        current: Job | None = self._live(key)
+        if current is None:
+            return False
+        if owner is not None and (current.status.finished or (current.worker or "") != owner):
             return False
         self._memory.entries[key].value = job
         return True
@@ -295,10 +304,12 @@ class RedisStreamQueue(JobQueue):
         raw = await self.client.get(constants.JOB_KEY.format(job_id))
         return None if raw is None else Job.model_validate_json(raw)
 
-    async def save(self, job: Job) -> bool:
-        stored = await self.client.set(constants.JOB_KEY.format(job.id), job.model_dump_json(),
-                                       xx=True, keepttl=True)
-        return bool(stored)
+    async def save(self, job: Job, *, owner: str | None = None) -> bool:
+        key = constants.JOB_KEY.format(job.id)
+        if owner is None:
+            stored = await self.client.set(key, job.model_dump_json(), xx=True, keepttl=True)
+            return bool(stored)
+        return bool(await self.client.eval(_SAVE_IF_OWNER, 1, key, job.model_dump_json(), owner))
 
     async def images(self, job_id: str, count: int) -> list[bytes] | None:
         if count == 0:
@@ -385,6 +396,18 @@ class RedisStreamQueue(JobQueue):
     async def close(self) -> None:
         await self.client.aclose()
 
+
+_SAVE_IF_OWNER = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local current = cjson.decode(raw)
+local worker = current['worker']
+if worker == cjson.null or worker == nil then worker = '' end
+if worker ~= ARGV[2] then return 0 end
+if current['status'] == 'succeeded' or current['status'] == 'failed' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 1
+"""
 
 _PUT_RESULT = """
 local ttl = redis.call('PTTL', KEYS[1])

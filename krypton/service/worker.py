@@ -312,9 +312,10 @@ class Worker:
             return
         if job.attempts >= constants.MAX_ATTEMPTS:
             # Every earlier attempt's worker is dead: this worker owns the job now.
+            dead = job.worker or ""
             job = job.model_copy(update={"worker": self.name})
-            if not await self.queue.save(job):
-                await self.queue.ack(claim)
+            if not await self.queue.save(job, owner=dead):
+                await self._let_go(claim)
                 return
             await self._finish(claim, job, Outcome(updates={
                 "status": JobStatus.failed, "error": problem(
@@ -322,12 +323,13 @@ class Worker:
                     f"the job was started {job.attempts} times and its worker stopped each time",
                     job_id=job.id)}))
             return
+        previous = job.worker or ""
         job = job.model_copy(update={
             "status": JobStatus.running, "attempts": job.attempts + 1, "worker": self.name,
             "progress": 0.0,
             "timings": job.timings.model_copy(update={"started_at": utcnow()})})
-        if not await self.queue.save(job):
-            await self.queue.ack(claim)
+        if not await self.queue.save(job, owner=previous):
+            await self._let_go(claim)
             return
         started = time.perf_counter()
         logger.info("job %s: %s on %s started (attempt %d)", job.id, job.kind.value,
@@ -336,8 +338,8 @@ class Worker:
         try:
             outcome = await self._compute(job)
         except JobCancelled:
-            logger.info("job %s: deleted while running; dropped", job.id)
-            await self.queue.ack(claim)
+            logger.info("job %s: deleted or taken over while running; dropped", job.id)
+            await self._let_go(claim)
             return
         except Exception as exc:
             document = problem_for(exc) | {"job_id": job.id}
@@ -361,16 +363,28 @@ class Worker:
                            current.worker)
             return
         if outcome.result is not None and not await self.queue.put_result(job.id, outcome.result):
-            await self.queue.ack(claim)
+            await self._let_go(claim)
             return
         updates = {"status": JobStatus.succeeded, "progress": 1.0} | outcome.updates
         finished = job.model_copy(update=updates | {"timings": job.timings.model_copy(
             update={"finished_at": utcnow()})})
         if finished.status is JobStatus.failed:
             finished = finished.model_copy(update={"progress": job.progress})
-        await self.queue.save(finished)
+        if not await self.queue.save(finished, owner=self.name):
+            await self._let_go(claim)
+            return
         await self.queue.ack(claim)
         self.jobs_done += 1
+
+    async def _let_go(self, claim: Claim) -> None:
+        """Stop working on ``claim``: acknowledge it if the job is gone or finished;
+        leave it to the worker that took it over otherwise."""
+        current = await self.queue.get(claim.job_id)
+        if current is None or current.status.finished:
+            await self.queue.ack(claim)
+        else:
+            logger.warning("job %s: taken over by %s; dropping this worker's work",
+                           claim.job_id, current.worker)
 
     async def _keep_claim(self, claim: Claim) -> None:
         # Touch well within the idle time after which another worker may take the job.
@@ -423,4 +437,5 @@ class Worker:
         current = await self.queue.get(job.id)
         if current is None:
             return False
-        return await self.queue.save(current.model_copy(update={"progress": job.progress}))
+        return await self.queue.save(current.model_copy(update={"progress": job.progress}),
+                                     owner=self.name)

@@ -99,6 +99,42 @@ def test_queue_save_overwrites_an_existing_job(run: Runner) -> None:
     assert saved and job is not None and job.status is JobStatus.running
 
 
+def test_queue_save_with_owner_writes_while_the_owner_holds_the_job(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, bool, Job | None]:
+        job = await queue.submit(_job(), [b"image"])
+        claimed = await queue.save(job.model_copy(update={"worker": "a"}), owner="")
+        progressed = await queue.save(job.model_copy(update={"worker": "a", "progress": 0.5}),
+                                      owner="a")
+        return claimed, progressed, await queue.get(job.id)
+
+    claimed, progressed, job = run(scenario)
+    assert claimed and progressed and job is not None and job.progress == 0.5
+
+
+def test_queue_save_with_owner_refuses_a_job_another_worker_took_over(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, Job | None]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.save(job.model_copy(update={"worker": "b"}))
+        stale = await queue.save(job.model_copy(update={"worker": "a", "progress": 0.5}),
+                                 owner="a")
+        return stale, await queue.get(job.id)
+
+    stale, job = run(scenario)
+    assert not stale and job is not None and (job.worker, job.progress) == ("b", 0.0)
+
+
+def test_queue_save_with_owner_never_overwrites_a_finished_job(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, Job | None]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.save(job.model_copy(update={"worker": "a", "status": JobStatus.succeeded}))
+        late = await queue.save(job.model_copy(update={"worker": "a",
+                                                       "status": JobStatus.running}), owner="a")
+        return late, await queue.get(job.id)
+
+    late, job = run(scenario)
+    assert not late and job is not None and job.status is JobStatus.succeeded
+
+
 def test_queue_result_round_trips_the_bytes(run: Runner) -> None:
     async def scenario(queue: JobQueue) -> tuple[bool, bytes | None]:
         job = await queue.submit(_job(), [b"image"])
