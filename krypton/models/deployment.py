@@ -109,6 +109,10 @@ class Deployment:
         except KeyError:
             raise UnknownModelError(name, self.models) from None
 
+    def default_model(self) -> DeployedModel:
+        """The model a request gets when it names none: the first one listed."""
+        return next(iter(self.models.values()))
+
     def dataset(self, name: str) -> DeployedDataset:
         """Raises DatasetConfigError listing the deployed datasets."""
         try:

@@ -73,6 +73,11 @@ class LoadedModel:
     weights_id: str
     engines: dict[str, OcclusionEngine] = field(default_factory=dict)
 
+    def model_input(self, image: bytes, max_pixels: int) -> torch.Tensor:
+        """Uploaded bytes decoded and preprocessed as this model was trained."""
+        return to_model_input(decode_image(image, max_pixels=max_pixels),
+                              self.deployed.preprocessing)
+
 
 class ModelCache:
     """Builds each deployed model on first use and keeps it for the process's life."""
@@ -134,9 +139,8 @@ def run_heatmap(cache: ModelCache, params: HeatmapParams, image: bytes, max_pixe
     if params.mode == "approximate":
         approximation = Approximation(params.tau or 1.0, params.drilldown_ratio,
                                       params.coarse_stride)
-    pixels = decode_image(image, max_pixels=max_pixels)
     result = cache.engine(params.model, params.mode).attribute(
-        to_model_input(pixels, preprocessing), params.patch_size, params.stride,
+        loaded.model_input(image, max_pixels), params.patch_size, params.stride,
         patch_value=patch_value(params.patch_color, preprocessing),
         target=params.target_class, progress=progress, approximation=approximation)
     labels = loaded.deployed.labels
@@ -158,8 +162,7 @@ def run_heatmap(cache: ModelCache, params: HeatmapParams, image: bytes, max_pixe
 def run_predict(cache: ModelCache, params: PredictParams, image: bytes, max_pixels: int,
                 progress: Progress) -> Outcome:
     loaded = cache.get(params.model)
-    tensor = to_model_input(decode_image(image, max_pixels=max_pixels),
-                            loaded.deployed.preprocessing)
+    tensor = loaded.model_input(image, max_pixels)
     with torch.inference_mode():
         logits = loaded.network(tensor.unsqueeze(0).to(cache.device))
     probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
@@ -179,8 +182,7 @@ def run_tuning(cache: ModelCache, params: TuningParams, images: list[bytes], max
                progress: Progress) -> Outcome:
     loaded = cache.get(params.model)
     preprocessing = loaded.deployed.preprocessing
-    tensors = [to_model_input(decode_image(i, max_pixels=max_pixels), preprocessing)
-               for i in images]
+    tensors = [loaded.model_input(i, max_pixels) for i in images]
     steps = [0]
 
     def report(line: str) -> None:

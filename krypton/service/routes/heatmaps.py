@@ -84,7 +84,7 @@ def _heatmap_params(deployment: Deployment, model: str | None, dataset: str | No
                                f"{deployed_dataset.model!r}, not {model!r}")
         model = deployed_dataset.model
         tuned = deployment.tuned_config(dataset)
-    deployed = deployment.model(model or next(iter(deployment.models)))
+    deployed = deployment.model(model) if model else deployment.default_model()
     size = deployed.preprocessing.size
     if patch_size is None:
         patch_size = tuned.patch_size if tuned else constants.DEFAULT_PATCH_SIZE
@@ -238,7 +238,7 @@ async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
                   deployment: DeploymentDep,
                   model: Annotated[str | None, Form()] = None) -> PredictResponse:
     """Classify one image now (a worker runs the model; the API waits for it)."""
-    deployed: DeployedModel = deployment.model(model or next(iter(deployment.models)))
+    deployed: DeployedModel = deployment.model(model) if model else deployment.default_model()
     data, _ = await read_image(image, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels)
     job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict,
