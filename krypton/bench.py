@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -308,6 +309,17 @@ def sample_images(count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in views[:count]]
 
 
+def _demo_case(name: str, folder: str | os.PathLike[str], samples: int
+               ) -> tuple[nn.Module, list[Tensor]]:
+    """The trained demo model and held-out lesion images at its input size."""
+    from krypton.demo import LABELS, demo_checkpoint, lesion_samples
+
+    spec = get_model_spec(name)
+    model = build_model(name, num_classes=len(LABELS), weights=demo_checkpoint(folder, name))
+    pixels = lesion_samples(spec.input_size, samples)
+    return model, [to_model_input(p, spec.preprocessing) for p in pixels]
+
+
 LOGIT_SPREAD = 2.0
 """A random head's logits are either nearly equal (VGG16, ResNet18) or far apart
 (InceptionV3 gives p = 1.0); either way occlusion barely moves the probability
@@ -340,17 +352,27 @@ def run_approximate_benchmark(
     samples: int = 4,
     target_ssim: float = 0.9,
     device: str = "cpu",
+    demo_weights: str | os.PathLike[str] | None = None,
     report: Callable[[str], None] = print,
 ) -> list[ApproximateRow]:
-    """Tune each model on half the samples, then time and score the other half."""
+    """Tune each model on half the samples, then time and score the other half.
+
+    With ``demo_weights`` (a folder of ``krypton demo train`` checkpoints) the
+    models are the trained demo models and the samples are demo lesion images
+    the training never saw; otherwise untrained models with a rescaled head on
+    crops and flips of scikit-image's fundus images.
+    """
     from krypton.engine import Approximation, heatmap_ssim, tune
 
-    pixels = sample_images(samples)
     rows = []
     for name in models:
         spec = get_model_spec(name)
-        images = [to_model_input(p, Preprocessing(spec.input_size)) for p in pixels]
-        model = calibrate_head(build_model(name, num_classes=4), images[0])
+        if demo_weights is None:
+            images = [to_model_input(p, Preprocessing(spec.input_size))
+                      for p in sample_images(samples)]
+            model = calibrate_head(build_model(name, num_classes=4), images[0])
+        else:
+            model, images = _demo_case(name, demo_weights, samples)
         naive = ReferenceOcclusion(model, device=device)
         exact = IncrementalOcclusion(model, device=device)
         size = spec.input_size

@@ -329,6 +329,10 @@ def bench(
         "images, then time approximate vs exact vs naive on the other half.")] = False,
     samples: Annotated[int, typer.Option(help="Sample images for --approximate.")] = 4,
     target_ssim: Annotated[float, typer.Option(help="SSIM target for --approximate.")] = 0.9,
+    demo_weights: Annotated[Path | None, typer.Option(
+        help="With --approximate: the folder of `krypton demo train` checkpoints; explains "
+        "held-out demo lesion images with the trained models instead of untrained ones.")
+                            ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write rows as JSON.")
                         ] = None,
 ) -> None:
@@ -346,8 +350,9 @@ def bench(
         try:
             approximate_rows = run_approximate_benchmark(
                 names, patch=patch, stride=stride, samples=samples, target_ssim=target_ssim,
-                device=device.value, report=lambda line: typer.echo(line, err=True))
-        except (EngineError, ModelError, ValueError) as exc:
+                device=device.value, demo_weights=demo_weights,
+                report=lambda line: typer.echo(line, err=True))
+        except (EngineError, ModelError, ValueError, OSError) as exc:
             _fail(str(exc))
         typer.echo(f"machine: {machine_description(device.value)}")
         typer.echo(format_approximate_table(approximate_rows))
@@ -368,6 +373,65 @@ def bench(
         json_out.write_text(json.dumps(
             {"machine": machine_description(device.value), "rows": [r.as_dict() for r in rows]},
             indent=2))
+
+
+demo_app = typer.Typer(
+    help="The demo use case: fundus photographs with synthetic lesions, and models "
+    "trained on them.", no_args_is_help=True)
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("train")
+def demo_train(
+    model: Annotated[str, typer.Option(help="Architecture (see `krypton models`).")
+                     ] = "resnet18",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and images.")] = 0,
+    full_size_share: Annotated[float, typer.Option(
+        help="Share of the steps, at the end, on full-size images (the rest use half "
+        "the side).")] = 0.15,
+    out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
+                   ] = Path("checkpoints"),
+) -> None:
+    """Train MODEL to tell the demo's lesions apart and write its checkpoint."""
+    from krypton.demo import demo_checkpoint, save_checkpoint, train_demo_model
+
+    try:
+        network, report = train_demo_model(
+            model, steps=steps, batch_size=batch_size, seed=seed,
+            full_size_share=full_size_share, report=lambda line: typer.echo(line, err=True))
+        path = save_checkpoint(network, report, demo_checkpoint(out, model))
+        path.with_suffix(".json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    except (ModelError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path} (validation accuracy {report.accuracy:.3f}, "
+               f"{report.seconds:.0f} s)")
+
+
+@demo_app.command("images")
+def demo_images(
+    out: Annotated[Path, typer.Option(help="Folder to write PNG images to.")],
+    count: Annotated[int, typer.Option(help="How many images.")] = 8,
+    size: Annotated[int, typer.Option(help="Side in pixels (the model's input size).")] = 224,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed (default: the one tuning and the benchmark use, which training never "
+        "draws from).")] = None,
+) -> None:
+    """Write demo images with one lesion each, e.g. for `krypton tune --images`."""
+    from PIL import Image
+
+    from krypton.demo import SAMPLE_SEED, lesion_samples
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        images = lesion_samples(size, count, seed=SAMPLE_SEED if seed is None else seed)
+        for index, pixels in enumerate(images):
+            Image.fromarray((pixels * 255.0).round().astype(np.uint8)).save(
+                out / f"lesion-{index:03d}.png")
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {count} images to {out}")
 
 
 def _fail(message: str) -> NoReturn:

@@ -1,0 +1,43 @@
+"""A demo use case with trained weights: fundus photographs with synthetic lesions.
+
+No pretrained weights can be downloaded, and an untrained network's occlusion
+heatmap is texture: every patch moves the output a little. The demo gives the
+three deployed architectures something real to explain. Views of
+scikit-image's fundus photograph (``skimage.data.retina``) get one of three
+kinds of synthetic lesion, or none, and a short fine-tune teaches each model to
+tell them apart. Its heatmaps then show what clinicians expect: the
+probability drops where the lesion is and nowhere else.
+
+Knows nothing of occlusion or of the service: it makes images, labels and
+checkpoints that :mod:`krypton.models` loads like any other.
+"""
+
+from __future__ import annotations
+
+from krypton.demo.lesions import (
+    LABELS,
+    SAMPLE_SEED,
+    VALIDATION_SEED,
+    FundusLesions,
+    LesionBatch,
+    lesion_samples,
+)
+from krypton.demo.training import (
+    TrainingReport,
+    demo_checkpoint,
+    save_checkpoint,
+    train_demo_model,
+)
+
+__all__ = [
+    "LABELS",
+    "SAMPLE_SEED",
+    "VALIDATION_SEED",
+    "FundusLesions",
+    "LesionBatch",
+    "TrainingReport",
+    "demo_checkpoint",
+    "lesion_samples",
+    "save_checkpoint",
+    "train_demo_model",
+]
