@@ -333,6 +333,9 @@ def bench(
         help="With --approximate: the folder of `krypton demo train` checkpoints; explains "
         "held-out demo lesion images with the trained models instead of untrained ones.")
                             ] = None,
+    check: Annotated[int, typer.Option(
+        help="With --demo-weights: score the chosen setting's SSIM on this many further "
+        "demo images (not timed).")] = 0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write rows as JSON.")
                         ] = None,
 ) -> None:
@@ -350,7 +353,7 @@ def bench(
         try:
             approximate_rows = run_approximate_benchmark(
                 names, patch=patch, stride=stride, samples=samples, target_ssim=target_ssim,
-                device=device.value, demo_weights=demo_weights,
+                device=device.value, demo_weights=demo_weights, check=check,
                 report=lambda line: typer.echo(line, err=True))
         except (EngineError, ModelError, ValueError, OSError) as exc:
             _fail(str(exc))

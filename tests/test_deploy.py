@@ -376,3 +376,20 @@ def test_registry_loads_with_the_service_loader() -> None:
     deployment = load_deployment(REGISTRY)
     assert {model.architecture for model in deployment.models.values()} <= set(list_models())
     assert deployment.datasets_dir == Path("/var/lib/krypton/datasets")
+
+
+# --- deploy/demo.toml --------------------------------------------------------
+
+
+def test_demo_registry_serves_what_krypton_demo_train_writes() -> None:
+    from krypton.demo import LABELS, demo_checkpoint
+    from krypton.models.deployment import load_deployment
+
+    deployment = load_deployment(ROOT / "deploy" / "demo.toml")
+    for model in deployment.models.values():
+        assert model.labels == LABELS
+        assert model.checkpoint is not None
+        expected = demo_checkpoint(ROOT / "checkpoints", model.architecture)
+        assert Path(model.checkpoint).resolve() == expected.resolve()
+    assert {m.architecture for m in deployment.models.values()} == {
+        "resnet18", "vgg16", "inception_v3"}

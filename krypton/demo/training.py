@@ -28,10 +28,9 @@ from krypton.models import Preprocessing, build_model, get_model_spec
 __all__ = ["TrainingReport", "demo_checkpoint", "normalise", "save_checkpoint",
            "train_demo_model"]
 
-_LEARNING_RATES = {"vgg16": 1e-4, "inception_v3": 1e-4}
+_LEARNING_RATES = {"vgg16": 1e-4}
 """Adam step sizes that train each architecture from scratch; 3e-4 otherwise.
-VGG16 has no batch norm, and InceptionV3's wide initialisation makes its first
-logits large; both are unstable at the larger rate."""
+VGG16 has no batch norm and is unstable at the larger rate."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,7 @@ def train_demo_model(
         {"aux_logits": False} if spec.checkpoint_options is not None else {}
     )
     model = build_model(name, num_classes=len(LABELS), seed=seed, **options).train()
+    _zero_head(model)
     small = FundusLesions(max(size // 2, 80), seed=seed, occluders=occluders,
                           lesion_scale=size / 224)
     full = FundusLesions(size, seed=seed, occluders=occluders)
@@ -172,6 +172,20 @@ def save_checkpoint(model: nn.Module, report: TrainingReport,
 def demo_checkpoint(folder: str | os.PathLike[str], name: str) -> Path:
     """Where ``krypton demo train`` keeps the checkpoint of architecture ``name``."""
     return Path(folder) / f"demo-{name}.pt"
+
+
+def _zero_head(model: nn.Module) -> None:
+    """Start the classifier at zero, as a new fine-tuning head does.
+
+    InceptionV3's initialisation (truncated normal, std 0.1) gives a random
+    head confident logits; Adam moves each weight by about its step size per
+    step, so unlearning them took hundreds of steps before any lesion was.
+    """
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        if head.bias is not None:
+            head.bias.zero_()
 
 
 def _warmup_cosine(steps: int) -> Callable[[int], float]:

@@ -1,0 +1,68 @@
+"""Demo training writes checkpoints the model registry loads like any fine-tuned model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from krypton.demo import LABELS, demo_checkpoint, save_checkpoint, train_demo_model
+from krypton.demo.training import TrainingReport
+from krypton.models import build_model, read_state_dict
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[torch.nn.Module, TrainingReport]:
+    # Two steps: enough to see the loop, the schedule and the report work, not to learn.
+    return train_demo_model("resnet18", steps=2, batch_size=2, full_size_share=0.5,
+                            validation=4)
+
+
+def test_training_returns_an_eval_mode_model_with_one_output_per_label(trained: tuple) -> None:  # type: ignore[type-arg]
+    model, _ = trained
+    assert not model.training
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, 224, 224)).shape == (1, len(LABELS))
+
+
+def test_training_changes_the_initial_weights(trained: tuple) -> None:  # type: ignore[type-arg]
+    model, _ = trained
+    initial = build_model("resnet18", num_classes=len(LABELS), seed=0)
+    assert not torch.equal(model.fc.weight, initial.fc.weight)
+
+
+def test_training_reports_what_it_did(trained: tuple) -> None:  # type: ignore[type-arg]
+    _, report = trained
+    assert (report.model, report.steps, report.batch_size) == ("resnet18", 2, 2)
+    assert report.labels == LABELS
+    assert 0.0 <= report.accuracy <= 1.0 and report.validation == 4
+    assert report.final_loss > 0.0 and report.seconds > 0.0
+
+
+def test_a_saved_checkpoint_loads_into_the_same_architecture(
+        trained: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    model, report = trained
+    path = save_checkpoint(model, report, demo_checkpoint(tmp_path, "resnet18"))
+    assert path == tmp_path / "demo-resnet18.pt"
+    loaded = build_model("resnet18", num_classes=len(LABELS), weights=path)
+    image = torch.randn(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(image), model(image))
+
+
+def test_a_saved_checkpoint_carries_its_labels(trained: tuple, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    model, report = trained
+    path = save_checkpoint(model, report, tmp_path / "demo.pt")
+    stored = torch.load(path, weights_only=True)
+    assert stored["labels"] == list(LABELS)
+    assert stored["training"]["steps"] == 2
+    assert set(read_state_dict(path)) == set(model.state_dict())
+    assert not (tmp_path / "demo.pt.partial").exists()
+
+
+@pytest.mark.parametrize("options", [{"steps": 0}, {"steps": 1, "seed": -1},
+                                     {"steps": 1, "full_size_share": 2.0}])
+def test_invalid_training_options_raise(options: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        train_demo_model("resnet18", **options)  # type: ignore[arg-type]
