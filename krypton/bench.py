@@ -375,6 +375,8 @@ def run_approximate_benchmark(
     images (another seed) score the chosen setting's SSIM beyond the few
     held-out ones; they are not timed.
     """
+    if check < 0:
+        raise ValueError(f"check must be 0 or more images, got {check}")
     if check and demo_weights is None:
         raise ValueError("check images come from the demo; pass demo_weights too")
     rows = []
@@ -417,7 +419,8 @@ def run_approximate_benchmark(
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         chosen: Approximation = tuning.approximation
-        checked = _check_ssim(exact, spec.input_size, check, patch, stride, chosen, report)
+        checked = (_check_ssim(exact, spec.input_size, check, patch, stride, chosen, report)
+                   if check else [])
         rows.append(ApproximateRow(
             model=name, input_size=size, patch=patch, stride=stride,
             positions=PatchGrid(size, size, patch, stride).size,

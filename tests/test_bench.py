@@ -39,3 +39,8 @@ def test_the_table_marks_a_missing_check_with_a_dash() -> None:
 def test_check_images_without_the_demo_models_raise() -> None:
     with pytest.raises(ValueError, match="demo"):
         run_approximate_benchmark(["resnet18"], check=2)
+
+
+def test_a_negative_check_count_raises_before_any_work() -> None:
+    with pytest.raises(ValueError, match="check"):
+        run_approximate_benchmark(["resnet18"], check=-1, demo_weights="checkpoints")

@@ -44,6 +44,8 @@ SAMPLE_SEED = 2_000_003
 _REFERENCE_SIDE = 224
 _CLUSTER_RADIUS = 13.0
 """Radius, at 224 px, of the disc a lesion's spots are scattered in."""
+_MAX_REACH = 20.0
+"""Largest distance, in pixels at 224 px, from a lesion's centre to its box edge."""
 _EDGE = 2.0
 """Soft edge of a spot, in pixels at 224 px, beyond its radius."""
 _OCCLUDER_COLORS = ((0.485, 0.456, 0.406), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0))
@@ -95,14 +97,17 @@ class FundusLesions:
         self.occluders = occluders
         self._scale = size / _REFERENCE_SIDE if lesion_scale is None else lesion_scale
         if not 0.1 <= self._scale <= 4.0:
-            raise ValueError(f"lesion_scale must be in [0.1, 4], got {lesion_scale}")
+            raise ValueError(f"lesion scale must be in [0.1, 4], got {self._scale:g} "
+                             f"(size {size}, lesion_scale {lesion_scale})")
+        if 2 * _MAX_REACH * self._scale >= size:
+            raise ValueError(f"lesions at scale {self._scale:g} do not fit a {size} px image")
         self._rng = torch.Generator().manual_seed(seed)
         self._fundus = _fundus_photograph(2 * size)
         rows = torch.arange(size, dtype=torch.float32)
         self._yy, self._xx = torch.meshgrid(rows, rows, indexing="ij")
 
     def batch(self, count: int, labels: list[int] | None = None) -> LesionBatch:
-        """``count`` images; ``labels`` picks their classes, default balanced at random."""
+        """``count`` images; ``labels`` picks their classes, default drawn uniformly."""
         if labels is None:
             labels = [int(v) for v in torch.randint(len(LABELS), (count,), generator=self._rng)]
         if len(labels) != count or any(not 0 <= v < len(LABELS) for v in labels):

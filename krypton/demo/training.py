@@ -89,12 +89,16 @@ def train_demo_model(
         raise ValueError(f"steps and batch_size must be positive, got {steps}, {batch_size}")
     if not 0 <= seed < VALIDATION_SEED:
         raise ValueError(f"seed must be in [0, {VALIDATION_SEED}), got {seed}")
+    if learning_rate is not None and learning_rate <= 0:
+        raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+    if validation < 1:
+        raise ValueError(f"validation must be at least 1 image, got {validation}")
     if not 0.0 <= full_size_share <= 1.0:
         raise ValueError(f"full_size_share must be in [0, 1], got {full_size_share}")
     say = report or (lambda line: None)
     spec = get_model_spec(name)
     preprocessing, size = spec.preprocessing, spec.input_size
-    rate = learning_rate or _LEARNING_RATES.get(name, 3e-4)
+    rate = learning_rate if learning_rate is not None else _LEARNING_RATES.get(name, 3e-4)
     # Architectures with optional training heads (InceptionV3's auxiliary
     # classifier) train without them: the deployed model never uses them.
     options: dict[str, Any] = (

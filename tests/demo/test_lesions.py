@@ -56,14 +56,12 @@ def test_a_lesion_changes_pixels_inside_its_box_only(label: int) -> None:
 
 @pytest.mark.parametrize("label", [1, 2, 3], ids=LABELS[1:])
 def test_lesions_lie_on_the_fundus_not_the_black_surround(label: int) -> None:
-    batch = FundusLesions(SIZE, seed=8).batch(8, [label] * 8)
-    for image, box in zip(batch.images, batch.boxes, strict=True):
-        top, left, bottom, right = box.tolist()
-        centre = image[:, (top + bottom) // 2 - 2 : (top + bottom) // 2 + 3,
-                       (left + right) // 2 - 2 : (left + right) // 2 + 3]
-        surround = torch.cat([image[:, top:bottom, left].flatten(),
-                              image[:, top:bottom, right - 1].flatten()])
-        assert surround.mean() > 0.05 or centre.mean() > 0.05
+    for seed in range(6):
+        normal = FundusLesions(SIZE, seed=seed).batch(1, [0]).images[0]
+        lesion = FundusLesions(SIZE, seed=seed).batch(1, [label])
+        top, left, bottom, right = lesion.boxes[0].tolist()
+        # The same view without the lesion is fundus, not black, under its centre.
+        assert normal[:, (top + bottom) // 2, (left + right) // 2].mean() > 0.08
 
 
 def test_occluder_squares_stay_off_the_lesion() -> None:
@@ -90,7 +88,8 @@ def test_lesion_samples_come_from_a_seed_training_never_uses() -> None:
     assert not np.allclose(a[0], b[0])
 
 
-@pytest.mark.parametrize("options", [{"occluders": 1.5}, {"lesion_scale": 0.0}])
+@pytest.mark.parametrize("options", [{"occluders": 1.5}, {"lesion_scale": 0.0},
+                                     {"lesion_scale": 4.0}])
 def test_invalid_generator_options_raise(options: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FundusLesions(SIZE, **options)

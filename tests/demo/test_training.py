@@ -26,10 +26,11 @@ def test_training_returns_an_eval_mode_model_with_one_output_per_label(trained: 
         assert model(torch.zeros(1, 3, 224, 224)).shape == (1, len(LABELS))
 
 
-def test_training_changes_the_initial_weights(trained: tuple) -> None:  # type: ignore[type-arg]
+def test_training_changes_the_backbone_and_the_zeroed_head(trained: tuple) -> None:  # type: ignore[type-arg]
     model, _ = trained
     initial = build_model("resnet18", num_classes=len(LABELS), seed=0)
-    assert not torch.equal(model.fc.weight, initial.fc.weight)
+    assert not torch.equal(model.layer4[1].conv2.weight, initial.layer4[1].conv2.weight)
+    assert model.fc.weight.abs().sum() > 0  # the head starts at zero and has moved
 
 
 def test_training_reports_what_it_did(trained: tuple) -> None:  # type: ignore[type-arg]
@@ -62,7 +63,9 @@ def test_a_saved_checkpoint_carries_its_labels(trained: tuple, tmp_path: Path) -
 
 
 @pytest.mark.parametrize("options", [{"steps": 0}, {"steps": 1, "seed": -1},
-                                     {"steps": 1, "full_size_share": 2.0}])
+                                     {"steps": 1, "full_size_share": 2.0},
+                                     {"steps": 1, "learning_rate": 0.0},
+                                     {"steps": 1, "validation": 0}])
 def test_invalid_training_options_raise(options: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         train_demo_model("resnet18", **options)  # type: ignore[arg-type]
