@@ -30,7 +30,13 @@ from krypton.engine import (
     tune,
 )
 from krypton.engine.patches import PatchGrid
-from krypton.models import Preprocessing, build_model, get_model_spec, to_model_input
+from krypton.models import (
+    Preprocessing,
+    build_model,
+    classifier_head,
+    get_model_spec,
+    to_model_input,
+)
 
 __all__ = [
     "ApproximateRow",
@@ -343,7 +349,7 @@ def calibrate_head(model: nn.Module, image: Tensor, spread: float = LOGIT_SPREAD
 
     Scaling the weights and bias by ``s`` scales the logits by exactly ``s``.
     """
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    head = classifier_head(model)
     with torch.inference_mode():
         logits = model(image.unsqueeze(0))[0]
     scale = spread / float(logits.max() - logits.min())

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from krypton.demo.lesions import LABELS, VALIDATION_SEED, FundusLesions
-from krypton.models import Preprocessing, build_model, get_model_spec
+from krypton.models import Preprocessing, build_model, classifier_head, get_model_spec
 
 __all__ = ["TrainingReport", "demo_checkpoint", "normalise", "save_checkpoint",
            "train_demo_model"]
@@ -187,7 +187,7 @@ def _zero_head(model: nn.Module) -> None:
     head confident logits; Adam moves each weight by about its step size per
     step, so unlearning them took hundreds of steps before any lesion was.
     """
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    head = classifier_head(model)
     with torch.no_grad():
         head.weight.zero_()
         if head.bias is not None:

@@ -26,6 +26,7 @@ __all__ = [
     "ModelBuilder",
     "ModelSpec",
     "build_model",
+    "classifier_head",
     "get_model_spec",
     "list_models",
     "register_model",
@@ -192,6 +193,18 @@ def build_model(
     if weights is not None and state is not None:
         apply_state_dict(model, state, source=os.fspath(weights))
     return model.eval()
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The model's last linear layer: the head whose outputs are the logits.
+
+    Raises:
+        InvalidArgumentError: the model has no linear layer.
+    """
+    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not heads:
+        raise InvalidArgumentError(f"{type(model).__name__} has no linear classifier head")
+    return heads[-1]
 
 
 def _is_int(value: object) -> bool:

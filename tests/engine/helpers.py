@@ -8,6 +8,7 @@ import torchvision
 from torch import nn
 
 from krypton.engine import OcclusionResult, occlusion
+from krypton.models import classifier_head
 
 TOLERANCE = 1e-4
 """Largest allowed difference between exact and naive probabilities."""
@@ -29,7 +30,7 @@ def calibrate(model: nn.Module, image: torch.Tensor, spread: float = 3.0) -> nn.
     heatmap is flat and would let a broken engine pass. After this the
     probabilities move visibly when a patch hides something.
     """
-    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    head = classifier_head(model)
     with torch.no_grad():
         logits = model(image.unsqueeze(0))
         scale = spread / logits.std().clamp_min(1e-12)

@@ -165,3 +165,19 @@ def test_import_models_loads_neither_engine_nor_service() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_classifier_head_is_the_last_linear_layer() -> None:
+    from krypton.models import classifier_head
+
+    model = build_model("vgg16", num_classes=4)
+    assert classifier_head(model) is model.classifier[-1]
+
+
+def test_classifier_head_of_a_model_without_one_raises() -> None:
+    import torch.nn as nn
+
+    from krypton.models import InvalidArgumentError, classifier_head
+
+    with pytest.raises(InvalidArgumentError, match="no linear"):
+        classifier_head(nn.Sequential(nn.Conv2d(3, 4, 3)))
