@@ -328,12 +328,20 @@ def sample_images(count: int) -> list[np.ndarray]:
 def _demo_case(name: str, folder: str | os.PathLike[str], samples: int
                ) -> tuple[nn.Module, list[Tensor]]:
     """The trained demo model and held-out lesion images at its input size."""
-    from krypton.demo import LABELS, demo_checkpoint, lesion_samples
+    from krypton.demo import LABELS, demo_checkpoint
 
-    spec = get_model_spec(name)
     model = build_model(name, num_classes=len(LABELS), weights=demo_checkpoint(folder, name))
-    pixels = lesion_samples(spec.input_size, samples)
-    return model, [to_model_input(p, spec.preprocessing) for p in pixels]
+    return model, _demo_inputs(get_model_spec(name).preprocessing, samples)
+
+
+def _demo_inputs(preprocessing: Preprocessing, count: int, seed: int | None = None
+                 ) -> list[Tensor]:
+    """``count`` demo lesion images as model inputs; default the samples' seed."""
+    from krypton.demo import SAMPLE_SEED, lesion_samples
+
+    pixels = lesion_samples(preprocessing.size, count,
+                            seed=SAMPLE_SEED if seed is None else seed)
+    return [to_model_input(p, preprocessing) for p in pixels]
 
 
 LOGIT_SPREAD = 2.0
@@ -425,7 +433,7 @@ def run_approximate_benchmark(
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         chosen: Approximation = tuning.approximation
-        checked = (_check_ssim(exact, spec.input_size, check, patch, stride, chosen, report)
+        checked = (_check_ssim(exact, spec.preprocessing, check, patch, stride, chosen, report)
                    if check else [])
         rows.append(ApproximateRow(
             model=name, input_size=size, patch=patch, stride=stride,
@@ -449,22 +457,20 @@ def run_approximate_benchmark(
     return rows
 
 
-def _check_ssim(engine: IncrementalOcclusion, size: int, count: int, patch: int, stride: int,
-                approximation: Approximation, report: Callable[[str], None]) -> list[float]:
+def _check_ssim(engine: IncrementalOcclusion, preprocessing: Preprocessing, count: int,
+                patch: int, stride: int, approximation: Approximation,
+                report: Callable[[str], None]) -> list[float]:
     """SSIM against exact of ``approximation`` on ``count`` fresh demo lesion images."""
-    from krypton.demo import SAMPLE_SEED, lesion_samples
+    from krypton.demo import SAMPLE_SEED
 
     scores = []
-    preprocessing = Preprocessing(size)
-    for pixels in lesion_samples(size, count, seed=SAMPLE_SEED + 1):
-        image = to_model_input(pixels, preprocessing)
+    for image in _demo_inputs(preprocessing, count, seed=SAMPLE_SEED + 1):
         reference = engine.attribute(image, patch, stride)
         result = engine.attribute(image, patch, stride, target=reference.target,
                                   approximation=approximation)
         scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
-    if scores:
-        report(f"  check on {count} more images: SSIM {np.mean(scores):.3f} "
-               f"(min {np.min(scores):.3f})")
+    report(f"  check on {count} more images: SSIM {np.mean(scores):.3f} "
+           f"(min {np.min(scores):.3f})")
     return scores
 
 

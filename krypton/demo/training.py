@@ -20,12 +20,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from krypton.demo.lesions import LABELS, VALIDATION_SEED, FundusLesions
-from krypton.models import Preprocessing, build_model, classifier_head, get_model_spec
+from krypton.models import (
+    Preprocessing,
+    build_model,
+    classifier_head,
+    get_model_spec,
+    normalize,
+)
 
-__all__ = ["TrainingReport", "demo_checkpoint", "normalise", "save_checkpoint",
+__all__ = ["TrainingReport", "demo_checkpoint", "save_checkpoint",
            "train_demo_model"]
 
 _LEARNING_RATES = {"vgg16": 1e-4}
@@ -116,7 +122,7 @@ def train_demo_model(
     started, losses = time.perf_counter(), []
     for step in range(steps):
         batch = (small if step < first_full_step else full).batch(batch_size)
-        logits = model(normalise(batch.images, preprocessing))
+        logits = model(normalize(batch.images, preprocessing))
         loss = F.cross_entropy(logits, batch.labels)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
@@ -147,16 +153,9 @@ def evaluate(model: nn.Module, size: int, preprocessing: Preprocessing, count: i
     for start in range(0, count, 16):
         labels = [i % len(LABELS) for i in range(start, min(start + 16, count))]
         batch = images.batch(len(labels), labels)
-        predicted = model(normalise(batch.images, preprocessing)).argmax(dim=1)
+        predicted = model(normalize(batch.images, preprocessing)).argmax(dim=1)
         correct += int((predicted == batch.labels).sum())
     return correct / count
-
-
-def normalise(images: Tensor, preprocessing: Preprocessing) -> Tensor:
-    """Pixel-space ``[0, 1]`` images to the model's input space."""
-    mean = torch.tensor(preprocessing.mean).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing.std).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 def save_checkpoint(model: nn.Module, report: TrainingReport,

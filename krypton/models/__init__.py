@@ -37,6 +37,7 @@ from krypton.models.preprocessing import (
     Preprocessing,
     decode_image,
     denormalize,
+    normalize,
     patch_value,
     to_model_input,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "classifier_head",
     "decode_image",
     "denormalize",
+    "normalize",
     "fingerprint",
     "get_model_spec",
     "list_models",

@@ -35,6 +35,7 @@ __all__ = [
     "Preprocessing",
     "decode_image",
     "denormalize",
+    "normalize",
     "patch_value",
     "to_model_input",
 ]
@@ -192,9 +193,15 @@ def to_model_input(image: npt.NDArray[np.floating], preprocessing: Preprocessing
         tensor = F.interpolate(
             tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
+    return normalize(tensor[0], preprocessing).contiguous()
+
+
+def normalize(pixels: Tensor, preprocessing: Preprocessing) -> Tensor:
+    """Pixel-space ``[0, 1]`` RGB (``Tensor[..., 3, H, W]``, one image or a batch)
+    to model-input space, with ``preprocessing``'s mean and std; no resizing."""
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
-    return ((tensor[0] - mean) / std).contiguous()
+    return (pixels - mean) / std
 
 
 def patch_value(

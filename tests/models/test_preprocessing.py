@@ -370,3 +370,15 @@ def test_patch_value_bad_colour_raises_value_error(color: object) -> None:
     with pytest.raises(InvalidArgumentError, match="colour") as info:
         patch_value(color, PREP)  # type: ignore[arg-type]
     assert isinstance(info.value, ValueError)
+
+
+def test_normalize_treats_a_batch_as_each_image_alone() -> None:
+    from krypton.models import normalize
+
+    stats = Preprocessing(size=8)
+    batch = torch.rand(2, 3, 8, 8)
+    together = normalize(batch, stats)
+    for image, normalised in zip(batch, together, strict=True):
+        torch.testing.assert_close(normalised, normalize(image, stats))
+    torch.testing.assert_close(
+        normalize(torch.full((3, 1, 1), 0.485), stats)[0], torch.zeros(1, 1))
