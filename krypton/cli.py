@@ -36,6 +36,7 @@ from krypton.models import (
     list_models,
     patch_value,
     random_weights_id,
+    read_labels,
     to_model_input,
 )
 from krypton.service import render
@@ -89,7 +90,9 @@ def explain(
     weights: Annotated[Path | None, typer.Option(
         help="Fine-tuned checkpoint: state_dict, {'state_dict'|'model': ...} or TorchScript. "
         "Without it, seeded random weights are used.")] = None,
-    num_classes: Annotated[int, typer.Option(help="Classes of the model's head.")] = 1000,
+    num_classes: Annotated[int | None, typer.Option(
+        help="Classes of the model's head (default: as many as the checkpoint's labels, "
+        "else 1000).")] = None,
     patch: Annotated[int | None, typer.Option(
         help="Patch side, in model-input pixels [default: 16, or the dataset's].")] = None,
     stride: Annotated[int | None, typer.Option(
@@ -129,7 +132,8 @@ def explain(
         spec = get_model_spec(model)
         preprocessing = Preprocessing(spec.input_size)
         pixels = decode_image(image)
-        network, checkpoint = _load_network(model, weights, num_classes, seed)
+        labels = read_labels(weights) if weights is not None else None
+        network, checkpoint = _load_network(model, weights, num_classes, labels, seed)
         approximation, patch, stride = _approximation(
             mode, dataset, configs, tau, drilldown_ratio, coarse_stride, model, checkpoint,
             patch, stride,
@@ -155,8 +159,9 @@ def explain(
     written = _write(output, values, result, pixels, spec.input_size, chosen, model, color)
     stats = result.stats
     typer.echo(
-        f"{model}: class {result.predicted_class} predicted (p={result.predicted_probability:.4f}),"
-        f" explaining class {result.target} (p={result.target_probability:.4f})\n"
+        f"{model}: class {_class_name(result.predicted_class, labels)} predicted "
+        f"(p={result.predicted_probability:.4f}), explaining class "
+        f"{_class_name(result.target, labels)} (p={result.target_probability:.4f})\n"
         f"{result.heatmap.shape[0]}x{result.heatmap.shape[1]} heatmap, {stats.positions} "
         f"positions in {stats.seconds:.2f} s ({stats.positions_per_second:.1f}/s, "
         f"{stats.mode} on {stats.device})" + (
@@ -167,9 +172,15 @@ def explain(
         typer.echo(f"wrote {path}")
 
 
-def _load_network(model: str, weights: Path | None, num_classes: int,
-                  seed: int) -> tuple[nn.Module, str]:
-    """The model, and what identifies its weights (checkpoint hash or random seed)."""
+def _load_network(model: str, weights: Path | None, num_classes: int | None,
+                  labels: tuple[str, ...] | None, seed: int) -> tuple[nn.Module, str]:
+    """The model, and what identifies its weights (checkpoint hash or random seed).
+
+    Without ``num_classes`` the head has one class per checkpoint label, or
+    ImageNet's 1000 where the checkpoint names none.
+    """
+    if num_classes is None:
+        num_classes = len(labels) if labels else 1000
     network = build_model(model, num_classes=num_classes, weights=weights, seed=seed)
     if weights is None:
         typer.echo(
@@ -177,6 +188,13 @@ def _load_network(model: str, weights: Path | None, num_classes: int,
             "The heatmap shows the pipeline working, not a diagnosis.", err=True)
         return network, random_weights_id(seed, num_classes)
     return network, fingerprint(weights)
+
+
+def _class_name(index: int, labels: tuple[str, ...] | None) -> str:
+    """``index`` with its label where the checkpoint names one, e.g. ``1 (HEMORRHAGE)``."""
+    if labels is None or not 0 <= index < len(labels):
+        return str(index)
+    return f"{index} ({labels[index]})"
 
 
 def _approximation(
@@ -257,7 +275,9 @@ def tune_dataset(
     images: Annotated[Path, typer.Option(help="Folder of sample images (PNG, JPEG, TIFF).")],
     model: Annotated[str, typer.Option(help="Architecture (see `krypton models`).")] = "resnet18",
     weights: Annotated[Path | None, typer.Option(help="Fine-tuned checkpoint.")] = None,
-    num_classes: Annotated[int, typer.Option(help="Classes of the model's head.")] = 1000,
+    num_classes: Annotated[int | None, typer.Option(
+        help="Classes of the model's head (default: as many as the checkpoint's labels, "
+        "else 1000).")] = None,
     target_ssim: Annotated[float, typer.Option(
         help="Mean SSIM against exact heatmaps to keep, on held-out images.")] = 0.90,
     patch: Annotated[int, typer.Option(help="Patch side in input pixels.")] = DEFAULT_PATCH,
@@ -279,7 +299,8 @@ def tune_dataset(
         spec = get_model_spec(model)
         preprocessing = Preprocessing(spec.input_size)
         samples = [to_model_input(decode_image(f), preprocessing) for f in files]
-        network, checkpoint = _load_network(model, weights, num_classes, seed)
+        labels = read_labels(weights) if weights is not None else None
+        network, checkpoint = _load_network(model, weights, num_classes, labels, seed)
         typer.echo(f"tuning {dataset!r} on {len(files)} images, {model}, patch {patch}, "
                    f"stride {stride}, target SSIM {target_ssim}", err=True)
         result = tune(
@@ -349,6 +370,8 @@ def bench(
     )
 
     names = [n.strip() for n in models_.split(",") if n.strip()]
+    if not approximate and (demo_weights is not None or check):
+        _fail("--demo-weights and --check apply to --approximate only")
     if approximate:
         try:
             approximate_rows = run_approximate_benchmark(
@@ -391,9 +414,10 @@ def demo_train(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and images.")] = 0,
-    full_size_share: Annotated[float, typer.Option(
+    full_size_share: Annotated[float | None, typer.Option(
         help="Share of the steps, at the end, on full-size images (the rest use half "
-        "the side).")] = 0.15,
+        "the side). Default 0.15; 1 for VGG, whose flattening head does not carry "
+        "over from half-size images.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
                    ] = Path("checkpoints"),
 ) -> None:

@@ -71,6 +71,22 @@ def test_explain_loads_fine_tuned_checkpoint(retina_png: Path, tmp_path: Path) -
     assert "random weights" not in result.output
 
 
+def test_explain_sizes_the_head_from_the_checkpoint_labels_and_names_the_class(
+        retina_png: Path, tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    checkpoint = tmp_path / "labelled.pt"
+    torch.save({"state_dict": torchvision.models.resnet18(num_classes=3).state_dict(),
+                "labels": ["NORMAL", "DRUSEN", "CNV"]}, checkpoint)
+    out = tmp_path / "heat.json"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), "--model",
+                                 "resnet18", "--patch", "32", "--stride", "32", "--weights",
+                                 str(checkpoint)])  # no --num-classes: three labels
+    assert result.exit_code == 0, result.output
+    predicted = json.loads(out.read_text())["predicted_class"]
+    name = ("NORMAL", "DRUSEN", "CNV")[predicted]
+    assert f"class {predicted} ({name}) predicted" in result.output
+
+
 def test_explain_with_mismatched_checkpoint_names_the_keys(retina_png: Path,
                                                           tmp_path: Path) -> None:
     checkpoint = tmp_path / "five_classes.pt"
@@ -116,3 +132,11 @@ def test_models_lists_the_required_architectures() -> None:
     assert result.exit_code == 0
     for name in ("vgg16", "resnet18", "inception_v3"):
         assert name in result.output
+
+
+@pytest.mark.parametrize("options", [["--check", "2"], ["--demo-weights", "checkpoints"]],
+                         ids=["check", "demo-weights"])
+def test_bench_refuses_approximate_only_options_without_approximate(options: list[str]) -> None:
+    result = runner.invoke(app, ["bench", "--models", "resnet18", *options])
+    assert result.exit_code == 2
+    assert "--approximate" in result.output

@@ -13,6 +13,7 @@ from krypton.models.checkpoints import (
     apply_state_dict,
     fingerprint,
     load_checkpoint,
+    read_labels,
     read_state_dict,
 )
 from krypton.models.datasets import (
@@ -82,6 +83,7 @@ __all__ = [
     "load_checkpoint",
     "patch_value",
     "random_weights_id",
+    "read_labels",
     "read_state_dict",
     "register_model",
     "to_model_input",

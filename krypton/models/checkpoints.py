@@ -89,6 +89,31 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     return state
 
 
+def read_labels(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The class names saved beside the weights under ``labels``, if any.
+
+    Training scripts (``krypton demo train`` among them) often store the
+    classes' names with the ``state_dict``; with them a command line can name
+    the predicted class instead of printing its index. ``None`` for bare
+    ``state_dict`` files, TorchScript files and anything else without a list
+    of strings there.
+
+    Raises:
+        CheckpointError: The file is missing or unreadable.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r} does not exist")
+    if _is_torchscript(file):
+        return None
+    obj = _torch_load(file, os.fspath(path))
+    labels = obj.get("labels") if isinstance(obj, Mapping) else None
+    if not isinstance(labels, list | tuple) or not labels or not all(
+            isinstance(label, str) for label in labels):
+        return None
+    return tuple(labels)
+
+
 def apply_state_dict(
     model: nn.Module, state: Mapping[str, Tensor], *, source: str = "state_dict"
 ) -> nn.Module:

@@ -69,3 +69,30 @@ def test_a_saved_checkpoint_carries_its_labels(trained: tuple, tmp_path: Path) -
 def test_invalid_training_options_raise(options: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         train_demo_model("resnet18", **options)  # type: ignore[arg-type]
+
+
+def test_full_size_steps_draw_a_stream_apart_from_the_half_size_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from krypton.demo import training
+
+    seeds: list[int] = []
+
+    class Recording(training.FundusLesions):
+        def __init__(self, size: int, *, seed: int = 0, **options: float) -> None:
+            seeds.append(seed)
+            super().__init__(size, seed=seed, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(training, "FundusLesions", Recording)
+    train_demo_model("resnet18", steps=1, batch_size=1, validation=1)
+    small, full = seeds[:2]  # evaluation adds the validation stream after them
+    assert small != full
+
+
+def test_vgg_trains_with_batch_norm_and_returns_the_plain_architecture(tmp_path: Path) -> None:
+    model, report = train_demo_model("vgg11", steps=1, batch_size=2, validation=1)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    path = save_checkpoint(model, report, tmp_path / "demo-vgg11.pt")
+    loaded = build_model("vgg11", num_classes=len(LABELS), weights=path)  # strict load
+    image = torch.rand(1, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(image), model(image))

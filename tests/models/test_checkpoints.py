@@ -16,6 +16,7 @@ from krypton.models import (
     build_model,
     fingerprint,
     load_checkpoint,
+    read_labels,
     read_state_dict,
 )
 
@@ -263,3 +264,31 @@ def test_fingerprint_changed_content_changes_digest(tmp_path: Path) -> None:
 def test_fingerprint_missing_file_raises_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="absent.pt"):
         fingerprint(tmp_path / "absent.pt")
+
+
+def test_read_labels_returns_the_class_names_saved_beside_the_weights(
+        trained: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "labelled.pt"
+    torch.save({"state_dict": trained.state_dict(), "labels": ["NORMAL", "DRUSEN", "CNV"]},
+               path)
+    assert read_labels(path) == ("NORMAL", "DRUSEN", "CNV")
+
+
+@pytest.mark.parametrize("extra", [{}, {"labels": "NORMAL"}, {"labels": [0, 1, 2]},
+                                   {"labels": []}], ids=["none", "string", "ints", "empty"])
+def test_read_labels_is_none_without_a_list_of_names(
+        trained: nn.Module, tmp_path: Path, extra: dict[str, object]) -> None:
+    path = tmp_path / "unlabelled.pt"
+    torch.save({"state_dict": trained.state_dict(), **extra}, path)
+    assert read_labels(path) is None
+
+
+def test_read_labels_of_a_bare_state_dict_is_none(trained: nn.Module, tmp_path: Path) -> None:
+    path = tmp_path / "bare.pt"
+    torch.save(trained.state_dict(), path)
+    assert read_labels(path) is None
+
+
+def test_read_labels_missing_file_raises_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_labels(tmp_path / "absent.pt")
