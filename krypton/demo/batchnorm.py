@@ -29,7 +29,8 @@ def batch_norm_twin(name: str, num_classes: int, seed: int) -> nn.Module:
     """``name``'s batch-norm twin, initialised under ``seed`` without touching the global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return BATCH_NORM_TWINS[name](weights=None, num_classes=num_classes)
+        twin: nn.Module = BATCH_NORM_TWINS[name](weights=None, num_classes=num_classes)
+        return twin
 
 
 @torch.no_grad()
@@ -45,22 +46,40 @@ def fold_batch_norm(twin: nn.Module, plain: nn.Module) -> nn.Module:
     Raises:
         ValueError: the two networks' convolutions do not pair up.
     """
-    pairs = _conv_norm_pairs(twin.features)
-    convs = [m for m in plain.features if isinstance(m, nn.Conv2d)]
+    twin_features, plain_features = _features(twin), _features(plain)
+    pairs = _conv_norm_pairs(twin_features)
+    convs = [m for m in plain_features if isinstance(m, nn.Conv2d)]
     shapes = [conv.weight.shape for conv, _ in pairs]
     if shapes != [conv.weight.shape for conv in convs]:
         raise ValueError(f"the twin's convolutions {len(shapes)} do not match the plain "
                          f"network's {len(convs)} in number or shape")
     for (conv, norm), target in zip(pairs, convs, strict=True):
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(norm.running_mean)
+        mean, variance = norm.running_mean, norm.running_var
+        if mean is None or variance is None or target.bias is None:
+            raise ValueError("folding needs running statistics and biased plain convolutions")
+        scale = norm.weight / torch.sqrt(variance + norm.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
         target.weight.copy_(conv.weight * scale[:, None, None, None])
-        target.bias.copy_((bias - norm.running_mean) * scale + norm.bias)
-    plain.classifier.load_state_dict(twin.classifier.state_dict())
+        target.bias.copy_((bias - mean) * scale + norm.bias)
+    _classifier(plain).load_state_dict(_classifier(twin).state_dict())
     return plain.eval()
 
 
-def _conv_norm_pairs(features: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
+def _features(model: nn.Module) -> nn.Sequential:
+    features = model.features
+    if not isinstance(features, nn.Sequential):
+        raise ValueError(f"{type(model).__name__} has no VGG feature stack")
+    return features
+
+
+def _classifier(model: nn.Module) -> nn.Module:
+    classifier = model.classifier
+    if not isinstance(classifier, nn.Module):
+        raise ValueError(f"{type(model).__name__} has no VGG classifier")
+    return classifier
+
+
+def _conv_norm_pairs(features: nn.Sequential) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
     layers = list(features)
     pairs = [(a, b) for a, b in pairwise(layers)
              if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d)]
