@@ -96,8 +96,13 @@ class JobQueue(ABC):
         """The next job for ``consumer``: a dead worker's first, else a new one."""
 
     @abstractmethod
-    async def touch(self, claim: Claim, consumer: str) -> None:
-        """Tell the queue ``consumer`` is still working on ``claim``."""
+    async def touch(self, claim: Claim, consumer: str) -> bool:
+        """Tell the queue ``consumer`` is still working on ``claim``.
+
+        ``False``, and nothing changed, when the claim is no longer
+        ``consumer``'s: another worker took it over while this one stalled, or
+        it was acknowledged. A stalled worker must not take a job back.
+        """
 
     @abstractmethod
     async def ack(self, claim: Claim) -> None:
@@ -234,10 +239,12 @@ class InMemoryQueue(JobQueue):
         self._memory.pending[message_id] = _Pending(job_id, consumer, time.monotonic())
         return Claim(job_id, message_id)
 
-    async def touch(self, claim: Claim, consumer: str) -> None:
+    async def touch(self, claim: Claim, consumer: str) -> bool:
         pending = self._memory.pending.get(claim.message_id)
-        if pending is not None:
-            pending.consumer, pending.touched = consumer, time.monotonic()
+        if pending is None or pending.consumer != consumer:
+            return False
+        pending.touched = time.monotonic()
+        return True
 
     async def ack(self, claim: Claim) -> None:
         self._memory.pending.pop(claim.message_id, None)
@@ -263,8 +270,9 @@ class RedisStreamQueue(JobQueue):
 
     ``claim`` first takes over messages idle for ``claim_idle_ms``
     (``XAUTOCLAIM``: their worker died), then reads new ones (``XREADGROUP``).
-    Working workers ``touch`` their claim (``XCLAIM ... JUSTID``) so it never
-    looks idle. Saves use ``SET ... XX KEEPTTL`` so a deleted job stays deleted.
+    Working workers ``touch`` their claim (``XCLAIM ... JUSTID``, only while
+    ``XPENDING`` still names them) so it never looks idle. Saves use
+    ``SET ... XX KEEPTTL`` so a deleted job stays deleted.
     """
 
     name = "redis"
@@ -352,9 +360,11 @@ class RedisStreamQueue(JobQueue):
         message_id, fields = read[0][1][0]
         return Claim(_text(fields[b"job_id"]), _text(message_id))
 
-    async def touch(self, claim: Claim, consumer: str) -> None:
-        await self.client.xclaim(constants.STREAM, constants.GROUP, consumer, 0,
-                                 [claim.message_id], justid=True)
+    async def touch(self, claim: Claim, consumer: str) -> bool:
+        # One script: check the owner and reset the idle time with nothing in between.
+        touched = await self.client.eval(_TOUCH_IF_OWNER, 1, constants.STREAM, constants.GROUP,
+                                         claim.message_id, consumer)
+        return bool(touched)
 
     async def ack(self, claim: Claim) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -406,6 +416,13 @@ if worker == cjson.null or worker == nil then worker = '' end
 if worker ~= ARGV[2] then return 0 end
 if current['status'] == 'succeeded' or current['status'] == 'failed' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+return 1
+"""
+
+_TOUCH_IF_OWNER = """
+local entry = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #entry == 0 or entry[1][2] ~= ARGV[3] then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 """
 

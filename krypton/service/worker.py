@@ -394,7 +394,11 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.queue.touch(claim, self.name)
+                if not await self.queue.touch(claim, self.name):
+                    # Taken over: the owner-checked saves stop this worker's run.
+                    logger.warning("job %s: claim taken over; no longer refreshed",
+                                   claim.job_id)
+                    return
             except Exception:
                 logger.warning("job %s: could not refresh the claim", claim.job_id,
                                exc_info=True)

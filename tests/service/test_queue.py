@@ -251,6 +251,42 @@ def test_queue_touch_keeps_a_claim_from_being_reclaimed(run: Runner) -> None:
     assert run(scenario, claim_idle_ms=600) is None
 
 
+def test_queue_touch_reports_a_claim_still_held(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> bool:
+        await queue.submit(_job(), [b"i"])
+        claim = await queue.claim("busy", 100)
+        assert claim is not None
+        return await queue.touch(claim, "busy")
+
+    assert run(scenario) is True
+
+
+def test_queue_touch_by_a_stalled_worker_does_not_take_the_claim_back(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, bool]:
+        await queue.submit(_job(), [b"i"])
+        stalled = await queue.claim("stalled", 100)
+        assert stalled is not None
+        await asyncio.sleep(0.25)
+        taken = await queue.claim("rescuer", 100)
+        assert taken is not None and taken.message_id == stalled.message_id
+        return await queue.touch(stalled, "stalled"), await queue.touch(taken, "rescuer")
+
+    stalled_touched, rescuer_touched = run(scenario, claim_idle_ms=200)
+    assert stalled_touched is False
+    assert rescuer_touched is True
+
+
+def test_queue_touch_after_ack_reports_the_claim_gone(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> bool:
+        await queue.submit(_job(), [b"i"])
+        claim = await queue.claim("a", 100)
+        assert claim is not None
+        await queue.ack(claim)
+        return await queue.touch(claim, "a")
+
+    assert run(scenario) is False
+
+
 def test_queue_ack_ends_delivery_for_good(run: Runner) -> None:
     async def scenario(queue: JobQueue) -> object:
         await queue.submit(_job(), [b"i"])
