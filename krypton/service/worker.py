@@ -5,7 +5,8 @@ Compute runs in a thread so the worker's event loop stays free to beat its
 heartbeat, keep its claim fresh and write progress while batches finish. A
 heatmap or tuning job deleted mid-run is abandoned at its next progress write;
 a job whose worker died is reclaimed by another worker and run again from the
-start.
+start, and so is one whose worker was told to stop (it hands the job back at
+its next batch rather than holding shutdown until the job ends).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ Progress = Callable[[int, int], None]
 
 class JobCancelled(Exception):
     """The job was deleted while it ran."""
+
+
+class WorkerStopping(Exception):
+    """The worker was told to stop while a job ran: the job goes back to the queue."""
 
 
 @dataclass
@@ -240,9 +245,12 @@ class Worker:
         self.current: str | None = None
         self.started_at = utcnow()
         self._stopping = asyncio.Event()
+        self._halting = threading.Event()  # read by the compute thread
 
     def stop(self) -> None:
+        """Finish now: a running job is handed back at its next batch."""
         self._stopping.set()
+        self._halting.set()
 
     async def run(self, *, burst: bool = False, block_ms: int = 1000) -> None:
         """Work until :meth:`stop` (or, with ``burst``, until the queue is empty)."""
@@ -343,6 +351,9 @@ class Worker:
             logger.info("job %s: deleted or taken over while running; dropped", job.id)
             await self._let_go(claim)
             return
+        except WorkerStopping:
+            await self._hand_back(claim, job)
+            return
         except Exception as exc:
             document = problem_for(exc) | {"job_id": job.id}
             if document["status"] >= 500:
@@ -388,6 +399,20 @@ class Worker:
             logger.warning("job %s: taken over by %s; dropping this worker's work",
                            claim.job_id, current.worker)
 
+    async def _hand_back(self, claim: Claim, job: Job) -> None:
+        """Put a job this stopping worker started back as it was before it started.
+
+        The claim stays unacknowledged, so another worker reclaims it after
+        ``claim_idle_ms``; the attempt does not count towards the crash limit.
+        """
+        queued = job.model_copy(update={
+            "status": JobStatus.queued, "attempts": job.attempts - 1, "worker": None,
+            "progress": 0.0, "timings": job.timings.model_copy(update={"started_at": None})})
+        if await self.queue.save(queued, owner=self.name):
+            logger.info("job %s: worker %s stopping; job handed back", job.id, self.name)
+        else:
+            await self._let_go(claim)
+
     async def _keep_claim(self, claim: Claim) -> None:
         # Touch well within the idle time after which another worker may take the job.
         interval = min(constants.HEARTBEAT_SECONDS, self.queue.claim_idle_ms / 3000)
@@ -423,6 +448,8 @@ class Worker:
         last = [0.0]
 
         def report(done: int, total: int) -> None:
+            if self._halting.is_set():
+                raise WorkerStopping(job.id)
             now = time.monotonic()
             if done < total and now - last[0] < constants.PROGRESS_INTERVAL_SECONDS:
                 return

@@ -230,6 +230,34 @@ def test_worker_abandons_a_deleted_job_at_the_next_progress_write(
     assert idle_after < constants.PROGRESS_INTERVAL_SECONDS + 2.0
 
 
+def test_worker_told_to_stop_hands_its_running_job_back_at_the_next_batch(
+    deployment: Deployment, cache: ModelCache, retina_png: bytes
+) -> None:
+    queue = InMemoryQueue(ttl_seconds=60, claim_idle_ms=100)
+
+    async def scenario() -> tuple[float, Job | None, str | None]:
+        worker = Worker(queue, deployment, name="stopping", cache=cache)
+        job = await queue.submit(_job(patch_size=8, stride=1), [retina_png])
+        task = asyncio.create_task(worker.run(block_ms=50))
+        while (await queue.get(job.id)).progress == 0:  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        stopped_after = loop.time() - started
+        await asyncio.sleep(0.15)
+        successor = await queue.claim("successor", 50)
+        return stopped_after, await queue.get(job.id), successor and successor.job_id
+
+    stopped_after, handed_back, reclaimed = asyncio.run(scenario())
+    assert stopped_after < 5.0  # the whole job takes far longer at stride 1
+    assert handed_back is not None
+    assert (handed_back.status, handed_back.attempts, handed_back.worker) == (
+        JobStatus.queued, 0, None)
+    assert reclaimed == handed_back.id
+
+
 def test_worker_keeps_its_claim_when_claim_idle_is_shorter_than_the_heartbeat(
     deployment: Deployment, retina_png: bytes
 ) -> None:
