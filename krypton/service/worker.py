@@ -244,13 +244,11 @@ class Worker:
         self.jobs_done = 0
         self.current: str | None = None
         self.started_at = utcnow()
-        self._stopping = asyncio.Event()
-        self._halting = threading.Event()  # read by the compute thread
+        self._stopping = threading.Event()  # read by the loop and the compute thread
 
     def stop(self) -> None:
         """Finish now: a running job is handed back at its next batch."""
         self._stopping.set()
-        self._halting.set()
 
     async def run(self, *, burst: bool = False, block_ms: int = 1000) -> None:
         """Work until :meth:`stop` (or, with ``burst``, until the queue is empty)."""
@@ -448,7 +446,7 @@ class Worker:
         last = [0.0]
 
         def report(done: int, total: int) -> None:
-            if self._halting.is_set():
+            if self._stopping.is_set():
                 raise WorkerStopping(job.id)
             now = time.monotonic()
             if done < total and now - last[0] < constants.PROGRESS_INTERVAL_SECONDS:
