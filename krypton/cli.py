@@ -416,8 +416,7 @@ def demo_train(
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and images.")] = 0,
     full_size_share: Annotated[float | None, typer.Option(
         help="Share of the steps, at the end, on full-size images (the rest use half "
-        "the side). Default 0.15; 1 for VGG, whose flattening head does not carry "
-        "over from half-size images.")] = None,
+        "the side). Default 0.15.")] = None,
     out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
                    ] = Path("checkpoints"),
 ) -> None:

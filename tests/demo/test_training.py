@@ -88,7 +88,7 @@ def test_full_size_steps_draw_a_stream_apart_from_the_half_size_one(
     assert small != full
 
 
-def test_vgg_trains_with_batch_norm_and_returns_the_plain_architecture(tmp_path: Path) -> None:
+def test_vgg_trains_as_its_twin_and_returns_the_plain_architecture(tmp_path: Path) -> None:
     model, report = train_demo_model("vgg11", steps=1, batch_size=2, validation=1)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     path = save_checkpoint(model, report, tmp_path / "demo-vgg11.pt")

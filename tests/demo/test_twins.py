@@ -1,4 +1,4 @@
-"""VGG trains with batch norm and is deployed without: folding keeps its outputs."""
+"""VGG trains as a twin (batch norm, pooled head) and is deployed plain: folding keeps its outputs."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from krypton.demo.batchnorm import batch_norm_twin, fold_batch_norm
+from krypton.demo.twins import fold_twin, training_twin
 from krypton.models import build_model
 
 
 def _twin_with_running_statistics(name: str) -> nn.Module:
     """A twin whose norms hold non-trivial statistics and affine parameters."""
-    twin = batch_norm_twin(name, num_classes=4, seed=1).train()
+    twin = training_twin(name, num_classes=4, seed=1).train()
     generator = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for module in twin.modules():
@@ -26,7 +26,7 @@ def _twin_with_running_statistics(name: str) -> nn.Module:
 @pytest.mark.parametrize("name", ["vgg11", "vgg16"])
 def test_the_folded_plain_network_computes_what_the_eval_mode_twin_does(name: str) -> None:
     twin = _twin_with_running_statistics(name)
-    plain = fold_batch_norm(twin, build_model(name, num_classes=4))
+    plain = fold_twin(twin, build_model(name, num_classes=4))
     image = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
         expected, folded = twin(image), plain(image)
@@ -35,7 +35,7 @@ def test_the_folded_plain_network_computes_what_the_eval_mode_twin_does(name: st
 
 
 def test_the_folded_network_has_no_batch_norm_and_is_in_eval_mode() -> None:
-    plain = fold_batch_norm(_twin_with_running_statistics("vgg11"),
+    plain = fold_twin(_twin_with_running_statistics("vgg11"),
                             build_model("vgg11", num_classes=4))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     assert not plain.training
@@ -43,11 +43,18 @@ def test_the_folded_network_has_no_batch_norm_and_is_in_eval_mode() -> None:
 
 def test_the_twin_is_seeded_and_leaves_the_global_generator_alone() -> None:
     state = torch.random.get_rng_state()
-    first, second = batch_norm_twin("vgg11", 4, seed=3), batch_norm_twin("vgg11", 4, seed=3)
+    first, second = training_twin("vgg11", 4, seed=3), training_twin("vgg11", 4, seed=3)
     assert torch.equal(torch.random.get_rng_state(), state)
     assert torch.equal(first.features[0].weight, second.features[0].weight)
 
 
 def test_folding_into_another_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="do not match"):
-        fold_batch_norm(batch_norm_twin("vgg11", 4, seed=0), build_model("vgg16", num_classes=4))
+        fold_twin(training_twin("vgg11", 4, seed=0), build_model("vgg16", num_classes=4))
+
+
+def test_a_twin_whose_head_does_not_fold_is_refused() -> None:
+    twin = training_twin("vgg11", 4, seed=0)
+    twin.classifier[0] = nn.Linear(500, 4096)
+    with pytest.raises(ValueError, match="does not fold"):
+        fold_twin(twin, build_model("vgg11", num_classes=4))
