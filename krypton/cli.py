@@ -414,9 +414,9 @@ def demo_train(
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and images.")] = 0,
-    full_size_share: Annotated[float | None, typer.Option(
+    full_size_share: Annotated[float, typer.Option(
         help="Share of the steps, at the end, on full-size images (the rest use half "
-        "the side). Default 0.15.")] = None,
+        "the side).")] = 0.15,
     out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
                    ] = Path("checkpoints"),
 ) -> None:

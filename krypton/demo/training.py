@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krypton.demo.twins import TWINS, fold_twin, training_twin
 from krypton.demo.lesions import LABELS, VALIDATION_SEED, FundusLesions
+from krypton.demo.twins import TWINS, fold_twin, training_twin
 from krypton.models import (
     Preprocessing,
     build_model,
@@ -74,7 +74,7 @@ def train_demo_model(
     learning_rate: float | None = None,
     seed: int = 0,
     occluders: float = 0.5,
-    full_size_share: float | None = None,
+    full_size_share: float = 0.15,
     validation: int = 64,
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, TrainingReport]:
@@ -93,8 +93,7 @@ def train_demo_model(
         seed: seeds the initial weights and the image stream.
         occluders: share of training images with plain squares pasted away from
             the lesion (see :mod:`krypton.demo.lesions`).
-        full_size_share: share of the steps, at the end, on full-size images;
-            default 0.15.
+        full_size_share: share of the steps, at the end, on full-size images.
         validation: images to measure accuracy on.
         report: called with a line of progress every few steps.
     """
@@ -106,8 +105,6 @@ def train_demo_model(
         raise ValueError(f"learning_rate must be positive, got {learning_rate}")
     if validation < 1:
         raise ValueError(f"validation must be at least 1 image, got {validation}")
-    if full_size_share is None:
-        full_size_share = 0.15
     if not 0.0 <= full_size_share <= 1.0:
         raise ValueError(f"full_size_share must be in [0, 1], got {full_size_share}")
     say = report or (lambda line: None)

@@ -1,7 +1,7 @@
 """Train VGG as an easier twin, deploy it as plain VGG: fold the twin's extras away.
 
 VGG16 from its random initialisation did not learn the demo task in a
-CPU-sized run. Two things stood in the way, and the twin removes both:
+CPU-sized run. Two things stood in the way, and the twin removes them:
 
 * VGG16 has no normalisation layers: its loss stayed at ln 4 for hundreds of
   steps (also with Adam at 1e-4, SGD with momentum and a layer-sequential
@@ -19,7 +19,8 @@ CPU-sized run. Two things stood in the way, and the twin removes both:
 
 The result is a plain VGG16, the architecture that is deployed and explained,
 with the trained twin's outputs at the input size whose feature grid is the
-head's (224 px for VGG16).
+head's (224 px for VGG16). The twin learns faster, not all of the task: in 600
+steps it learns exudates and reads the dark lesions as normal (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def training_twin(name: str, num_classes: int, seed: int) -> nn.Module:
         first = _head_input(twin)
         twin.avgpool = nn.AdaptiveAvgPool2d(1)
         channels = [m for m in _features(twin) if isinstance(m, nn.Conv2d)][-1].out_channels
-        twin.classifier[0] = nn.Linear(channels, first.out_features)
+        _classifier(twin)[0] = nn.Linear(channels, first.out_features)
         return twin
 
 
@@ -82,7 +83,7 @@ def fold_twin(twin: nn.Module, plain: nn.Module) -> nn.Module:
         target.weight.copy_(conv.weight * scale[:, None, None, None])
         target.bias.copy_((bias - mean) * scale + norm.bias)
     _fold_pooled_head(_head_input(twin), _head_input(plain))
-    plain.classifier[1:].load_state_dict(twin.classifier[1:].state_dict())
+    _classifier(plain)[1:].load_state_dict(_classifier(twin)[1:].state_dict())
     return plain.eval()
 
 
@@ -108,11 +109,18 @@ def _features(model: nn.Module) -> nn.Sequential:
     return features
 
 
-def _head_input(model: nn.Module) -> nn.Linear:
+def _classifier(model: nn.Module) -> nn.Sequential:
     classifier = model.classifier
-    if not isinstance(classifier, nn.Sequential) or not isinstance(classifier[0], nn.Linear):
+    if not isinstance(classifier, nn.Sequential):
         raise ValueError(f"{type(model).__name__} has no VGG classifier")
-    return classifier[0]
+    return classifier
+
+
+def _head_input(model: nn.Module) -> nn.Linear:
+    first = _classifier(model)[0]
+    if not isinstance(first, nn.Linear):
+        raise ValueError(f"{type(model).__name__}'s classifier does not start with a linear layer")
+    return first
 
 
 def _conv_norm_pairs(features: nn.Sequential) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:

@@ -1,4 +1,4 @@
-"""VGG trains as a twin (batch norm, pooled head) and is deployed plain: folding keeps its outputs."""
+"""VGG trains as a twin (batch norm, pooled head), is deployed plain, and keeps its outputs."""
 
 from __future__ import annotations
 
