@@ -36,7 +36,7 @@ def test_the_folded_plain_network_computes_what_the_eval_mode_twin_does(name: st
 
 def test_the_folded_network_has_no_batch_norm_and_is_in_eval_mode() -> None:
     plain = fold_twin(_twin_with_running_statistics("vgg11"),
-                            build_model("vgg11", num_classes=4))
+                      build_model("vgg11", num_classes=4))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
     assert not plain.training
 
