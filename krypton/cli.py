@@ -15,6 +15,7 @@ import typer
 from torch import nn
 from tqdm import tqdm
 
+from krypton import render
 from krypton.engine import (
     Approximation,
     EngineError,
@@ -39,7 +40,6 @@ from krypton.models import (
     read_labels,
     to_model_input,
 )
-from krypton.service import render
 
 T = TypeVar("T")
 
@@ -361,7 +361,7 @@ def bench(
                         ] = None,
 ) -> None:
     """Time naive, Captum and exact occlusion in this process and print the speedups."""
-    from krypton.bench import (
+    from krypton.benchmarks.engine import (
         format_approximate_table,
         format_table,
         machine_description,
@@ -564,7 +564,7 @@ def bench_api(
         "registry models only): the API's overhead per job.")] = True,
 ) -> None:
     """Load a running service with heatmap jobs; print throughput, p50/p95 and overhead."""
-    from krypton.loadtest import engine_call, format_report, run_load
+    from krypton.benchmarks.service import engine_call, format_report, run_load
 
     form = {"model": model, "patch_size": str(patch), "stride": str(stride)}
     direct_call = (engine_call(image, model=model, patch_size=patch, stride=stride)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from krypton.bench import ApproximateRow, format_approximate_table, run_approximate_benchmark
+from krypton.benchmarks.engine import (
+    ApproximateRow,
+    format_approximate_table,
+    run_approximate_benchmark,
+)
 
 
 def _row(**changes: object) -> ApproximateRow:

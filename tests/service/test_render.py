@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from krypton.service import render
+from krypton import render
 
 HEATMAP = np.array([[0.9, 0.5], [0.2, 0.7]], dtype=np.float32)
 

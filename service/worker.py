@@ -38,10 +38,10 @@ from krypton.engine import (
 )
 from krypton.models import DatasetConfig, decode_image, patch_value, to_model_input
 from krypton.models.deployment import DeployedModel, Deployment
+from krypton.render import heatmap_npy
 from krypton.service import constants
 from krypton.service.errors import problem, problem_for
 from krypton.service.queue import Claim, JobQueue
-from krypton.service.render import heatmap_npy
 from krypton.service.schemas import (
     HeatmapParams,
     Job,

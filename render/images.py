@@ -1,4 +1,4 @@
-"""Turn a heatmap into what people open: PNG, overlay PNG, JSON, NPY. Pure functions.
+"""Heatmaps as pictures: the colour-mapped map and the overlay on the image. Pure functions.
 
 Heatmap cell ``(i, j)`` describes the patch whose top-left corner is at
 model-input pixel ``(i * S, j * S)``; it is drawn at the patch centre. The
@@ -9,9 +9,8 @@ original image is a scale per axis.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -19,19 +18,9 @@ import numpy.typing as npt
 from PIL import Image
 from scipy import ndimage
 
-__all__ = [
-    "HeatmapGeometry",
-    "View",
-    "colorize",
-    "heatmap_json",
-    "heatmap_npy",
-    "heatmap_png",
-    "overlay_png",
-    "read_npy",
-    "view_values",
-]
+__all__ = ["COLORMAP", "HeatmapGeometry", "colorize", "heatmap_png", "overlay_png",
+           "resample_to_image"]
 
-View = Literal["drop", "probability"]
 COLORMAP = "inferno"
 """Perceptually uniform, readable in grayscale print, and colour-blind safe."""
 
@@ -46,15 +35,6 @@ class HeatmapGeometry:
     stride: int
     input_height: int
     input_width: int
-
-
-def view_values(heatmap: FloatArray, target_probability: float, view: View) -> FloatArray:
-    """``probability``: p(target) with the patch; ``drop``: how much the patch lowers it."""
-    if view == "probability":
-        return np.asarray(heatmap, dtype=np.float32)
-    if view == "drop":
-        return np.float32(target_probability) - np.asarray(heatmap, dtype=np.float32)
-    raise ValueError(f"view must be 'drop' or 'probability', got {view!r}")
 
 
 def colorize(values: FloatArray, *, vmin: float | None = None,
@@ -102,32 +82,6 @@ def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int
         np.asarray(values, dtype=np.float64), [rr, cc], order=1, mode="nearest"
     ).astype(np.float32)
     return resampled
-
-
-def heatmap_npy(values: FloatArray) -> bytes:
-    """The array in NumPy's ``.npy`` format (float32)."""
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(values, dtype=np.float32), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def read_npy(data: bytes) -> npt.NDArray[np.float32]:
-    """The array :func:`heatmap_npy` wrote."""
-    array: npt.NDArray[np.float32] = np.load(io.BytesIO(data), allow_pickle=False)
-    return array
-
-
-def heatmap_json(heatmap: FloatArray, metadata: dict[str, Any]) -> str:
-    """The 2-D array under ``heatmap`` with its shape, range and ``metadata``."""
-    values = np.asarray(heatmap, dtype=np.float64)
-    document = {
-        "heatmap": values.round(7).tolist(),
-        "shape": list(values.shape),
-        "min": float(values.min()),
-        "max": float(values.max()),
-        **metadata,
-    }
-    return json.dumps(document)
 
 
 def _png(rgb: npt.NDArray[np.uint8]) -> bytes:

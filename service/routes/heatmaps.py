@@ -10,9 +10,10 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 
+from krypton import render
 from krypton.models import decode_image, patch_value
 from krypton.models.deployment import DeployedModel, Deployment
-from krypton.service import constants, render
+from krypton.service import constants
 from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep, weights_id
 from krypton.service.errors import InvalidInput, JobNotFound, QueueUnavailable, ResultNotReady
 from krypton.service.queue import JobQueue

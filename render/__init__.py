@@ -1,0 +1,30 @@
+"""What people open: a heatmap as PNG, overlay PNG, JSON or NPY. Pure functions.
+
+Used by the command line and by the service alike; knows nothing of how the
+heatmap was computed. Heatmap cell ``(i, j)`` describes the patch whose
+top-left corner is at model-input pixel ``(i * S, j * S)``.
+"""
+
+from krypton.render.arrays import View, heatmap_json, heatmap_npy, read_npy, view_values
+from krypton.render.images import (
+    COLORMAP,
+    HeatmapGeometry,
+    colorize,
+    heatmap_png,
+    overlay_png,
+    resample_to_image,
+)
+
+__all__ = [
+    "COLORMAP",
+    "HeatmapGeometry",
+    "View",
+    "colorize",
+    "heatmap_json",
+    "heatmap_npy",
+    "heatmap_png",
+    "overlay_png",
+    "read_npy",
+    "resample_to_image",
+    "view_values",
+]
