@@ -49,8 +49,8 @@ def main(
         positions = reference.stats.positions
         for approximation in settings:
             started = time.perf_counter()
-            result = exact.attribute(image, patch, stride, target=reference.target,
-                                     approximation=approximation)
+            result = approximation.attribute(exact, image, patch, stride,
+                                             target=reference.target)
             seconds[approximation] += time.perf_counter() - started
             scores[approximation].append(heatmap_ssim(result.heatmap, reference.heatmap))
         started = time.perf_counter()

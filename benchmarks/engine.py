@@ -428,8 +428,8 @@ def run_approximate_benchmark(
             exact_seconds += seconds
             ranges.append(float(np.ptp(reference.heatmap)))
             result, seconds = _timed(functools.partial(
-                exact.attribute, image, patch, stride, target=reference.target,
-                approximation=tuning.approximation), device)
+                tuning.approximation.attribute, exact, image, patch, stride,
+                target=reference.target), device)
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         chosen: Approximation = tuning.approximation
@@ -466,8 +466,7 @@ def _check_ssim(engine: IncrementalOcclusion, preprocessing: Preprocessing, coun
     scores = []
     for image in _demo_inputs(preprocessing, count, seed=SAMPLE_SEED + 1):
         reference = engine.attribute(image, patch, stride)
-        result = engine.attribute(image, patch, stride, target=reference.target,
-                                  approximation=approximation)
+        result = approximation.attribute(engine, image, patch, stride, target=reference.target)
         scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
     report(f"  check on {count} more images: SSIM {np.mean(scores):.3f} "
            f"(min {np.min(scores):.3f})")

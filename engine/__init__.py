@@ -4,8 +4,14 @@ Knows nothing of HTTP, Redis or files: tensors in, heatmaps out.
 """
 
 from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
-from krypton.engine.base import Occluder, OcclusionEngine, ProgressCallback
-from krypton.engine.errors import EngineError, InvalidParamsError, UnsupportedModelError
+from krypton.engine.base import OcclusionEngine, Output, ProgressCallback, StopCheck
+from krypton.engine.drilldown import DrillDown
+from krypton.engine.errors import (
+    EngineError,
+    InvalidParamsError,
+    RunStopped,
+    UnsupportedModelError,
+)
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.occlusion import MODES, make_engine, occlusion
 from krypton.engine.patches import PatchGrid, PatchValue
@@ -17,18 +23,21 @@ from krypton.engine.tuning import FrontierPoint, TuningResult, tune
 __all__ = [
     "MODES",
     "Approximation",
+    "DrillDown",
     "EngineError",
     "FrontierPoint",
     "IncrementalOcclusion",
     "InvalidParamsError",
     "OcclusionEngine",
     "OcclusionResult",
-    "Occluder",
+    "Output",
     "PatchGrid",
     "PatchValue",
     "ProgressCallback",
     "ReferenceOcclusion",
     "RunStats",
+    "RunStopped",
+    "StopCheck",
     "TuningResult",
     "UnsupportedModelError",
     "coarse_stride_for_speedup",

@@ -1,6 +1,6 @@
-"""Approximate inference settings, and the drill-down that trades positions for speed.
+"""Approximate inference settings: how far a run may depart from the exact heatmap.
 
-Two independent approximations (DESIGN.md, points 2 and 3):
+Two independent approximations (docs/design.md, "Approximate inference"):
 
 * Projective-field thresholding: ``tau`` caps each layer's recomputed region
   at that fraction of the layer's side, centred on the region. Cells beyond
@@ -8,29 +8,24 @@ Two independent approximations (DESIGN.md, points 2 and 3):
 * Adaptive drill-down: a coarse heatmap at ``coarse_stride`` first; then the
   requested stride only at the ``drilldown_ratio`` of positions where the
   coarse map, interpolated, shows the largest probability drop. The other
-  positions keep the interpolated coarse value.
+  positions keep the interpolated coarse value
+  (:class:`~krypton.engine.drilldown.DrillDown`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-import torch
-import torch.nn.functional as F
+from torch import Tensor
 
+from krypton.engine.base import OcclusionEngine, check_tau
+from krypton.engine.drilldown import DrillDown, check_drilldown
 from krypton.engine.errors import InvalidParamsError
-from krypton.engine.patches import PatchGrid
+from krypton.engine.result import OcclusionResult
 
-__all__ = [
-    "Approximation",
-    "coarse_stride_for_speedup",
-    "drilldown_count",
-    "interpolate_coarse",
-    "top_drop",
-]
+__all__ = ["Approximation", "coarse_stride_for_speedup"]
 
 
 @dataclass(frozen=True)
@@ -50,22 +45,13 @@ class Approximation:
     coarse_stride: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tau, (int, float)) or not 0.0 < float(self.tau) <= 1.0:
-            raise InvalidParamsError(f"tau must be in (0, 1], got {self.tau!r}")
+        check_tau(self.tau)
         if (self.drilldown_ratio is None) != (self.coarse_stride is None):
             raise InvalidParamsError(
                 "drill-down needs both drilldown_ratio and coarse_stride, or neither"
             )
-        if self.drilldown_ratio is not None and not 0.0 < self.drilldown_ratio <= 1.0:
-            raise InvalidParamsError(
-                f"drilldown_ratio must be in (0, 1], got {self.drilldown_ratio!r}"
-            )
-        if self.coarse_stride is not None and (
-            not isinstance(self.coarse_stride, int) or self.coarse_stride < 1
-        ):
-            raise InvalidParamsError(
-                f"coarse_stride must be a positive integer, got {self.coarse_stride!r}"
-            )
+        if self.drilldown_ratio is not None and self.coarse_stride is not None:
+            check_drilldown(self.drilldown_ratio, self.coarse_stride)
 
     @property
     def drills_down(self) -> bool:
@@ -75,9 +61,23 @@ class Approximation:
     def is_exact(self) -> bool:
         return self.tau == 1.0 and not self.drills_down
 
+    def attribute(self, engine: OcclusionEngine, image: Tensor, patch_size: int, stride: int,
+                  **options: Any) -> OcclusionResult:
+        """``engine``'s heatmap of ``image`` under this approximation.
+
+        ``options`` are :meth:`OcclusionEngine.attribute`'s (target, patch
+        colour, batch size, progress, should_stop).
+        """
+        occluder: OcclusionEngine | DrillDown = engine
+        if self.drills_down:
+            assert self.drilldown_ratio is not None and self.coarse_stride is not None
+            occluder = DrillDown(engine, ratio=self.drilldown_ratio,
+                                 coarse_stride=self.coarse_stride)
+        return occluder.attribute(image, patch_size, stride, tau=self.tau, **options)
+
 
 def coarse_stride_for_speedup(fine_stride: int, ratio: float, speedup: float) -> int:
-    """Stage-1 stride giving an ideal drill-down speedup ``t`` (DESIGN.md, point 3).
+    """Stage-1 stride giving an ideal drill-down speedup ``t`` (docs/design.md).
 
     ``S1 = S2 * sqrt(t / (1 - r*t))``, from ``t = S1^2 / (S2^2 + r*S1^2)``.
 
@@ -89,38 +89,3 @@ def coarse_stride_for_speedup(fine_stride: int, ratio: float, speedup: float) ->
             f"a drill-down ratio of {ratio} cannot give a {speedup}x speedup (needs r*t < 1)"
         )
     return max(fine_stride, round(fine_stride * math.sqrt(speedup / (1.0 - ratio * speedup))))
-
-
-def interpolate_coarse(coarse: torch.Tensor, coarse_grid: PatchGrid,
-                       fine_grid: PatchGrid) -> torch.Tensor:
-    """Bilinear estimate of the fine heatmap from the coarse one (``Tensor[H_M, W_M]``).
-
-    Both grids place cell ``(i, j)`` at input pixel ``(i*S, j*S)``; beyond the
-    last coarse position the edge value holds.
-    """
-    def normalised(fine: npt.NDArray[np.int64], coarse_last: int) -> torch.Tensor:
-        position = torch.as_tensor(fine, dtype=torch.float32, device=coarse.device)
-        if coarse_last == 0:
-            return torch.zeros_like(position)
-        return (position / coarse_last * 2.0 - 1.0).clamp(-1.0, 1.0)
-
-    ys = normalised(fine_grid.rows, int(coarse_grid.rows[-1]))
-    xs = normalised(fine_grid.cols, int(coarse_grid.cols[-1]))
-    sample = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
-    estimate = F.grid_sample(
-        coarse[None, None].float(), sample[None], mode="bilinear", padding_mode="border",
-        align_corners=True,
-    )
-    return estimate[0, 0]
-
-
-def top_drop(estimate: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Flat indices of the ``ceil(ratio * n)`` positions with the lowest probability."""
-    flat = estimate.flatten()
-    count = drilldown_count(flat.numel(), ratio)
-    return torch.topk(flat, count, largest=False, sorted=False).indices.sort().values
-
-
-def drilldown_count(positions: int, ratio: float) -> int:
-    """How many of ``positions`` fine positions a drill-down with ``ratio`` recomputes."""
-    return min(positions, max(1, math.ceil(ratio * positions)))

@@ -1,11 +1,14 @@
 """What every occlusion engine shares: model preparation, validation, the batch loop.
 
-An engine is built once per model (tracing, copying weights to the device)
-and then called per image. Each call *prepares* the image once (the original
-forward pass) and opens a :class:`Session` per patch grid on it; the shared
-loop asks the session for the logits of each batch of patch positions and
-turns them into a heatmap. Drill-down opens two sessions on one preparation:
-the coarse grid, then the chosen positions of the fine grid.
+An engine is built once per model (tracing, moving weights to the device)
+and then called per image. A call *prepares* the image once (the unoccluded
+forward pass) and then *occludes* positions of a patch grid on it, batch by
+batch: each engine opens a :class:`Session` per grid that turns a batch of
+positions into model outputs, and the shared :class:`BatchLoop` turns those
+into probabilities of the explained class. :meth:`OcclusionEngine.attribute`
+occludes every position of one grid; wrappers such as
+:class:`~krypton.engine.drilldown.DrillDown` occlude several grids on one
+preparation.
 """
 
 from __future__ import annotations
@@ -15,50 +18,44 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from krypton.engine.approximation import (
-    Approximation,
-    drilldown_count,
-    interpolate_coarse,
-    top_drop,
-)
-from krypton.engine.errors import InvalidParamsError
+from krypton.engine.errors import InvalidParamsError, RunStopped
 from krypton.engine.patches import PatchGrid, PatchValue, patch_tensor
 from krypton.engine.result import OcclusionResult, RunStats
 
-__all__ = ["OcclusionEngine", "Occluder", "ProgressCallback", "Session", "prepare_model"]
+__all__ = [
+    "BatchLoop",
+    "OcclusionEngine",
+    "Output",
+    "Prepared",
+    "ProgressCallback",
+    "Session",
+    "StopCheck",
+    "check_tau",
+    "prepare_model",
+]
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
 """Called after every batch with ``(positions_done, positions_total)``."""
 
+StopCheck = Callable[[], bool]
+"""Polled before every batch; ``True`` ends the run with :class:`RunStopped`."""
+
+Output = Literal["logits", "probabilities"]
+"""What the model returns: logits (softmax applied by the engine) or probabilities."""
+
 _CPU_BUDGET_BYTES = 1 << 30
 _CPU_MAX_BATCH = 64
 _CUDA_BUDGET_FRACTION = 0.4
 _CUDA_MAX_BATCH = 1024
-
-
-class Occluder(Protocol):
-    """Anything that computes an occlusion heatmap for one image."""
-
-    def attribute(
-        self,
-        image: Tensor,
-        patch_size: int,
-        stride: int,
-        *,
-        patch_value: PatchValue = 0.0,
-        target: int | None = None,
-        batch_size: int | None = None,
-        progress: ProgressCallback | None = None,
-        approximation: Approximation | None = None,
-    ) -> OcclusionResult: ...
 
 
 class Session(ABC):
@@ -69,8 +66,8 @@ class Session(ABC):
         """Working memory one extra position in a batch costs (an estimate)."""
 
     @abstractmethod
-    def occluded_logits(self, positions: Tensor) -> Tensor:
-        """``(len(positions), classes)`` logits with the patch at each flat grid index."""
+    def occluded_outputs(self, positions: Tensor) -> Tensor:
+        """``(len(positions), classes)`` model outputs with the patch at each flat grid index."""
 
     def flops_per_position(self) -> tuple[int, int] | None:
         """Conv FLOPs of a full inference, and what this session spends per position."""
@@ -81,25 +78,151 @@ class Session(ABC):
         return None
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """An image run once without a patch: what every grid on it starts from."""
+
+    height: int
+    width: int
+    patch: Tensor
+    """The patch colour, ``Tensor[1, C, 1, 1]`` on the engine's device."""
+    probabilities: Tensor
+    """``Tensor[classes]`` on the unoccluded image."""
+    predicted: int
+    target: int
+    state: Any
+    """What the engine's sessions need (the incremental engine: every activation)."""
+
+
+class BatchLoop:
+    """The batches of one run, across the grids it occludes: sizes, progress, stop, costs.
+
+    Args:
+        batch_size: positions per batch; default what fits a memory budget.
+        device: where the run happens (sets the memory budget).
+        progress: called after every batch with ``(done, total)``.
+        should_stop: polled before every batch; ``True`` raises :class:`RunStopped`.
+    """
+
+    def __init__(self, batch_size: int | None, device: torch.device,
+                 progress: ProgressCallback | None = None,
+                 should_stop: StopCheck | None = None) -> None:
+        if batch_size is not None and (
+                not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
+            raise InvalidParamsError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.batch_size, self.device = batch_size, device
+        self.progress, self.should_stop = progress, should_stop
+        self.total = self.done = self.batches = 0
+        self.started = time.perf_counter()
+        self.theoretical_ratio: float | None = None
+        self._flops_full = 0
+        self._flops_spent = 0
+        self._counted = True
+
+    def occlude(self, session: Session, positions: Tensor, target: int,
+                to_probabilities: Callable[[Tensor], Tensor]) -> Tensor:
+        """Probabilities of ``target`` with the patch at each of ``positions``."""
+        size = self.batch_size or _default_batch_size(
+            session.bytes_per_position(), self.device, positions.numel())
+        self.batch_size = self.batch_size or size
+        out = torch.empty(positions.numel(), dtype=torch.float32, device=self.device)
+        for start in range(0, positions.numel(), size):
+            if self.should_stop is not None and self.should_stop():
+                raise RunStopped(f"stopped after {self.done} positions")
+            chunk = positions[start : start + size]
+            outputs = session.occluded_outputs(chunk)
+            out[start : start + chunk.numel()] = to_probabilities(outputs)[:, target]
+            self.done += chunk.numel()
+            self.batches += 1
+            if self.progress is not None:
+                self.progress(self.done, max(self.total, self.done))
+        flops = session.flops_per_position()
+        if flops is None:
+            self._counted = False
+        else:
+            self._flops_full = flops[0]
+            self._flops_spent += flops[1] * positions.numel()
+        self.theoretical_ratio = session.theoretical_ratio()
+        return out
+
+    def flops(self, fine_positions: int) -> tuple[int, int] | None:
+        """Full-inference FLOPs and FLOPs spent, each per position of the final heatmap."""
+        if not self._counted:
+            return None
+        return self._flops_full, round(self._flops_spent / fine_positions)
+
+
 class OcclusionEngine(ABC):
-    """Base of the naive and incremental engines (see :class:`Occluder`)."""
+    """Base of the naive and incremental engines: build once per model, call per image.
+
+    Args:
+        model: an eval-mode CNN taking ``Tensor[N, C, H, W]``.
+        device: where to run; default the model's device.
+        output: what the model returns; ``"probabilities"`` for a model that
+            already ends in softmax (the engine then does not apply another).
+        copy: work on a private copy of ``model`` (default). ``False`` adopts
+            the model itself, switching its in-place activations off and
+            moving it to ``device``: for a caller that built the model for the
+            engine alone and wants no second copy on the device.
+    """
 
     mode: str
 
-    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None) -> None:
+    def __init__(self, model: nn.Module, *, device: torch.device | str | None = None,
+                 output: Output = "logits", copy: bool = True) -> None:
+        if output not in ("logits", "probabilities"):
+            raise InvalidParamsError(f"output must be 'logits' or 'probabilities', got {output!r}")
         self.device = _resolve_device(model, device)
-        self.model = prepare_model(model, self.device)
+        self.model = prepare_model(model, self.device, copy=copy)
+        self.output = output
 
     @abstractmethod
-    def _prepare(self, image: Tensor) -> tuple[Tensor, Any]:
+    def _forward(self, image: Tensor) -> tuple[Tensor, Any]:
         """Run the unoccluded image (``Tensor[1, C, H, W]``, channels-last, on device).
 
-        Returns its ``(1, classes)`` logits and whatever sessions need from it.
+        Returns its ``(1, classes)`` output and whatever sessions need from it.
         """
 
     @abstractmethod
-    def _session(self, prepared: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
+    def _session(self, state: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
         """A session for ``grid`` on a prepared image, with threshold ``tau``."""
+
+    def probabilities(self, outputs: Tensor) -> Tensor:
+        """The model's outputs (``Tensor[N, classes]``) as float probabilities."""
+        if self.output == "probabilities":
+            return outputs.float()
+        return torch.softmax(outputs.float(), dim=1)
+
+    def prepare(self, image: Tensor, *, patch_value: PatchValue = 0.0,
+                target: int | None = None) -> Prepared:
+        """Check ``image`` and run it once without a patch (inside ``torch.inference_mode``).
+
+        Raises:
+            InvalidParamsError: bad image, patch colour or target.
+        """
+        batch = _check_image(image).to(self.device, torch.float32)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        patch = patch_tensor(patch_value, batch.shape[1], dtype=torch.float32, device=self.device)
+        outputs, state = self._forward(batch)
+        probabilities = self.probabilities(outputs)[0]
+        predicted = int(probabilities.argmax())
+        return Prepared(
+            height=batch.shape[2], width=batch.shape[3], patch=patch,
+            probabilities=probabilities, predicted=predicted,
+            target=_check_target(target, predicted, probabilities.numel()), state=state,
+        )
+
+    def occlude(self, prepared: Prepared, grid: PatchGrid, loop: BatchLoop, *,
+                positions: Tensor | None = None, tau: float = 1.0) -> Tensor:
+        """Probabilities of the target with the patch at ``positions`` of ``grid`` (default all).
+
+        Positions are flat indices into the grid, row-major.
+        """
+        check_tau(tau)
+        if positions is None:
+            positions = torch.arange(grid.size, device=self.device)
+        session = self._session(prepared.state, grid, prepared.patch, tau)
+        return loop.occlude(session, positions, prepared.target, self.probabilities)
 
     def attribute(
         self,
@@ -111,7 +234,8 @@ class OcclusionEngine(ABC):
         target: int | None = None,
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
-        approximation: Approximation | None = None,
+        should_stop: StopCheck | None = None,
+        tau: float = 1.0,
     ) -> OcclusionResult:
         """Occlusion heatmap of ``image`` for class ``target``.
 
@@ -124,123 +248,69 @@ class OcclusionEngine(ABC):
             target: class to explain; default the predicted class.
             batch_size: positions per batch; default what fits a memory budget.
             progress: called after every batch with ``(done, total)``.
-            approximation: projective-field threshold and drill-down; default exact.
+            should_stop: polled before every batch; ``True`` ends the run.
+            tau: projective-field threshold in (0, 1] (incremental engine
+                only); 1 is exact.
 
         Raises:
             InvalidParamsError: bad image, patch, stride, target or batch size.
+            RunStopped: ``should_stop`` said so.
         """
-        started = time.perf_counter()
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            raise InvalidParamsError(f"batch_size must be a positive integer, got {batch_size!r}")
-        approximation = approximation or Approximation()
-        batch = _check_image(image).to(self.device, torch.float32)
-        batch = batch.contiguous(memory_format=torch.channels_last)
-        grid = PatchGrid(batch.shape[2], batch.shape[3], patch_size, stride)
-        patch = patch_tensor(patch_value, batch.shape[1], dtype=torch.float32, device=self.device)
+        loop = BatchLoop(batch_size, self.device, progress, should_stop)
         with torch.inference_mode():
-            logits, prepared = self._prepare(batch)
-            probabilities = torch.softmax(logits.float(), dim=1)[0]
-            predicted = int(probabilities.argmax())
-            target = _check_target(target, predicted, probabilities.numel())
-            run = _Run(target, batch_size, self.device, progress)
-            session = self._session(prepared, grid, patch, approximation.tau)
-            if approximation.drills_down:
-                assert approximation.coarse_stride is not None
-                assert approximation.drilldown_ratio is not None
-                drill_ratio = approximation.drilldown_ratio
-                coarse_grid = PatchGrid(grid.height, grid.width, patch_size,
-                                        approximation.coarse_stride)
-                coarse_session = self._session(prepared, coarse_grid, patch, approximation.tau)
-                run.total = coarse_grid.size + drilldown_count(grid.size, drill_ratio)
-                coarse = run.occlude(coarse_session, _all_positions(coarse_grid, self.device))
-                heatmap = interpolate_coarse(coarse.view(coarse_grid.shape), coarse_grid, grid)
-                chosen = top_drop(heatmap, drill_ratio)
-                heatmap.view(-1)[chosen] = run.occlude(session, chosen)
-            else:
-                run.total = grid.size
-                heatmap = run.occlude(session, _all_positions(grid, self.device)).view(grid.shape)
-            heatmap_np = heatmap.cpu().numpy().astype(np.float32)
-        seconds = time.perf_counter() - started
-        logger.debug("%s occlusion: %d positions in %.3f s", self.mode, run.done, seconds)
-        ratio = session.theoretical_ratio()
-        flops = run.flops(grid.size)
+            prepared = self.prepare(image, patch_value=patch_value, target=target)
+            grid = PatchGrid(prepared.height, prepared.width, patch_size, stride)
+            loop.total = grid.size
+            heatmap = self.occlude(prepared, grid, loop, tau=tau).view(grid.shape)
+        return self.result(prepared, grid, heatmap, loop, tau=tau)
+
+    def result(self, prepared: Prepared, grid: PatchGrid, heatmap: Tensor, loop: BatchLoop, *,
+               tau: float, drilldown_ratio: float | None = None,
+               coarse_stride: int | None = None, refined: int | None = None) -> OcclusionResult:
+        """The finished heatmap of ``grid``, its prediction and how the run went."""
+        seconds = time.perf_counter() - loop.started
+        approximate = tau != 1.0 or drilldown_ratio is not None
+        logger.debug("%s occlusion: %d positions in %.3f s", self.mode, loop.done, seconds)
+        flops = loop.flops(grid.size)
+        probabilities = prepared.probabilities
         return OcclusionResult(
-            heatmap=heatmap_np,
-            target=target,
-            target_probability=float(probabilities[target]),
-            predicted_class=predicted,
-            predicted_probability=float(probabilities[predicted]),
-            patch_size=patch_size,
-            stride=stride,
+            heatmap=heatmap.cpu().numpy().astype(np.float32),
+            target=prepared.target,
+            target_probability=float(probabilities[prepared.target]),
+            predicted_class=prepared.predicted,
+            predicted_probability=float(probabilities[prepared.predicted]),
+            patch_size=grid.patch,
+            stride=grid.stride,
             stats=RunStats(
-                mode=self.mode if approximation.is_exact else "approximate",
+                mode="approximate" if approximate else self.mode,
                 device=str(self.device),
-                positions=run.done,
-                batches=run.batches,
-                batch_size=run.batch_size or 0,
+                positions=loop.done,
+                batches=loop.batches,
+                batch_size=loop.batch_size or 0,
                 seconds=seconds,
                 flops_full=flops[0] if flops else None,
                 flops_incremental=flops[1] if flops else None,
-                theoretical_ratio=ratio,
-                tau=approximation.tau,
-                drilldown_ratio=approximation.drilldown_ratio,
-                coarse_stride=approximation.coarse_stride,
+                theoretical_ratio=loop.theoretical_ratio,
+                tau=tau,
+                drilldown_ratio=drilldown_ratio,
+                coarse_stride=coarse_stride,
+                refined_positions=refined,
             ),
         )
 
 
-class _Run:
-    """The batch loop of one ``attribute`` call, across its sessions."""
-
-    def __init__(self, target: int, batch_size: int | None, device: torch.device,
-                 progress: ProgressCallback | None) -> None:
-        self.target, self.batch_size, self.device = target, batch_size, device
-        self.progress = progress
-        self.total = self.done = self.batches = 0
-        self._flops_full = 0
-        self._flops_spent = 0
-        self._counted = True
-
-    def occlude(self, session: Session, positions: Tensor) -> Tensor:
-        """Probabilities of the target with the patch at each of ``positions``."""
-        size = self.batch_size or _default_batch_size(
-            session.bytes_per_position(), self.device, positions.numel()
-        )
-        self.batch_size = self.batch_size or size
-        out = torch.empty(positions.numel(), dtype=torch.float32, device=self.device)
-        for start in range(0, positions.numel(), size):
-            chunk = positions[start : start + size]
-            logits = session.occluded_logits(chunk)
-            out[start : start + chunk.numel()] = torch.softmax(logits.float(), 1)[:, self.target]
-            self.done += chunk.numel()
-            self.batches += 1
-            if self.progress is not None:
-                self.progress(self.done, max(self.total, self.done))
-        flops = session.flops_per_position()
-        if flops is None:
-            self._counted = False
-        else:
-            self._flops_full = flops[0]
-            self._flops_spent += flops[1] * positions.numel()
-        return out
-
-    def flops(self, fine_positions: int) -> tuple[int, int] | None:
-        """Full-inference FLOPs and FLOPs spent, each per position of the final heatmap."""
-        if not self._counted:
-            return None
-        return self._flops_full, round(self._flops_spent / fine_positions)
+def check_tau(tau: float) -> None:
+    """Raises InvalidParamsError unless ``0 < tau <= 1``."""
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0.0 < float(tau) <= 1.0:
+        raise InvalidParamsError(f"tau must be in (0, 1], got {tau!r}")
 
 
-def _all_positions(grid: PatchGrid, device: torch.device) -> Tensor:
-    return torch.arange(grid.size, device=device)
+def prepare_model(model: nn.Module, device: torch.device, *, copy: bool = True) -> nn.Module:
+    """An eval-mode, channels-last model on ``device`` with in-place activations off.
 
-
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """A private, eval-mode, channels-last copy of ``model`` on ``device``.
-
-    The engine copies so that switching in-place activations off (it keeps
-    every original activation and must not see them overwritten) and moving
-    weights never touch the caller's model.
+    By default a private copy, so that switching in-place activations off (the
+    engine keeps every original activation and must not see them
+    overwritten) and moving weights never touch the caller's model.
 
     Raises:
         InvalidParamsError: the model is in training mode.
@@ -249,7 +319,7 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
         raise InvalidParamsError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model.training:
         raise InvalidParamsError("model is in training mode; call model.eval() first")
-    private = copy.deepcopy(model)
+    private = _deepcopy(model) if copy else model
     for module in private.modules():
         if getattr(module, "inplace", False) is True:
             module.inplace = False  # type: ignore[assignment]
@@ -257,6 +327,11 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     private.to(device)
     private.to(memory_format=torch.channels_last)
     return private
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    duplicate: nn.Module = copy.deepcopy(model)
+    return duplicate
 
 
 def _resolve_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -301,4 +376,3 @@ def _default_batch_size(bytes_per_position: int, device: torch.device, positions
         budget, cap = _CPU_BUDGET_BYTES, _CPU_MAX_BATCH
     fits = budget // max(bytes_per_position, 1)
     return int(max(1, min(fits, cap, positions)))
-

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["EngineError", "InvalidParamsError", "UnsupportedModelError"]
+__all__ = ["EngineError", "InvalidParamsError", "RunStopped", "UnsupportedModelError"]
 
 
 class EngineError(Exception):
@@ -15,3 +15,7 @@ class InvalidParamsError(EngineError, ValueError):
 
 class UnsupportedModelError(EngineError):
     """The model cannot be traced or does not take one image tensor."""
+
+
+class RunStopped(EngineError):
+    """The caller's ``should_stop`` asked a run to end before its last batch."""

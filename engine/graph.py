@@ -62,7 +62,6 @@ class Sliding:
     stride: tuple[int, int]
     padding: tuple[int, int]
     dilation: tuple[int, int]
-    ceil_mode: bool
     pad_value: float
     window_fn: Callable[[Tensor], Tensor]
     conv_macs_per_cell: int = 0
@@ -89,17 +88,14 @@ class LayerPlan:
     layers: tuple[Layer, ...]
     input: str
     output: str
+    graph_module: fx.GraphModule
+    """The traced model itself, in-place operators switched off: the forward walk runs it."""
 
-    def layer(self, name: str) -> Layer:
-        return self._by_name[name]
-
-    @property
-    def _by_name(self) -> dict[str, Layer]:
-        cache: dict[str, Layer] | None = self.__dict__.get("_by_name_cache")
-        if cache is None:
-            cache = {layer.name: layer for layer in self.layers}
-            object.__setattr__(self, "_by_name_cache", cache)
-        return cache
+    def forward_layers(self, image: Tensor) -> dict[str, Any]:
+        """Run the model on ``image`` and keep every layer's output, by layer name."""
+        interpreter = fx.Interpreter(self.graph_module, garbage_collect_values=False)
+        interpreter.run(image)
+        return {node.name: value for node, value in interpreter.env.items()}
 
 
 _POINTWISE_MODULES: tuple[type[nn.Module], ...] = (
@@ -158,6 +154,7 @@ def trace(model: nn.Module) -> LayerPlan:
             f"{type(model).__name__} cannot be traced with torch.fx: {exc}"
         ) from exc
 
+    _switch_off_in_place(graph_module)
     layers: list[Layer] = []
     inputs: list[str] = []
     output: str | None = None
@@ -173,7 +170,21 @@ def trace(model: nn.Module) -> LayerPlan:
         raise UnsupportedModelError(
             f"the model must take exactly one image tensor; its forward takes {len(inputs)}"
         )
-    return LayerPlan(layers=tuple(layers), input=inputs[0], output=output)
+    return LayerPlan(layers=tuple(layers), input=inputs[0], output=output,
+                     graph_module=graph_module)
+
+
+def _switch_off_in_place(graph_module: fx.GraphModule) -> None:
+    """Make every ``inplace=True`` call (``F.relu(x, inplace=True)``) out of place.
+
+    The engine keeps every layer's original activation and must not see one
+    overwritten by the next layer. Modules' own ``inplace`` flags are switched
+    off by the engine's private copy of the model.
+    """
+    for node in graph_module.graph.nodes:
+        if node.kwargs.get("inplace") is True:
+            node.kwargs = {**node.kwargs, "inplace": False}
+    graph_module.recompile()
 
 
 def _layer_for(node: fx.Node, graph_module: fx.GraphModule) -> Layer:
@@ -253,14 +264,8 @@ def _resolve_target(node: fx.Node, graph_module: fx.GraphModule) -> Callable[...
 def _bind(
     node: fx.Node, input_nodes: Sequence[fx.Node], target: Callable[..., Any]
 ) -> Callable[..., Any]:
-    """Turn a node into ``call(*input_values)``, never in place.
-
-    In-place variants are switched off: the engine keeps the original
-    activations of every layer and must not see them overwritten.
-    """
+    """Turn a node into ``call(*input_values)``, the values given in ``input_nodes`` order."""
     kwargs = dict(node.kwargs)
-    if kwargs.get("inplace") is True:
-        kwargs["inplace"] = False
     args = node.args
     positions = {n: i for i, n in enumerate(input_nodes)}
 
@@ -311,7 +316,6 @@ def _sliding_module(module: nn.Module) -> Sliding | None:
             stride=_pair(module.stride),
             padding=_pair(module.padding),
             dilation=_pair(module.dilation),
-            ceil_mode=False,
             pad_value=0.0,
             window_fn=_conv_window_fn(module),
             conv_macs_per_cell=macs,
@@ -320,7 +324,7 @@ def _sliding_module(module: nn.Module) -> Sliding | None:
         if module.return_indices:
             return None
         return _max_pool(
-            module.kernel_size, module.stride, module.padding, module.dilation, module.ceil_mode
+            module.kernel_size, module.stride, module.padding, module.dilation
         )
     if isinstance(module, nn.AvgPool2d):
         return _avg_pool(
@@ -344,7 +348,7 @@ def _sliding_function(node: fx.Node) -> Sliding | None:
         })
         if a["return_indices"]:
             return None
-        return _max_pool(a["kernel_size"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"])
+        return _max_pool(a["kernel_size"], a["stride"], a["padding"], a["dilation"])
     a = _bound_arguments(node, _AVG_POOL_PARAMS, {
         "stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
         "divisor_override": None,
@@ -368,14 +372,17 @@ def _bound_arguments(
     return bound
 
 
-def _max_pool(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: bool) -> Sliding:
+def _max_pool(kernel: Any, stride: Any, padding: Any, dilation: Any) -> Sliding:
+    # ceil_mode needs nothing here: a last window reaching past the map reads
+    # the -inf padding row, which max ignores, and the planner takes output
+    # sizes from the real activations.
     k, s = _pair(kernel), _pair(stride if stride not in (None, []) else kernel)
     p, d = _pair(padding), _pair(dilation)
 
     def window_fn(x: Tensor) -> Tensor:
         return F.max_pool2d(x, k, s, 0, d)
 
-    return Sliding(k, s, p, d, bool(ceil_mode), float("-inf"), window_fn)
+    return Sliding(k, s, p, d, float("-inf"), window_fn)
 
 
 def _avg_pool(
@@ -392,4 +399,4 @@ def _avg_pool(
     def window_fn(x: Tensor) -> Tensor:
         return F.avg_pool2d(x, k, s, 0)
 
-    return Sliding(k, s, p, (1, 1), False, 0.0, window_fn)
+    return Sliding(k, s, p, (1, 1), 0.0, window_fn)

@@ -10,21 +10,26 @@ the input, at the original map elsewhere, and at a padding row outside the
 map. One batched conv over the contexts gives every position's new window.
 
 Which layers run on windows, and where those lie, is planned once per image
-size and patch grid (:mod:`krypton.engine.planning`).
+size and patch grid (:mod:`krypton.engine.planning`). A session turns that
+plan into a short program: one operation per layer, each naming what it
+reads (a value as it is, or a :class:`_Gather` from another layer's rows),
+so running a batch is a loop over the program.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
-from krypton.engine.base import OcclusionEngine, Session
-from krypton.engine.graph import LayerKind, LayerPlan, trace
+from krypton.engine.base import OcclusionEngine, Output, Session
+from krypton.engine.graph import LayerKind, trace
 from krypton.engine.patches import PatchGrid
 from krypton.engine.planning import Mode, Shape, Step, StepPlan, plan_steps
 
@@ -33,6 +38,9 @@ __all__ = ["IncrementalOcclusion"]
 logger = logging.getLogger(__name__)
 
 _DEFAULT_FULL_THRESHOLD = 0.8
+
+Padding = Literal["zero", "-inf"]
+"""What cells outside a map read as: zeros (conv, average pooling) or -inf (max pooling)."""
 
 
 class IncrementalOcclusion(OcclusionEngine):
@@ -43,8 +51,10 @@ class IncrementalOcclusion(OcclusionEngine):
 
     Args:
         model: an eval-mode CNN taking ``Tensor[N, C, H, W]`` and returning
-            logits ``Tensor[N, classes]``.
+            ``Tensor[N, classes]``.
         device: where to run; default the model's device.
+        output: what the model returns (``"logits"`` or ``"probabilities"``).
+        copy: work on a private copy of the model (see :class:`OcclusionEngine`).
         full_threshold: a layer whose recomputed window would cover at least
             this fraction of its map runs on whole maps instead, and so does
             everything after it.
@@ -64,28 +74,31 @@ class IncrementalOcclusion(OcclusionEngine):
         model: nn.Module,
         *,
         device: torch.device | str | None = None,
+        output: Output = "logits",
+        copy: bool = True,
         full_threshold: float = _DEFAULT_FULL_THRESHOLD,
     ) -> None:
-        super().__init__(model, device=device)
+        super().__init__(model, device=device, output=output, copy=copy)
         self.plan = trace(self.model)
         self.full_threshold = full_threshold
-        self._plans: dict[tuple[Any, ...], tuple[StepPlan, float]] = {}
+        self._step_plans: dict[tuple[Any, ...], tuple[StepPlan, float]] = {}
 
-    def _prepare(self, image: Tensor) -> tuple[Tensor, Any]:
-        activations = forward_layers(self.plan, image)
-        logits: Tensor = activations[self.plan.output]
-        return logits, activations
+    def _forward(self, image: Tensor) -> tuple[Tensor, Any]:
+        activations = self.plan.forward_layers(image)
+        outputs: Tensor = activations[self.plan.output]
+        return outputs, activations
 
-    def _session(self, prepared: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
-        shapes = {name: _map_shape(value) for name, value in prepared.items()}
+    def _session(self, state: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
+        shapes = {name: _map_shape(value) for name, value in state.items()}
         steps, ratio = self._steps(shapes, grid, tau)
-        return _IncrementalSession(self.plan, steps, ratio, prepared, grid, patch)
+        return _IncrementalSession(self.plan.output, steps, ratio, state, grid, patch)
 
     def _steps(
         self, shapes: Mapping[str, Shape | None], grid: PatchGrid, tau: float
     ) -> tuple[StepPlan, float]:
+        """The step plan for these map shapes and this grid, planned once and kept."""
         key = (tuple(shapes.items()), grid, tau)
-        if key not in self._plans:
+        if key not in self._step_plans:
             steps = plan_steps(
                 self.plan, shapes, grid.rows, grid.cols, grid.patch,
                 full_threshold=self.full_threshold, tau=tau,
@@ -97,19 +110,8 @@ class IncrementalOcclusion(OcclusionEngine):
                 grid.patch, full_threshold=float("inf"), tau=tau,
             )
             ratio = centre.macs_full / centre.macs_changed if centre.macs_changed else 1.0
-            self._plans[key] = (steps, ratio)
-        return self._plans[key]
-
-
-def forward_layers(plan: LayerPlan, image: Tensor) -> dict[str, Any]:
-    """Run the traced model layer by layer and keep every layer's output."""
-    values: dict[str, Any] = {}
-    for layer in plan.layers:
-        if layer.kind is LayerKind.INPUT:
-            values[layer.name] = image
-        else:
-            values[layer.name] = layer.call(*(values[name] for name in layer.inputs))
-    return values
+            self._step_plans[key] = (steps, ratio)
+        return self._step_plans[key]
 
 
 def _map_shape(value: Any) -> Shape | None:
@@ -186,34 +188,80 @@ class _Rows:
         return flat.view(batch, size[0], size[1], self.channels).permute(0, 3, 1, 2)
 
 
+@dataclass(frozen=True, eq=False)
+class _Gather:
+    """How an operation reads a region of another layer's map for every position.
+
+    Per heatmap row and column, ``window_*`` is where the source layer's
+    recomputed window starts and ``origin_*`` where the region read starts
+    (``None``: at 0, the whole map); ``size`` is the region's side in cells,
+    ``pad`` the padding row for cells outside the map.
+    """
+
+    source: str
+    window_rows: Tensor
+    window_cols: Tensor
+    origin_rows: Tensor | None
+    origin_cols: Tensor | None
+    size: tuple[int, int]
+    pad: Padding
+
+    def __call__(self, rows: _Rows, grid_rows: Tensor, grid_cols: Tensor) -> Tensor:
+        at_rows = (torch.zeros_like(grid_rows) if self.origin_rows is None
+                   else self.origin_rows[grid_rows])
+        at_cols = (torch.zeros_like(grid_cols) if self.origin_cols is None
+                   else self.origin_cols[grid_cols])
+        pad_row = rows.neg_inf_row if self.pad == "-inf" else rows.zero_row
+        return rows.gather(self.window_rows[grid_rows], self.window_cols[grid_cols],
+                           at_rows, at_cols, self.size, pad_row)
+
+
+@dataclass(frozen=True)
+class _Read:
+    """One input of an operation: the value of layer ``name``, or a gather of its rows."""
+
+    name: str
+    gather: _Gather | None = None
+
+
+@dataclass(frozen=True)
+class _Operation:
+    """One layer of the program: ``fn(*reads)``, then the values no later operation reads."""
+
+    name: str
+    fn: Callable[..., Any]
+    reads: tuple[_Read, ...]
+    release: tuple[str, ...]
+
+
 class _IncrementalSession(Session):
+    """One patch grid on one image: the step plan compiled into a program of operations."""
+
     def __init__(
         self,
-        plan: LayerPlan,
+        output: str,
         steps: StepPlan,
         theoretical_ratio: float,
         activations: Mapping[str, Any],
         grid: PatchGrid,
         patch: Tensor,
     ) -> None:
-        self._plan = plan
+        self._output = output
         self._plan_steps = steps
         self._ratio = theoretical_ratio
-        self._grid = grid
+        self._columns = len(grid.cols)
         self._patch = patch
-        self._steps = {step.layer.name: step for step in steps.steps}
-        device = patch.device
-        self._starts = {
-            name: _window_starts(step, device)
-            for name, step in self._steps.items()
-            if step.mode is Mode.WINDOW
+        self._by_name = {step.layer.name: step for step in steps.steps}
+        self._full_maps: dict[str, _Gather] = {}
+        input_step = next(s for s in steps.steps if s.layer.kind is LayerKind.INPUT)
+        assert input_step.rows is not None and input_step.cols is not None
+        self._input = input_step.layer.name
+        self._input_window = (input_step.rows.width, input_step.cols.width)
+        self._program = self._compile(steps)
+        self._rows = {
+            name: _Rows(activations[name], self._window_size(name))
+            for name in {r.gather.source for op in self._program for r in op.reads if r.gather}
         }
-        self._sources = {
-            name: _Rows(activations[name], (self._steps[name].rows.width,  # type: ignore[union-attr]
-                                            self._steps[name].cols.width))  # type: ignore[union-attr]
-            for name in _gathered_layers(steps)
-        }
-        self._uses = _use_counts(plan)
 
     def flops_per_position(self) -> tuple[int, int]:
         return 2 * self._plan_steps.macs_full, 2 * self._plan_steps.macs_incremental
@@ -223,7 +271,7 @@ class _IncrementalSession(Session):
 
     def bytes_per_position(self) -> int:
         cells = 0
-        for step in self._steps.values():
+        for step in self._plan_steps.steps:
             if step.shape is None:
                 continue
             channels, height, width = step.shape
@@ -236,96 +284,107 @@ class _IncrementalSession(Session):
                 cells += channels * height * width
         return 4 * cells
 
-    def occluded_logits(self, positions: Tensor) -> Tensor:
-        device = self._patch.device
-        n_cols = len(self._grid.cols)
-        grid_rows, grid_cols = positions // n_cols, positions % n_cols
-        batch = positions.numel()
-
-        values: dict[str, Any] = {}
+    def occluded_outputs(self, positions: Tensor) -> Tensor:
+        grid_rows, grid_cols = positions // self._columns, positions % self._columns
+        values: dict[str, Any] = {
+            self._input: self._patch.expand(positions.numel(), -1, *self._input_window)}
         written: set[str] = set()
-        full_maps: dict[str, Tensor] = {}
-        remaining = dict(self._uses)
+        gathered: dict[int, Tensor] = {}
 
-        def starts(name: str, which: int) -> Tensor:
-            index = grid_rows if which % 2 == 0 else grid_cols
-            return self._starts[name][which][index]
+        def read(r: _Read) -> Any:
+            if r.gather is None:
+                return values[r.name]
+            if id(r.gather) not in gathered:
+                rows = self._rows[r.gather.source]
+                if r.gather.source not in written:
+                    rows.write(values[r.gather.source])
+                    written.add(r.gather.source)
+                gathered[id(r.gather)] = r.gather(rows, grid_rows, grid_cols)
+            return gathered[id(r.gather)]
 
-        def source(name: str) -> _Rows:
-            rows = self._sources[name]
-            if name not in written:
-                rows.write(values[name])
-                written.add(name)
-            return rows
+        for op in self._program:
+            values[op.name] = op.fn(*(read(r) for r in op.reads))
+            for name in op.release:
+                values.pop(name, None)
+        outputs: Tensor = values[self._output]
+        return outputs
 
-        def full_value(name: str) -> Any:
-            if self._steps[name].mode is not Mode.WINDOW:
-                return values[name]
-            if name not in full_maps:
-                rows = source(name)
-                zeros = torch.zeros(batch, dtype=torch.long, device=device)
-                full_maps[name] = rows.gather(
-                    starts(name, 0), starts(name, 1), zeros, zeros,
-                    (rows.height, rows.width), rows.zero_row,
-                )
-            return full_maps[name]
-
-        for step in self._steps.values():
-            layer, name = step.layer, step.layer.name
-            if step.mode is Mode.CONSTANT:
-                values[name] = layer.call()
-            elif layer.kind is LayerKind.INPUT:
-                assert step.rows is not None and step.cols is not None
-                values[name] = self._patch.expand(batch, -1, step.rows.width, step.cols.width)
-            elif step.mode is Mode.FULL:
-                values[name] = layer.call(*(full_value(n) for n in layer.inputs))
-            elif layer.kind is LayerKind.SLIDING:
-                assert layer.sliding is not None and step.rows is not None
-                assert step.cols is not None
-                (src,) = layer.inputs
-                rows = source(src)
-                context = rows.gather(
-                    starts(src, 0), starts(src, 1), starts(name, 2), starts(name, 3),
-                    (step.rows.context_width, step.cols.context_width),
-                    rows.neg_inf_row if layer.sliding.pad_value < 0 else rows.zero_row,
-                )
-                values[name] = layer.sliding.window_fn(context)
-            elif layer.kind is LayerKind.MERGE:
-                parts = [
-                    values[n] if _same_window(self._steps[n], step)
-                    else self._window_of(source(n), n, step, starts)
-                    for n in layer.inputs
-                ]
-                values[name] = layer.call(*parts)
-            else:  # pointwise on the window
-                (src,) = layer.inputs
-                values[name] = values[src] if step.passthrough else layer.call(values[src])
-
-            for n in layer.inputs:
-                remaining[n] -= 1
-                if remaining[n] == 0:
-                    values.pop(n, None)
-                    full_maps.pop(n, None)
-        logits: Tensor = values[self._plan.output]
-        return logits
-
-    @staticmethod
-    def _window_of(rows: _Rows, name: str, step: Step, starts: Any) -> Tensor:
-        assert step.rows is not None and step.cols is not None
-        return rows.gather(
-            starts(name, 0), starts(name, 1),
-            starts(step.layer.name, 0), starts(step.layer.name, 1),
-            (step.rows.width, step.cols.width), rows.zero_row,
+    def _compile(self, steps: StepPlan) -> tuple[_Operation, ...]:
+        """One operation per layer (the input's patch is set per batch), in plan order."""
+        operations = [self._operation(step) for step in steps.steps
+                      if step.layer.kind is not LayerKind.INPUT]
+        last_read = {r.name: index for index, op in enumerate(operations) for r in op.reads}
+        return tuple(
+            _Operation(op.name, op.fn, op.reads, tuple(
+                name for name, index in last_read.items()
+                if index == position and name != self._output))
+            for position, op in enumerate(operations)
         )
 
+    def _operation(self, step: Step) -> _Operation:
+        layer, name = step.layer, step.layer.name
+        inputs = layer.inputs
+        if step.mode is Mode.CONSTANT:
+            return _Operation(name, layer.call, (), ())
+        if step.mode is Mode.FULL:
+            return _Operation(name, layer.call, tuple(self._whole(n) for n in inputs), ())
+        if layer.kind is LayerKind.SLIDING:
+            assert layer.sliding is not None and step.rows is not None and step.cols is not None
+            assert step.rows.context_starts is not None and step.cols.context_starts is not None
+            (source,) = inputs
+            context = self._gather(source, step.rows.context_starts, step.cols.context_starts,
+                                   (step.rows.context_width, step.cols.context_width),
+                                   "-inf" if layer.sliding.pad_value < 0 else "zero")
+            return _Operation(name, layer.sliding.window_fn, (_Read(source, context),), ())
+        if layer.kind is LayerKind.MERGE:
+            return _Operation(name, layer.call, tuple(self._window(n, step) for n in inputs), ())
+        (source,) = inputs  # pointwise on the window
+        return _Operation(name, _identity if step.passthrough else layer.call,
+                          (_Read(source),), ())
 
-def _window_starts(step: Step, device: torch.device) -> tuple[Tensor, ...]:
-    """Per grid row/column: window row, window column, context row, context column."""
-    assert step.rows is not None and step.cols is not None
-    axes = [step.rows.starts, step.cols.starts]
-    if step.rows.context_starts is not None and step.cols.context_starts is not None:
-        axes += [step.rows.context_starts, step.cols.context_starts]
-    return tuple(torch.as_tensor(a, dtype=torch.long, device=device) for a in axes)
+    def _whole(self, name: str) -> _Read:
+        """Read layer ``name``'s whole map: its own value, or its rows with the windows in."""
+        if self._by_name[name].mode is not Mode.WINDOW:
+            return _Read(name)
+        if name not in self._full_maps:
+            shape = self._by_name[name].shape
+            assert shape is not None
+            self._full_maps[name] = self._gather(name, None, None, (shape[1], shape[2]), "zero")
+        return _Read(name, self._full_maps[name])
+
+    def _window(self, name: str, step: Step) -> _Read:
+        """Read layer ``name`` over ``step``'s window: as it is where the windows agree."""
+        source = self._by_name[name]
+        if _same_window(source, step):
+            return _Read(name)
+        assert step.rows is not None and step.cols is not None
+        return _Read(name, self._gather(name, step.rows.starts, step.cols.starts,
+                                        (step.rows.width, step.cols.width), "zero"))
+
+    def _gather(self, source: str, origin_rows: npt.NDArray[np.int64] | None,
+                origin_cols: npt.NDArray[np.int64] | None, size: tuple[int, int],
+                pad: Padding) -> _Gather:
+        step = self._by_name[source]
+        assert step.rows is not None and step.cols is not None
+        device = self._patch.device
+
+        def table(values: npt.NDArray[np.int64] | None) -> Tensor | None:
+            return None if values is None else torch.as_tensor(values, dtype=torch.long,
+                                                                device=device)
+
+        window_rows, window_cols = table(step.rows.starts), table(step.cols.starts)
+        assert window_rows is not None and window_cols is not None
+        return _Gather(source, window_rows, window_cols, table(origin_rows),
+                       table(origin_cols), size, pad)
+
+    def _window_size(self, name: str) -> tuple[int, int]:
+        step = self._by_name[name]
+        assert step.rows is not None and step.cols is not None
+        return step.rows.width, step.cols.width
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _same_window(a: Step, b: Step) -> bool:
@@ -337,28 +396,3 @@ def _same_window(a: Step, b: Step) -> bool:
         and np.array_equal(a.rows.starts, b.rows.starts)
         and np.array_equal(a.cols.starts, b.cols.starts)
     )
-
-
-def _gathered_layers(steps: StepPlan) -> set[str]:
-    """Window layers some consumer reads through a gather (so they need rows)."""
-    by_name = {step.layer.name: step for step in steps.steps}
-    needed: set[str] = set()
-    for step in steps.steps:
-        for name in step.layer.inputs:
-            source = by_name[name]
-            if source.mode is not Mode.WINDOW:
-                continue
-            if step.mode is Mode.FULL or step.layer.kind is LayerKind.SLIDING or (
-                step.layer.kind is LayerKind.MERGE and not _same_window(source, step)
-            ):
-                needed.add(name)
-    return needed
-
-
-def _use_counts(plan: LayerPlan) -> dict[str, int]:
-    counts = {layer.name: 0 for layer in plan.layers}
-    for layer in plan.layers:
-        for name in layer.inputs:
-            counts[name] += 1
-    counts[plan.output] += 1  # keep the logits
-    return counts

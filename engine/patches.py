@@ -66,10 +66,6 @@ class PatchGrid:
     def size(self) -> int:
         return math.prod(self.shape)
 
-    def batches(self, batch_size: int) -> list[range]:
-        """Flat position indices (row-major over the heatmap) split into batches."""
-        return [range(k, min(k + batch_size, self.size)) for k in range(0, self.size, batch_size)]
-
 
 def patch_tensor(value: PatchValue, channels: int, *, dtype: torch.dtype,
                  device: torch.device) -> Tensor:

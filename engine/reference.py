@@ -32,16 +32,16 @@ class ReferenceOcclusion(OcclusionEngine):
 
     mode = "naive"
 
-    def _prepare(self, image: Tensor) -> tuple[Tensor, Any]:
-        logits: Tensor = self.model(image)
-        return logits, image
+    def _forward(self, image: Tensor) -> tuple[Tensor, Any]:
+        outputs: Tensor = self.model(image)
+        return outputs, image
 
-    def _session(self, prepared: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
+    def _session(self, state: Any, grid: PatchGrid, patch: Tensor, tau: float) -> Session:
         if tau != 1.0:
             raise InvalidParamsError(
                 "projective-field thresholding (tau < 1) needs the incremental engine"
             )
-        return _NaiveSession(self.model, prepared, grid, patch)
+        return _NaiveSession(self.model, state, grid, patch)
 
 
 class _NaiveSession(Session):
@@ -55,7 +55,7 @@ class _NaiveSession(Session):
         # A plain forward keeps a few maps alive at a time; the input is a fair proxy.
         return self._image.numel() * 4 * 64
 
-    def occluded_logits(self, positions: Tensor) -> Tensor:
+    def occluded_outputs(self, positions: Tensor) -> Tensor:
         grid, p = self._grid, self._grid.patch
         batch = self._image.expand(positions.numel(), -1, -1, -1).clone(
             memory_format=torch.channels_last
@@ -64,5 +64,5 @@ class _NaiveSession(Session):
         for b, k in enumerate(positions.tolist()):
             r, c = int(rows[k // len(cols)]), int(cols[k % len(cols)])
             batch[b, :, r : r + p, c : c + p] = self._patch
-        logits: Tensor = self._model(batch)
-        return logits
+        outputs: Tensor = self._model(batch)
+        return outputs

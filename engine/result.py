@@ -20,7 +20,8 @@ class RunStats:
     the effective saving over naive inference. ``theoretical_ratio`` is the
     paper's ``R``: full over incremental conv FLOPs for one patch at the image
     centre, counting only the cells the patch really changes (with ``tau``
-    applied). Both are ``None`` for naive runs.
+    applied). Both are ``None`` for naive runs. ``positions`` counts every
+    occluded position of the run, a drill-down's coarse stage included.
     """
 
     mode: str
@@ -35,8 +36,8 @@ class RunStats:
     tau: float = 1.0
     drilldown_ratio: float | None = None
     coarse_stride: int | None = None
-    ssim: float | None = None
-    """SSIM against the exact heatmap, when a caller had one to compare with."""
+    refined_positions: int | None = None
+    """Drill-down only: fine positions recomputed after the coarse stage."""
 
     @property
     def positions_per_second(self) -> float:

@@ -30,12 +30,13 @@ import numpy as np
 from torch import Tensor
 
 from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
+from krypton.engine.base import StopCheck
 from krypton.engine.errors import InvalidParamsError
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.patches import PatchValue
 from krypton.engine.quality import heatmap_ssim
 
-__all__ = ["TAUS", "FrontierPoint", "TuningResult", "tune"]
+__all__ = ["TAUS", "FrontierPoint", "HoldoutCheck", "TuningResult", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,14 @@ class FrontierPoint:
 
 
 @dataclass(frozen=True)
+class HoldoutCheck:
+    """A passing setting tried on the held-out images, in the order they were tried."""
+
+    approximation: Approximation
+    ssim: float
+
+
+@dataclass(frozen=True)
 class TuningResult:
     approximation: Approximation
     target_ssim: float
@@ -68,6 +77,8 @@ class TuningResult:
     exact_seconds: float
     """Mean seconds of one exact heatmap, for scale."""
     frontier: tuple[FrontierPoint, ...]
+    holdout_checks: tuple[HoldoutCheck, ...]
+    """Every held-out check, fastest setting first; the chosen one is the first that passed."""
     tuning_images: int
     holdout_images: int
 
@@ -86,6 +97,7 @@ def tune(
     holdout: int | None = None,
     batch_size: int | None = None,
     report: ProgressReport | None = None,
+    should_stop: StopCheck | None = None,
 ) -> TuningResult:
     """Find the fastest approximation whose mean SSIM meets ``target_ssim``.
 
@@ -98,6 +110,8 @@ def tune(
         holdout: how many images to hold out for the final check; default half.
         batch_size: positions per batch; default the engine's.
         report: called with a line of text as the search goes.
+        should_stop: polled before every batch; ``True`` ends the search with
+            :class:`~krypton.engine.errors.RunStopped`.
 
     Raises:
         InvalidParamsError: fewer than two images, or a target outside (0, 1].
@@ -112,7 +126,7 @@ def tune(
             f"holdout must leave at least one image on each side, got {holdout} of {len(images)}"
         )
     say = report or (lambda line: None)
-    search = _Search(engine, images, patch_size, stride, patch_value, batch_size)
+    search = _Search(engine, images, patch_size, stride, patch_value, batch_size, should_stop)
     tuning, held_out = list(range(len(images) - held)), list(range(len(images) - held,
                                                                    len(images)))
 
@@ -149,8 +163,10 @@ def tune(
 
     candidates = sorted((p for p in frontier if p.ssim >= target_ssim), key=lambda p: p.seconds)
     chosen, holdout_ssim = None, 1.0
+    checks: list[HoldoutCheck] = []
     for point in candidates:
         _, holdout_ssim = search.evaluate(point.approximation, held_out)
+        checks.append(HoldoutCheck(point.approximation, holdout_ssim))
         say(f"held out: {_describe(point.approximation)} SSIM {holdout_ssim:.3f}")
         if holdout_ssim >= target_ssim:
             chosen = point
@@ -166,6 +182,7 @@ def tune(
         speedup=chosen.speedup,
         exact_seconds=exact_seconds,
         frontier=tuple(sorted(frontier, key=lambda p: p.seconds)),
+        holdout_checks=tuple(checks),
         tuning_images=len(tuning),
         holdout_images=len(held_out),
     )
@@ -175,8 +192,10 @@ class _Search:
     """Runs settings on sample images, keeping the exact heatmaps to compare with."""
 
     def __init__(self, engine: IncrementalOcclusion, images: Sequence[Tensor], patch_size: int,
-                 stride: int, patch_value: PatchValue, batch_size: int | None) -> None:
+                 stride: int, patch_value: PatchValue, batch_size: int | None,
+                 should_stop: StopCheck | None) -> None:
         self._engine = engine
+        self._should_stop = should_stop
         self._images = images
         self._patch, self._stride = patch_size, stride
         self._value, self._batch = patch_value, batch_size
@@ -185,10 +204,10 @@ class _Search:
 
     def _run(self, index: int, approximation: Approximation) -> tuple[np.ndarray, float]:
         started = time.perf_counter()
-        result = self._engine.attribute(
-            self._images[index], self._patch, self._stride, patch_value=self._value,
-            target=self._targets.get(index), batch_size=self._batch,
-            approximation=approximation,
+        result = approximation.attribute(
+            self._engine, self._images[index], self._patch, self._stride,
+            patch_value=self._value, target=self._targets.get(index), batch_size=self._batch,
+            should_stop=self._should_stop,
         )
         self._targets.setdefault(index, result.target)
         return result.heatmap, time.perf_counter() - started

@@ -145,10 +145,11 @@ def explain(
                 bar.total = total
                 bar.update(done - bar.n)
 
-            result = make_engine(network, mode.value, device=device.value).attribute(
+            result = (approximation or Approximation()).attribute(
+                make_engine(network, mode.value, device=device.value),
                 to_model_input(pixels, preprocessing), patch, stride,
                 patch_value=patch_value(color, preprocessing), target=target,
-                batch_size=batch_size, progress=progress, approximation=approximation,
+                batch_size=batch_size, progress=progress,
             )
     except (EngineError, ModelError, ValueError, OSError) as exc:
         _fail(str(exc))

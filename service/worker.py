@@ -140,14 +140,15 @@ def run_heatmap(cache: ModelCache, params: HeatmapParams, image: bytes, max_pixe
                 progress: Progress) -> Outcome:
     loaded = cache.get(params.model)
     preprocessing = loaded.deployed.preprocessing
-    approximation = None
+    approximation = Approximation()
     if params.mode == "approximate":
         approximation = Approximation(params.tau or 1.0, params.drilldown_ratio,
                                       params.coarse_stride)
-    result = cache.engine(params.model, params.mode).attribute(
+    result = approximation.attribute(
+        cache.engine(params.model, params.mode),
         loaded.model_input(image, max_pixels), params.patch_size, params.stride,
         patch_value=patch_value(params.patch_color, preprocessing),
-        target=params.target_class, progress=progress, approximation=approximation)
+        target=params.target_class, progress=progress)
     labels = loaded.deployed.labels
     stats = result.stats
     return Outcome(updates={

@@ -10,15 +10,18 @@ from torch import nn
 
 from krypton.engine import (
     Approximation,
+    DrillDown,
     IncrementalOcclusion,
     InvalidParamsError,
     ReferenceOcclusion,
     coarse_stride_for_speedup,
     heatmap_ssim,
+    incremental,
     occlusion,
 )
-from krypton.engine.approximation import interpolate_coarse, top_drop
+from krypton.engine.drilldown import interpolate_coarse, top_drop
 from krypton.engine.patches import PatchGrid
+from krypton.engine.planning import plan_steps
 from tests.engine.helpers import TOLERANCE, architecture, calibrate
 
 
@@ -97,13 +100,37 @@ def test_small_tau_changes_the_heatmap_but_keeps_its_structure(
 
 def test_tau_is_refused_by_the_naive_engine(tiny_cnn: nn.Module) -> None:
     with pytest.raises(InvalidParamsError, match="incremental"):
-        ReferenceOcclusion(tiny_cnn).attribute(torch.randn(3, 16, 16), 4, 2,
-                                               approximation=Approximation(tau=0.5))
+        ReferenceOcclusion(tiny_cnn).attribute(torch.randn(3, 16, 16), 4, 2, tau=0.5)
 
 
 def test_approximation_knobs_need_approximate_mode(tiny_cnn: nn.Module) -> None:
     with pytest.raises(InvalidParamsError, match="approximate"):
         occlusion(tiny_cnn, torch.randn(3, 16, 16), 4, 2, tau=0.5)
+
+
+def test_approximate_mode_without_knobs_is_refused_not_run_exactly(tiny_cnn: nn.Module) -> None:
+    with pytest.raises(InvalidParamsError, match="needs tau"):
+        occlusion(tiny_cnn, torch.randn(3, 16, 16), 4, 2, mode="approximate")
+
+
+def test_drilldown_wrapper_equals_the_approximate_mode_of_occlusion(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    wrapped = DrillDown(IncrementalOcclusion(model), ratio=0.2, coarse_stride=18)
+    direct = wrapped.attribute(image, 12, 6, tau=0.8)
+    via_mode = occlusion(model, image, 12, 6, mode="approximate", tau=0.8,
+                         drilldown_ratio=0.2, coarse_stride=18)
+    np.testing.assert_array_equal(direct.heatmap, via_mode.heatmap)
+    assert direct.stats.refined_positions == int(np.ceil(0.2 * PatchGrid(96, 96, 12, 6).size))
+
+
+def test_drilldown_over_the_naive_engine_runs_without_tau(tiny_cnn: nn.Module) -> None:
+    image = torch.randn(3, 20, 20)
+    drilled = DrillDown(ReferenceOcclusion(tiny_cnn), ratio=1.0, coarse_stride=4)
+    exact = occlusion(tiny_cnn, image, 4, 2)
+    np.testing.assert_allclose(drilled.attribute(image, 4, 2).heatmap, exact.heatmap,
+                               atol=TOLERANCE)
 
 
 @pytest.mark.parametrize(("options", "message"), [
@@ -171,13 +198,20 @@ def test_heatmap_ssim_of_different_shapes_raises() -> None:
         heatmap_ssim(np.zeros((5, 5)), np.zeros((5, 6)))
 
 
-def test_engine_plans_are_reused_across_calls_with_the_same_settings(
-    resnet_case: tuple[nn.Module, torch.Tensor],
+def test_engine_plans_each_grid_once_across_calls_with_the_same_settings(
+    resnet_case: tuple[nn.Module, torch.Tensor], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model, image = resnet_case
     engine = IncrementalOcclusion(model)
-    first = engine.attribute(image, 12, 12, approximation=Approximation(tau=0.7))
-    planned = len(engine._plans)
-    second = engine.attribute(image, 12, 12, approximation=Approximation(tau=0.7))
-    assert len(engine._plans) == planned
+    calls: list[float] = []
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(float(kwargs.get("tau", 1.0)))  # type: ignore[arg-type]
+        return plan_steps(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(incremental, "plan_steps", counted)
+    first = engine.attribute(image, 12, 12, tau=0.7)
+    planned = len(calls)
+    second = engine.attribute(image, 12, 12, tau=0.7)
+    assert planned > 0 and len(calls) == planned
     np.testing.assert_array_equal(first.heatmap, second.heatmap)

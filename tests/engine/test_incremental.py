@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from krypton.engine import IncrementalOcclusion, ReferenceOcclusion, occlusion
+from krypton.engine import IncrementalOcclusion, ReferenceOcclusion, RunStopped, occlusion
+from krypton.models import build_model, list_models
 from tests.engine.helpers import TOLERANCE, architecture, assert_exact, calibrate
 
-ARCHITECTURES = [  # name, image (H, W), patch, stride
-    pytest.param("vgg16", (64, 71), 9, 4, id="vgg16"),
-    pytest.param("resnet18", (64, 70), 13, 3, id="resnet18"),
-    pytest.param("inception_v3", (79, 84), 11, 4, id="inception_v3"),
-    pytest.param("mobilenet_v2", (64, 64), 8, 5, id="mobilenet_v2"),
-    pytest.param("densenet121", (64, 64), 16, 8, id="densenet121"),
-]
 
-
-@pytest.mark.parametrize(("name", "size", "patch", "stride"), ARCHITECTURES)
-def test_exact_equals_naive_on_torchvision_architecture(name: str, size: tuple[int, int],
-                                                        patch: int, stride: int) -> None:
-    image = torch.randn(3, *size)
-    model = calibrate(architecture(name), image)
-    assert_exact(model, image, patch, stride, patch_value=[0.3, -0.2, 0.1])
+@pytest.mark.parametrize("name", list_models())
+def test_exact_equals_naive_on_every_registered_architecture(name: str) -> None:
+    # Not square, so that a rows/columns mix-up shows; large enough for InceptionV3.
+    image = torch.randn(3, 80, 77)
+    model = calibrate(build_model(name, num_classes=10, seed=1), image)
+    assert_exact(model, image, 11, 5, patch_value=[0.3, -0.2, 0.1])
 
 
 @pytest.mark.parametrize("patch", [1, 2, 5, 8, 17, 24], ids=lambda p: f"patch{p}")
@@ -151,6 +146,56 @@ def test_engine_leaves_the_callers_model_untouched() -> None:
     assert model.relu.inplace is True
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert next(model.parameters()).is_contiguous()
+
+
+def test_should_stop_ends_the_run_before_the_next_batch(tiny_cnn: nn.Module) -> None:
+    seen: list[int] = []
+    with pytest.raises(RunStopped):
+        occlusion(tiny_cnn, torch.randn(3, 16, 16), 4, 2, batch_size=10,
+                  progress=lambda done, total: seen.append(done),
+                  should_stop=lambda: len(seen) >= 2)
+    assert seen == [10, 20]
+
+
+def test_model_ending_in_softmax_gives_the_same_heatmap_with_output_probabilities(
+        tiny_cnn: nn.Module) -> None:
+    image = torch.randn(3, 20, 20)
+    model = calibrate(tiny_cnn, image)
+    with_softmax = nn.Sequential(model, nn.Softmax(dim=1)).eval()
+    expected = occlusion(model, image, 4, 2).heatmap
+    for mode in ("exact", "naive"):
+        result = occlusion(with_softmax, image, 4, 2, mode=mode, output="probabilities")
+        np.testing.assert_allclose(result.heatmap, expected, atol=TOLERANCE)
+
+
+def test_occlusion_reuses_its_engine_for_the_same_model(
+        tiny_cnn: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module("krypton.engine.occlusion")
+    built: list[str] = []
+    original = module.make_engine
+
+    def counting(*args: object, **kwargs: object) -> object:
+        built.append(str(kwargs.get("device")))
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "make_engine", counting)
+    image = torch.randn(3, 16, 16)
+    occlusion(tiny_cnn, image, 4, 4)
+    occlusion(tiny_cnn, image, 4, 2)
+    assert len(built) == 1
+
+
+def test_occlusion_sees_weights_changed_in_place_since_the_last_call(
+        tiny_cnn: nn.Module) -> None:
+    image = torch.randn(3, 16, 16)
+    model = calibrate(tiny_cnn, image)
+    before = occlusion(model, image, 4, 2).heatmap
+    with torch.no_grad():
+        model.head.weight.mul_(-1.0)
+    after = occlusion(model, image, 4, 2).heatmap
+    expected = ReferenceOcclusion(model).attribute(image, 4, 2).heatmap
+    assert np.abs(after - before).max() > TOLERANCE
+    np.testing.assert_allclose(after, expected, atol=TOLERANCE)
 
 
 def test_engine_is_reusable_across_images_of_different_sizes(tiny_cnn: nn.Module) -> None:

@@ -39,34 +39,47 @@ def tuned() -> tuple[IncrementalOcclusion, list[torch.Tensor], object]:
     return engine, samples, result
 
 
-def test_tuning_meets_the_target_on_held_out_images(tuned: tuple) -> None:  # type: ignore[type-arg]
+def test_tuning_held_out_ssim_is_what_the_chosen_setting_scores_there(
+        tuned: tuple) -> None:  # type: ignore[type-arg]
     engine, samples, result = tuned
-    assert result.holdout_ssim >= 0.9
-    # Check independently: run the chosen setting on the held-out images.
+    scores = []
     for image in samples[result.tuning_images :]:
         exact = engine.attribute(image, PATCH, STRIDE)
-        approximate = engine.attribute(image, PATCH, STRIDE, target=exact.target,
-                                       approximation=result.approximation)
-        assert heatmap_ssim(approximate.heatmap, exact.heatmap) >= 0.9
+        approximate = result.approximation.attribute(engine, image, PATCH, STRIDE,
+                                                     target=exact.target)
+        scores.append(heatmap_ssim(approximate.heatmap, exact.heatmap))
+    assert result.holdout_ssim == pytest.approx(float(np.mean(scores)), abs=1e-6)
+    assert result.holdout_ssim >= result.target_ssim
+
+
+def test_tuning_chooses_an_approximation_when_one_meets_the_target(
+        tuned: tuple) -> None:  # type: ignore[type-arg]
+    _, _, result = tuned
+    assert result.approximation != Approximation()
+
+
+def test_tuning_checks_passing_settings_on_held_out_images_fastest_first(
+        tuned: tuple) -> None:  # type: ignore[type-arg]
+    _, _, result = tuned
+    passing = sorted((p for p in result.frontier if p.ssim >= result.target_ssim),
+                     key=lambda p: p.seconds)
+    checked = [check.approximation for check in result.holdout_checks]
+    assert checked == [p.approximation for p in passing[: len(checked)]]
+
+
+def test_tuning_chooses_the_first_setting_that_passed_held_out(tuned: tuple) -> None:  # type: ignore[type-arg]
+    _, _, result = tuned
+    *rejected, chosen = result.holdout_checks
+    assert chosen.approximation == result.approximation
+    assert chosen.ssim >= result.target_ssim
+    assert all(check.ssim < result.target_ssim for check in rejected)
 
 
 def test_tuning_reports_the_frontier_it_explored(tuned: tuple) -> None:  # type: ignore[type-arg]
     _, _, result = tuned
-    taus = {point.approximation.tau for point in result.frontier}
-    assert 0.9 in taus
+    assert any(point.approximation.tau < 1.0 for point in result.frontier)
     assert any(point.approximation.drills_down for point in result.frontier)
     assert all(point.seconds > 0.0 and -1.0 <= point.ssim <= 1.0 for point in result.frontier)
-
-
-def test_tuning_chooses_the_fastest_setting_that_passes(tuned: tuple) -> None:  # type: ignore[type-arg]
-    _, _, result = tuned
-    passing = [p for p in result.frontier if p.ssim >= result.target_ssim]
-    if result.approximation != Approximation():
-        fastest = min(p.seconds for p in passing)
-        chosen = next(p for p in passing if p.approximation == result.approximation)
-        # Held-out checks may reject faster settings, never pick a slower one first.
-        assert all(p.seconds >= fastest for p in passing)
-        assert chosen.ssim >= result.target_ssim
 
 
 def test_tuning_with_one_image_raises_invalid_params() -> None:
