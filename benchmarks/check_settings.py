@@ -18,9 +18,10 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from krypton.demo import LABELS, SAMPLE_SEED, demo_checkpoint, lesion_samples
-from krypton.engine import Approximation, IncrementalOcclusion, ReferenceOcclusion, heatmap_ssim
-from krypton.models import build_model, get_model_spec, to_model_input
+from krypton.benchmarks.engine import bench_deployment
+from krypton.demo import SAMPLE_SEED, lesion_samples
+from krypton.engine import Approximation, heatmap_ssim
+from krypton.service.model_cache import ModelCache
 
 
 def main(
@@ -33,14 +34,14 @@ def main(
 ) -> None:
     settings = [Approximation(float(t), float(r), int(c))
                 for t, r, c in (s.split("/") for s in setting)]
-    network = build_model(model, num_classes=len(LABELS), weights=demo_checkpoint(weights, model))
-    exact, naive = IncrementalOcclusion(network), ReferenceOcclusion(network)
-    spec = get_model_spec(model)
-    size = spec.input_size
+    cache = ModelCache(bench_deployment([model], weights), "cpu")
+    loaded = cache.get(model)
+    exact, naive = cache.engine(model, "exact"), cache.engine(model, "naive")
+    size = loaded.deployed.preprocessing.size
     scores: dict[Approximation, list[float]] = {s: [] for s in settings}
     seconds = dict.fromkeys(settings, 0.0)
     exact_seconds, naive_rates, positions = 0.0, [], 0
-    images = [to_model_input(pixels, spec.preprocessing)
+    images = [loaded.model_input(pixels)
               for pixels in lesion_samples(size, count, seed=SAMPLE_SEED + 1)]
     for index, image in enumerate(images):
         started = time.perf_counter()

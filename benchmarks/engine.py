@@ -30,13 +30,10 @@ from krypton.engine import (
     tune,
 )
 from krypton.engine.patches import PatchGrid
-from krypton.models import (
-    Preprocessing,
-    build_model,
-    classifier_head,
-    get_model_spec,
-    to_model_input,
-)
+from krypton.models import Preprocessing, classifier_head, to_model_input
+from krypton.models.deployment import DEMO_LABELS, DeployedModel, Deployment
+from krypton.service.model_cache import ModelCache
+from krypton.service.plans import resolve_heatmap
 
 __all__ = [
     "ApproximateRow",
@@ -105,23 +102,41 @@ def run_benchmark(
 ) -> list[BenchRow]:
     """Time the three methods on each model at its native input size."""
     pixels = benchmark_image()
+    cache = ModelCache(bench_deployment(models), device)
     rows = []
     for name in models:
-        spec = get_model_spec(name)
-        model = build_model(name, num_classes=4)
-        image = to_model_input(pixels, Preprocessing(spec.input_size))
-        report(f"{name}: {spec.input_size}x{spec.input_size}, patch {patch}, stride {stride}")
-        rows.append(_bench_model(name, model, image, patch, stride, device, exact_batch,
+        resolve_heatmap(cache.deployment, model=name, patch_size=patch, stride=stride)
+        image = cache.get(name).model_input(pixels)
+        size = image.shape[1]
+        report(f"{name}: {size}x{size}, patch {patch}, stride {stride}")
+        rows.append(_bench_model(name, cache, image, patch, stride, device, exact_batch,
                                  with_captum, report))
     return rows
 
 
+def bench_deployment(models: Sequence[str], demo_weights: str | os.PathLike[str] | None = None
+                     ) -> Deployment:
+    """The benchmarked models deployed as the service would deploy them.
+
+    Untrained (seeded random weights, four neutral classes) by default; with
+    ``demo_weights``, the ``krypton demo train`` checkpoints in that folder.
+    """
+    from krypton.demo import LABELS, demo_checkpoint
+
+    return Deployment(models={
+        name: DeployedModel(
+            name=name, architecture=name,
+            labels=DEMO_LABELS if demo_weights is None else LABELS,
+            checkpoint=None if demo_weights is None else demo_checkpoint(demo_weights, name))
+        for name in models})
+
+
 def _bench_model(
-    name: str, model: nn.Module, image: Tensor, patch: int, stride: int, device: str,
+    name: str, cache: ModelCache, image: Tensor, patch: int, stride: int, device: str,
     exact_batch: int | None, with_captum: bool, report: Callable[[str], None],
 ) -> BenchRow:
-    naive = ReferenceOcclusion(model, device=device)
-    exact = IncrementalOcclusion(model, device=device)
+    naive, exact = cache.engine(name, "naive"), cache.engine(name, "exact")
+    assert isinstance(naive, ReferenceOcclusion)
     grid = PatchGrid(image.shape[1], image.shape[2], patch, stride)
     size = image.shape[1]
 
@@ -325,15 +340,6 @@ def sample_images(count: int) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in views[:count]]
 
 
-def _demo_case(name: str, folder: str | os.PathLike[str], samples: int
-               ) -> tuple[nn.Module, list[Tensor]]:
-    """The trained demo model and held-out lesion images at its input size."""
-    from krypton.demo import LABELS, demo_checkpoint
-
-    model = build_model(name, num_classes=len(LABELS), weights=demo_checkpoint(folder, name))
-    return model, _demo_inputs(get_model_spec(name).preprocessing, samples)
-
-
 def _demo_inputs(preprocessing: Preprocessing, count: int, seed: int | None = None
                  ) -> list[Tensor]:
     """``count`` demo lesion images as model inputs; default the samples' seed."""
@@ -359,7 +365,7 @@ def calibrate_head(model: nn.Module, image: Tensor, spread: float = LOGIT_SPREAD
     """
     head = classifier_head(model)
     with torch.inference_mode():
-        logits = model(image.unsqueeze(0))[0]
+        logits = model(image.unsqueeze(0).to(head.weight.device))[0]
     scale = spread / float(logits.max() - logits.min())
     with torch.no_grad():
         head.weight.mul_(scale)
@@ -394,17 +400,17 @@ def run_approximate_benchmark(
     if check and demo_weights is None:
         raise ValueError("check images come from the demo; pass demo_weights too")
     rows = []
+    cache = ModelCache(bench_deployment(models, demo_weights), device)
     for name in models:
-        spec = get_model_spec(name)
+        loaded = cache.get(name)
         if demo_weights is None:
-            images = [to_model_input(p, Preprocessing(spec.input_size))
-                      for p in sample_images(samples)]
-            model = calibrate_head(build_model(name, num_classes=4), images[0])
+            images = [loaded.model_input(p) for p in sample_images(samples)]
+            calibrate_head(loaded.network, images[0])
         else:
-            model, images = _demo_case(name, demo_weights, samples)
-        naive = ReferenceOcclusion(model, device=device)
-        exact = IncrementalOcclusion(model, device=device)
-        size = spec.input_size
+            images = _demo_inputs(loaded.deployed.preprocessing, samples)
+        naive, exact = cache.engine(name, "naive"), cache.engine(name, "exact")
+        assert isinstance(naive, ReferenceOcclusion) and isinstance(exact, IncrementalOcclusion)
+        size = loaded.deployed.preprocessing.size
         for engine in (naive, exact):
             engine.attribute(images[0], patch, size - patch, batch_size=2)
         naive_batch, _ = _calibrate_naive(naive, images[0], patch, device)
@@ -433,8 +439,8 @@ def run_approximate_benchmark(
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         chosen: Approximation = tuning.approximation
-        checked = (_check_ssim(exact, spec.preprocessing, check, patch, stride, chosen, report)
-                   if check else [])
+        checked = (_check_ssim(exact, loaded.deployed.preprocessing, check, patch, stride,
+                               chosen, report) if check else [])
         rows.append(ApproximateRow(
             model=name, input_size=size, patch=patch, stride=stride,
             positions=PatchGrid(size, size, patch, stride).size,

@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from krypton.engine import make_engine
-from krypton.models import decode_image, patch_value, to_model_input
+from krypton.models import decode_image
 from krypton.models.deployment import default_deployment
+from krypton.service.jobs import explain
+from krypton.service.model_cache import ModelCache
+from krypton.service.plans import resolve_heatmap
 
 __all__ = ["LoadReport", "engine_call", "format_report", "run_load"]
 
@@ -112,16 +114,15 @@ def run_load(url: str, image: Path, *, jobs: int, concurrency: int,
 
 def engine_call(image: Path, *, model: str, patch_size: int, stride: int
                 ) -> Callable[[], float]:
-    """A timed direct call of decode + preprocess + exact occlusion: a job's work."""
-    deployed = default_deployment().model(model)
-    preprocessing = deployed.preprocessing
-    engine = make_engine(deployed.build(), "exact", device="cpu")
+    """A timed direct call of what a heatmap job does: decode, then the plan's heatmap."""
+    deployment = default_deployment()
+    plan = resolve_heatmap(deployment, model=model, patch_size=patch_size, stride=stride)
+    cache = ModelCache(deployment, "cpu")
     data = image.read_bytes()
 
     def once() -> float:
         started = time.perf_counter()
-        engine.attribute(to_model_input(decode_image(data), preprocessing), patch_size, stride,
-                         patch_value=patch_value("gray", preprocessing))
+        explain(cache, plan, decode_image(data))
         return time.perf_counter() - started
 
     return once

@@ -4,23 +4,24 @@ Knows nothing of occlusion: it turns a model name (and optionally a checkpoint
 file) into an ``nn.Module`` in eval mode, and image bytes into the normalised
 tensor that model expects. Importing this package registers every architecture
 in :mod:`krypton.models.zoo`.
+
+Importing it loads no torch. The API process reads deployments, validates
+requests and decodes image headers with the plain-Python half; the names that
+need torch (building models, reading checkpoints, tensors) are imported on
+first use, by the workers and the command line.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from krypton.models import zoo
-from krypton.models.checkpoints import (
-    apply_state_dict,
-    fingerprint,
-    load_checkpoint,
-    read_labels,
-    read_state_dict,
-)
 from krypton.models.datasets import (
+    DEFAULT_DATASETS_DIR,
     SCHEMA_VERSION,
     DatasetConfig,
     DatasetStore,
-    random_weights_id,
 )
 from krypton.models.errors import (
     CheckpointError,
@@ -30,40 +31,60 @@ from krypton.models.errors import (
     ModelError,
     UnknownModelError,
 )
-from krypton.models.preprocessing import (
-    DEFAULT_MAX_PIXELS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SUPPORTED_FORMATS,
-    Preprocessing,
-    decode_image,
-    denormalize,
-    normalize,
-    patch_value,
-    to_model_input,
-)
+from krypton.models.images import DEFAULT_MAX_PIXELS, SUPPORTED_FORMATS, decode_image
+from krypton.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, patch_value
 from krypton.models.registry import (
     CheckpointOptions,
     ModelBuilder,
     ModelSpec,
-    build_model,
-    classifier_head,
     get_model_spec,
     list_models,
     register_model,
 )
+from krypton.models.weights import fingerprint, random_weights_id, weights_id
+
+if TYPE_CHECKING:
+    from krypton.models.build import build_model, classifier_head
+    from krypton.models.checkpoints import (
+        apply_state_dict,
+        load_checkpoint,
+        read_labels,
+        read_state_dict,
+    )
+    from krypton.models.transforms import denormalize, normalize, to_model_input
+
+_NEEDS_TORCH = {
+    "build_model": "krypton.models.build",
+    "classifier_head": "krypton.models.build",
+    "apply_state_dict": "krypton.models.checkpoints",
+    "load_checkpoint": "krypton.models.checkpoints",
+    "read_labels": "krypton.models.checkpoints",
+    "read_state_dict": "krypton.models.checkpoints",
+    "denormalize": "krypton.models.transforms",
+    "normalize": "krypton.models.transforms",
+    "to_model_input": "krypton.models.transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a torch-dependent name from its module the first time it is asked for."""
+    if name in _NEEDS_TORCH:
+        return getattr(importlib.import_module(_NEEDS_TORCH[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "DEFAULT_DATASETS_DIR",
     "DEFAULT_MAX_PIXELS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "SCHEMA_VERSION",
     "SUPPORTED_FORMATS",
     "CheckpointError",
+    "CheckpointOptions",
     "DatasetConfig",
     "DatasetConfigError",
     "DatasetStore",
-    "CheckpointOptions",
     "ImageDecodeError",
     "InvalidArgumentError",
     "ModelBuilder",
@@ -76,16 +97,17 @@ __all__ = [
     "classifier_head",
     "decode_image",
     "denormalize",
-    "normalize",
     "fingerprint",
     "get_model_spec",
     "list_models",
     "load_checkpoint",
+    "normalize",
     "patch_value",
     "random_weights_id",
     "read_labels",
     "read_state_dict",
     "register_model",
     "to_model_input",
+    "weights_id",
     "zoo",
 ]

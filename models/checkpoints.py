@@ -12,7 +12,6 @@ checkpoint is user-supplied data and a full pickle can run arbitrary code.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -26,7 +25,7 @@ from torch import Tensor, nn
 
 from krypton.models.errors import CheckpointError
 
-__all__ = ["apply_state_dict", "fingerprint", "load_checkpoint", "read_state_dict"]
+__all__ = ["apply_state_dict", "load_checkpoint", "read_labels", "read_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -157,30 +156,6 @@ def apply_state_dict(
         ) from exc
     logger.info("loaded %d tensors from %s into %s", len(state), source, type(model).__name__)
     return model.eval()
-
-
-def fingerprint(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of the checkpoint file, to pin tuned settings to the exact weights.
-
-    Hashes the bytes rather than the tensors so it is cheap and independent of
-    how the file is later interpreted.
-
-    Args:
-        path: Any file.
-
-    Returns:
-        64 lowercase hex digits.
-
-    Raises:
-        CheckpointError: The file cannot be read.
-    """
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as exc:
-        raise CheckpointError(
-            f"cannot read checkpoint {os.fspath(path)!r}: {exc.strerror or exc}"
-        ) from exc
 
 
 def _is_torchscript(file: Path) -> bool:

@@ -15,19 +15,38 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from krypton.models.errors import DatasetConfigError
 
-__all__ = ["SCHEMA_VERSION", "DatasetConfig", "DatasetStore", "random_weights_id"]
+__all__ = ["DEFAULT_DATASETS_DIR", "SCHEMA_VERSION", "DatasetConfig", "DatasetStore"]
 
 SCHEMA_VERSION = 1
+DEFAULT_DATASETS_DIR = Path("datasets")
+"""Where tuned configs are written and read when nothing says otherwise."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def random_weights_id(seed: int, num_classes: int) -> str:
-    """What identifies seeded random weights: the seed and the head's size both change them."""
-    return f"random-seed-{seed}-classes-{num_classes}"
+class TunedKnobs(Protocol):
+    @property
+    def tau(self) -> float: ...
+    @property
+    def drilldown_ratio(self) -> float | None: ...
+    @property
+    def coarse_stride(self) -> int | None: ...
+
+
+class TuningOutcome(Protocol):
+    """The fields of a tuning result a config records."""
+
+    @property
+    def approximation(self) -> TunedKnobs: ...
+    @property
+    def target_ssim(self) -> float: ...
+    @property
+    def holdout_ssim(self) -> float: ...
+    @property
+    def speedup(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -37,7 +56,7 @@ class DatasetConfig:
     dataset: str
     model: str
     checkpoint: str
-    """sha256 of the checkpoint file, or :func:`random_weights_id` for seeded weights."""
+    """What identifies the weights (:func:`~krypton.models.weights.weights_id`)."""
     patch_size: int
     stride: int
     tau: float
@@ -66,8 +85,11 @@ class DatasetConfig:
         if (self.drilldown_ratio is None) != (self.coarse_stride is None):
             raise DatasetConfigError("drilldown_ratio and coarse_stride go together")
 
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> DatasetConfig:
@@ -87,9 +109,31 @@ class DatasetConfig:
         except TypeError as exc:
             raise DatasetConfigError(f"dataset config has wrong fields: {exc}") from exc
 
-    def check_compatible(self, model: str, checkpoint: str, patch_size: int | None = None,
+    @classmethod
+    def from_tuning(cls, result: TuningOutcome, *, dataset: str, model: str, checkpoint: str,
+                    patch_size: int, stride: int) -> DatasetConfig:
+        """The config a tuning run found, pinned to the model and weights it ran on.
+
+        ``result`` is what :func:`krypton.engine.tune` returns; this package
+        reads only the fields it names, so it needs no engine.
+        """
+        chosen = result.approximation
+        return cls(dataset=dataset, model=model, checkpoint=checkpoint, patch_size=patch_size,
+                   stride=stride, tau=chosen.tau, drilldown_ratio=chosen.drilldown_ratio,
+                   coarse_stride=chosen.coarse_stride, target_ssim=result.target_ssim,
+                   achieved_ssim=round(result.holdout_ssim, 4),
+                   speedup=round(result.speedup, 3))
+
+    @property
+    def met_target(self) -> bool:
+        return self.achieved_ssim >= self.target_ssim
+
+    def check_compatible(self, model: str, *, patch_size: int | None = None,
                          stride: int | None = None) -> None:
-        """Refuse to apply this config to another model, checkpoint or heatmap geometry.
+        """Refuse to apply this config to another architecture or heatmap geometry.
+
+        The weights are checked where they are loaded (a worker, the command
+        line), against :attr:`checkpoint`.
 
         Raises:
             DatasetConfigError: naming what differs.
@@ -97,11 +141,6 @@ class DatasetConfig:
         if model != self.model:
             raise DatasetConfigError(
                 f"dataset {self.dataset!r} was tuned for model {self.model!r}, not {model!r}"
-            )
-        if checkpoint != self.checkpoint:
-            raise DatasetConfigError(
-                f"dataset {self.dataset!r} was tuned for checkpoint {self.checkpoint[:16]}..., "
-                f"not {checkpoint[:16]}...; tune it again for this checkpoint"
             )
         for name, asked, tuned in (("patch_size", patch_size, self.patch_size),
                                    ("stride", stride, self.stride)):
@@ -145,3 +184,7 @@ class DatasetStore:
         if not self.root.is_dir():
             return []
         return sorted(p.stem for p in self.root.glob("*.json"))
+
+    def find(self, dataset: str) -> DatasetConfig | None:
+        """The dataset's config, or ``None`` when it has none yet."""
+        return self.load(dataset) if self.path(dataset).is_file() else None

@@ -2,10 +2,10 @@
 
 A hospital deploys its own fine-tuned checkpoints under names its integrators
 use (``retina-resnet18``), each with class labels and the preprocessing it was
-trained with. Datasets name the deployed model they belong to; their tuned
-approximation configs live as JSON files in ``datasets_dir`` (see
-:class:`~krypton.models.datasets.DatasetStore`), written by ``krypton tune`` or
-the service's tuning jobs.
+trained with. Datasets name the deployed model they belong to. Their tuned
+approximation configs live where the service keeps its state; ``datasets_dir``
+names a folder of config files (``krypton tune`` writes them, see
+:class:`~krypton.models.datasets.DatasetStore`) that the service imports on start.
 
 Without a file, :func:`default_deployment` serves the three paper
 architectures with seeded random weights, clearly labelled as such, so the
@@ -20,13 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
-from krypton.models.checkpoints import fingerprint
-from krypton.models.datasets import DatasetConfig, DatasetStore, random_weights_id
+from krypton.models.datasets import DEFAULT_DATASETS_DIR
 from krypton.models.errors import DatasetConfigError, InvalidArgumentError, UnknownModelError
 from krypton.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from krypton.models.registry import build_model, get_model_spec
+from krypton.models.registry import get_model_spec
+from krypton.models.weights import weights_id
 
 __all__ = [
     "DEMO_LABELS",
@@ -37,10 +35,9 @@ __all__ = [
     "load_deployment",
 ]
 
-DEMO_LABELS = ("CNV", "DME", "DRUSEN", "NORMAL")
-"""The four retina OCT classes of the KRYPTON paper's OCT dataset."""
-
-DEFAULT_DATASETS_DIR = Path("datasets")
+DEMO_LABELS = ("class_0", "class_1", "class_2", "class_3")
+"""Neutral class names for the default deployment's untrained models: a model with
+random weights must not answer with a clinical finding."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +71,9 @@ class DeployedModel:
         return Preprocessing(size=size, mean=self.mean, std=self.std)
 
     def weights_id(self) -> str:
-        """What identifies the weights: the checkpoint's sha256, or the random seed."""
-        if self.checkpoint is None:
-            return random_weights_id(self.seed, self.num_classes)
-        return fingerprint(self.checkpoint)
-
-    def build(self) -> nn.Module:
-        """The network in eval mode on the CPU (slow: call once per process)."""
-        return build_model(self.architecture, num_classes=self.num_classes,
-                           weights=self.checkpoint, seed=self.seed)
+        """What identifies the weights: the checkpoint's sha256 (reads the whole
+        file: workers call it once per model), or the random seed."""
+        return weights_id(self.checkpoint, seed=self.seed, num_classes=self.num_classes)
 
 
 @dataclass(frozen=True)
@@ -96,7 +87,7 @@ class DeployedDataset:
 
 @dataclass(frozen=True)
 class Deployment:
-    """The models and datasets one deployment serves, and where tuned configs live."""
+    """The models and datasets one deployment serves, and the folder of configs to import."""
 
     models: dict[str, DeployedModel]
     datasets: dict[str, DeployedDataset] = field(default_factory=dict)
@@ -122,21 +113,10 @@ class Deployment:
             raise DatasetConfigError(
                 f"unknown dataset {name!r}; this deployment serves: {known}") from None
 
-    @property
-    def store(self) -> DatasetStore:
-        return DatasetStore(self.datasets_dir)
-
-    def tuned_config(self, dataset: str) -> DatasetConfig | None:
-        """The dataset's tuned approximation config, or ``None`` before it is tuned."""
-        self.dataset(dataset)
-        if not self.store.path(dataset).is_file():
-            return None
-        return self.store.load(dataset)
-
 
 def default_deployment(datasets_dir: str | os.PathLike[str] = DEFAULT_DATASETS_DIR
                        ) -> Deployment:
-    """VGG16, ResNet18 and InceptionV3 with seeded random weights and the OCT classes."""
+    """VGG16, ResNet18 and InceptionV3 with seeded random weights and neutral class names."""
     note = "seeded random weights (demo: shows the pipeline, not a diagnosis)"
     models = {
         name: DeployedModel(name=name, architecture=name, labels=DEMO_LABELS,

@@ -1,38 +1,32 @@
 """Classifier architectures by name, in the style of torchvision's ``models/_api.py``.
 
-The service and CLI only ever say ``"resnet18"``; this module turns that name
-into a model with reproducible weights (seeded random, or a checkpoint) and
-knows each architecture's native input size. Families register themselves
-from :mod:`krypton.models.zoo` with :func:`register_model`.
+The service and CLI only ever say ``"resnet18"``; this module knows each
+name's builder and native input size, and :func:`~krypton.models.build.build_model`
+turns a name into a model with reproducible weights. Families register
+themselves from :mod:`krypton.models.zoo` with :func:`register_model`. No
+torch here: the API lists and validates models without loading it.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import torch
-from torch import nn
-
-from krypton.models.checkpoints import apply_state_dict, read_state_dict
 from krypton.models.errors import InvalidArgumentError, UnknownModelError
 from krypton.models.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "CheckpointOptions",
     "ModelBuilder",
     "ModelSpec",
-    "build_model",
-    "classifier_head",
     "get_model_spec",
     "list_models",
     "register_model",
 ]
-
-logger = logging.getLogger(__name__)
 
 
 class ModelBuilder(Protocol):
@@ -139,73 +133,3 @@ def get_model_spec(name: str) -> ModelSpec:
 def list_models() -> list[str]:
     """Every registered name, sorted so listings and error messages are stable."""
     return sorted(_MODELS)
-
-
-def build_model(
-    name: str,
-    *,
-    num_classes: int = 1000,
-    weights: str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    **options: Any,
-) -> nn.Module:
-    """A registered model in eval mode, with reproducible weights.
-
-    Without ``weights`` the parameters are drawn under ``seed`` in a forked RNG,
-    so the same call always gives the same model and the caller's global RNG
-    stream is left exactly where it was. With ``weights`` the checkpoint is read
-    first (failing fast, before the costly build) and its keys choose the
-    architecture variant where there is a choice, e.g. Inception v3 with or
-    without its auxiliary head.
-
-    Args:
-        name: A name from :func:`list_models`.
-        num_classes: Size of the classifier head; must match the checkpoint.
-        weights: Checkpoint to load strictly (any format
-            :func:`~krypton.models.checkpoints.read_state_dict` accepts).
-        seed: Seed for the random initialisation.
-        **options: Architecture-specific builder options (e.g. ``aux_logits``);
-            they override what the checkpoint's keys suggest.
-
-    Returns:
-        The model, on the CPU, in eval mode.
-
-    Raises:
-        UnknownModelError: ``name`` is not registered.
-        InvalidArgumentError: ``num_classes`` or ``seed`` is not a valid integer.
-        CheckpointError: ``weights`` is unreadable or does not fit the architecture.
-    """
-    spec = get_model_spec(name)
-    if not _is_int(num_classes) or num_classes < 1:
-        raise InvalidArgumentError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if not _is_int(seed):
-        raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
-    state = None
-    if weights is not None:
-        state = read_state_dict(weights)
-        if spec.checkpoint_options is not None:
-            options = {**spec.checkpoint_options(state.keys()), **options}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = spec.builder(num_classes, **options)
-    logger.debug("built %s (num_classes=%d, seed=%d, options=%s)", name, num_classes, seed,
-                 options)
-    if weights is not None and state is not None:
-        apply_state_dict(model, state, source=os.fspath(weights))
-    return model.eval()
-
-
-def classifier_head(model: nn.Module) -> nn.Linear:
-    """The model's last linear layer: the head whose outputs are the logits.
-
-    Raises:
-        InvalidArgumentError: the model has no linear layer.
-    """
-    heads = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not heads:
-        raise InvalidArgumentError(f"{type(model).__name__} has no linear classifier head")
-    return heads[-1]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

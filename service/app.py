@@ -2,7 +2,9 @@
 
 With no Redis configured the app also runs its own worker(s) in-process on an
 in-memory queue (the embedded default); with Redis it only enqueues, and
-``krypton worker`` processes do the work.
+``krypton worker`` processes do the work. Either way importing this module
+loads no torch: the embedded worker is imported when the app starts, and only
+in embedded mode.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
 from krypton import __version__
+from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
 from krypton.service import constants
 from krypton.service.config import Settings, get_settings
@@ -22,9 +26,8 @@ from krypton.service.errors import BodyLimit, install_handlers
 from krypton.service.metrics import Metrics
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
-from krypton.service.worker import Worker
 
-__all__ = ["create_app", "make_deployment", "make_queue"]
+__all__ = ["create_app", "import_dataset_configs", "make_deployment", "make_queue"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +38,31 @@ fetch `heatmap.png`, `heatmap.json` or `heatmap.npy`. Errors are
 `application/problem+json` (RFC 9457)."""
 
 
-def make_queue(settings: Settings) -> JobQueue:
-    options = {"ttl_seconds": settings.result_ttl_seconds,
-               "claim_idle_ms": settings.claim_idle_ms,
-               "heartbeat_ttl_seconds": settings.heartbeat_ttl_seconds}
+def make_queue(settings: Settings, deployment: Deployment) -> JobQueue:
+    """Redis when configured; else the in-memory queue, keeping tuned configs as files."""
+    options: dict[str, Any] = {"ttl_seconds": settings.result_ttl_seconds,
+                               "claim_idle_ms": settings.claim_idle_ms,
+                               "heartbeat_ttl_seconds": settings.heartbeat_ttl_seconds}
     if settings.redis_url is None:
-        return InMemoryQueue(**options)
+        return InMemoryQueue(configs=DatasetStore(deployment.datasets_dir), **options)
     return RedisStreamQueue.from_url(str(settings.redis_url), **options)
+
+
+async def import_dataset_configs(queue: JobQueue, deployment: Deployment) -> list[str]:
+    """Store the config files in the deployment's ``datasets_dir`` that the store lacks.
+
+    A config tuned with ``krypton tune`` (or in an earlier deployment) then
+    serves without re-tuning; one the store already has (tuned by the
+    service since) is left alone. Returns the names imported.
+    """
+    files = DatasetStore(deployment.datasets_dir)
+    imported = []
+    for name in await asyncio.to_thread(files.names):
+        if name not in deployment.datasets or await queue.dataset_config(name) is not None:
+            continue
+        await queue.save_dataset_config(await asyncio.to_thread(files.load, name))
+        imported.append(name)
+    return imported
 
 
 def make_deployment(settings: Settings) -> Deployment:
@@ -57,9 +78,16 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.queue = queue or make_queue(settings)
-        workers: list[Worker] = []
+        app.state.queue = queue or make_queue(settings, deployment)
+        if not settings.embedded:
+            with contextlib.suppress(Exception):  # Redis may come up after the API
+                imported = await import_dataset_configs(app.state.queue, deployment)
+                if imported:
+                    logger.info("imported tuned configs for %s", ", ".join(imported))
+        workers = []
         if settings.embedded:
+            from krypton.service.worker import Worker  # loads torch: embedded mode only
+
             workers = [Worker(app.state.queue, deployment, device=settings.device,
                               name=f"embedded-{i}", max_pixels=settings.max_pixels)
                        for i in range(settings.embedded_workers)]

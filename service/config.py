@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, RedisDsn
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from krypton.models import DEFAULT_DATASETS_DIR, DEFAULT_MAX_PIXELS
 from krypton.service import constants
 
 __all__ = ["Settings", "get_settings"]
@@ -27,11 +28,13 @@ class Settings(BaseSettings):
         default=None, description="Deployment registry TOML; unset serves the built-in demo "
         "models with seeded random weights.")
     datasets_dir: Path = Field(
-        default=Path("datasets"), description="Tuned dataset configs, when no registry says.")
+        default=DEFAULT_DATASETS_DIR, description="Tuned dataset config files, when no "
+        "registry says: embedded mode keeps its configs there; with Redis, the API imports "
+        "the ones Redis lacks on start.")
     device: Literal["cpu", "cuda"] = "cpu"
     result_ttl_seconds: int = Field(default=constants.DEFAULT_RESULT_TTL_SECONDS, ge=1)
     max_upload_bytes: int = Field(default=constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
-    max_pixels: int = Field(default=constants.DEFAULT_MAX_PIXELS, ge=1)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     embedded_workers: int = Field(default=1, ge=0, description="Workers in embedded mode.")
     claim_idle_ms: int = Field(default=constants.CLAIM_IDLE_MS, ge=1)
     heartbeat_ttl_seconds: int = Field(default=constants.HEARTBEAT_TTL_SECONDS, ge=1)

@@ -8,6 +8,7 @@ Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
 - ``krypton:result:{id}`` - the heatmap as ``.npy`` bytes, same TTL
 - ``krypton:worker:{name}`` - a worker's heartbeat, expiring when it stops beating
 - ``krypton:workers`` - sorted set of worker names by last heartbeat time
+- ``krypton:dataset:{name}`` - a dataset's tuned approximation config (JSON), no expiry
 """
 
 from __future__ import annotations
@@ -20,12 +21,10 @@ IMAGE_KEY = f"{KEY_PREFIX}:image:{{}}"
 RESULT_KEY = f"{KEY_PREFIX}:result:{{}}"
 WORKER_KEY = f"{KEY_PREFIX}:worker:{{}}"
 WORKERS_KEY = f"{KEY_PREFIX}:workers"
+DATASET_KEY = f"{KEY_PREFIX}:dataset:{{}}"
 
 DEFAULT_RESULT_TTL_SECONDS = 24 * 3600
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
-DEFAULT_MAX_PIXELS = 50_000_000
-DEFAULT_PATCH_SIZE = 16
-DEFAULT_STRIDE = 8
 MAX_TUNING_IMAGES = 16
 """Sample images one tuning request may carry; it bounds the request body too."""
 MAX_WAIT_SECONDS = 60

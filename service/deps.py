@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from krypton.models.deployment import DeployedModel, Deployment
+from krypton.models.deployment import Deployment
 from krypton.service.config import Settings
 from krypton.service.queue import JobQueue
 
-__all__ = ["DeploymentDep", "QueueDep", "SettingsDep", "weights_id"]
+__all__ = ["DeploymentDep", "QueueDep", "SettingsDep"]
 
 
 def get_queue(request: Request) -> JobQueue:
@@ -33,8 +32,3 @@ QueueDep = Annotated[JobQueue, Depends(get_queue)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DeploymentDep = Annotated[Deployment, Depends(get_deployment)]
 
-
-@lru_cache(maxsize=64)
-def weights_id(model: DeployedModel) -> str:
-    """The checkpoint's sha256 (hashed once per process, not per request)."""
-    return model.weights_id()

@@ -1,10 +1,11 @@
 """Domain errors of the service and their RFC 9457 ``application/problem+json`` form.
 
-Routes raise these (or let the engine's and models' errors through); the
-handlers installed by :func:`install_handlers` turn every one of them, and
-FastAPI's request validation errors, into a problem document with a stable
-``type``. A failed job stores the same document. Nothing here echoes request
-bodies: they are patient images.
+Routes raise these (or let the models' errors through); the handlers
+installed by :func:`install_handlers` turn every one of them, and FastAPI's
+request validation errors, into a problem document with a stable ``type``. A
+failed job stores the same document (:func:`krypton.service.jobs.failure`
+adds the engine's errors, which only workers meet). Nothing here echoes
+request bodies: they are patient images.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from krypton.engine import EngineError
 from krypton.models import CheckpointError, ModelError
 
 __all__ = [
@@ -34,7 +34,9 @@ __all__ = [
     "ServiceError",
     "UnsupportedMediaType",
     "install_handlers",
+    "invalid_input",
     "problem",
+    "problem_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -96,6 +98,11 @@ def problem(status: int, slug: str, title: str, detail: str, *, instance: str | 
     return document
 
 
+def invalid_input(detail: str) -> dict[str, Any]:
+    """The 422 problem document for a request the caller can fix."""
+    return problem(InvalidInput.status, InvalidInput.slug, InvalidInput.title, detail)
+
+
 def problem_for(exc: BaseException) -> dict[str, Any]:
     """The problem document for any exception a request or a job can end with."""
     if isinstance(exc, ServiceError):
@@ -106,8 +113,8 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
     if isinstance(exc, CheckpointError):
         # The deployment's checkpoint is broken: the server's fault, not the caller's.
         return problem(500, "model-unavailable", "Model unavailable", str(exc))
-    if isinstance(exc, ModelError | EngineError):
-        return problem(422, "invalid-input", "Invalid input", str(exc))
+    if isinstance(exc, ModelError):
+        return invalid_input(str(exc))
     return problem(500, "internal-error", "Internal error",
                    "the server failed unexpectedly; the error was logged")
 
@@ -134,7 +141,7 @@ def install_handlers(app: FastAPI) -> None:
         details = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg']}"
             for error in exc.errors())
-        return _respond(request, problem(422, "invalid-input", "Invalid input", details))
+        return _respond(request, invalid_input(details))
 
     async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -145,7 +152,7 @@ def install_handlers(app: FastAPI) -> None:
         return _respond(request, problem(exc.status_code, slug, title, str(exc.detail)),
                         headers=getattr(exc, "headers", None))
 
-    for error in (ServiceError, ModelError, EngineError, RedisError, Exception):
+    for error in (ServiceError, ModelError, RedisError, Exception):
         app.add_exception_handler(error, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)

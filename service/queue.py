@@ -6,6 +6,8 @@ implementations keep the same promises:
 
 - a job, its images and its result share one expiry (patient data), and
   ``delete`` removes all three at once;
+- tuned dataset configs are kept without expiry, so that the API and the
+  workers share them through the store and nothing else;
 - ``save`` never brings back a deleted or expired job: it returns ``False``
   and the worker drops the work;
 - a claimed job is delivered to one worker; if that worker stops touching it
@@ -19,13 +21,14 @@ import datetime as dt
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from krypton.models import DatasetConfig, DatasetStore
 from krypton.service import constants
 from krypton.service.schemas import Job, WorkerInfo, utcnow
 
@@ -124,6 +127,14 @@ class JobQueue(ABC):
     async def ping(self) -> bool:
         """Whether the store answers."""
 
+    @abstractmethod
+    async def dataset_config(self, dataset: str) -> DatasetConfig | None:
+        """The dataset's tuned config, or ``None`` before it is tuned."""
+
+    @abstractmethod
+    async def save_dataset_config(self, config: DatasetConfig) -> None:
+        """Keep ``config`` as its dataset's tuned config, replacing any earlier one."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -145,41 +156,53 @@ class _Pending:
 class _Memory:
     entries: dict[str, _Entry] = field(default_factory=dict)
     pending: dict[str, _Pending] = field(default_factory=dict)
+    configs: dict[str, DatasetConfig] = field(default_factory=dict)
 
 
 class InMemoryQueue(JobQueue):
     """The embedded default: dictionaries with expiry and an ``asyncio.Queue``.
 
     Lives and dies with the API process, so it needs none of Redis's recovery;
-    it still honours expiry, deletion and claims so behaviour matches.
+    it still honours expiry, deletion and claims so behaviour matches. Jobs,
+    images and results are lost when the process ends; tuned dataset configs
+    are kept in ``configs`` (a folder of files) when one is given, since they
+    cost minutes to make.
+
+    Args:
+        configs: where dataset configs persist; ``None`` keeps them in memory.
+        clock: monotonic seconds, for expiry and idle claims (tests inject one).
+        **kwargs: :class:`JobQueue`'s.
     """
 
     name = "memory"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, configs: DatasetStore | None = None,
+                 clock: Callable[[], float] = time.monotonic, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._memory = _Memory()
         self._waiting: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._sequence = 0
+        self._configs = configs
+        self._clock = clock
 
     def _live(self, key: str) -> Any:
         entry = self._memory.entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= time.monotonic():
+        if entry.expires <= self._clock():
             del self._memory.entries[key]
             return None
         return entry.value
 
     def _purge_expired(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for key in [k for k, e in self._memory.entries.items() if e.expires <= now]:
             del self._memory.entries[key]
 
     async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
         self._purge_expired()
         job = self._stamp(job)
-        expires = time.monotonic() + self.ttl_seconds
+        expires = self._clock() + self.ttl_seconds
         self._memory.entries[constants.JOB_KEY.format(job.id)] = _Entry(job, expires)
         for index, image in enumerate(images):
             self._memory.entries[_image_key(job.id, index)] = _Entry(image, expires)
@@ -227,7 +250,7 @@ class InMemoryQueue(JobQueue):
 
     async def claim(self, consumer: str, block_ms: int) -> Claim | None:
         self._purge_expired()  # workers claim often: expired patient data goes promptly
-        now = time.monotonic()
+        now = self._clock()
         for message_id, pending in self._memory.pending.items():
             if (now - pending.touched) * 1000 >= self.claim_idle_ms:
                 pending.consumer, pending.touched = consumer, now
@@ -236,14 +259,14 @@ class InMemoryQueue(JobQueue):
             message_id, job_id = await asyncio.wait_for(self._waiting.get(), block_ms / 1000)
         except TimeoutError:
             return None
-        self._memory.pending[message_id] = _Pending(job_id, consumer, time.monotonic())
+        self._memory.pending[message_id] = _Pending(job_id, consumer, self._clock())
         return Claim(job_id, message_id)
 
     async def touch(self, claim: Claim, consumer: str) -> bool:
         pending = self._memory.pending.get(claim.message_id)
         if pending is None or pending.consumer != consumer:
             return False
-        pending.touched = time.monotonic()
+        pending.touched = self._clock()
         return True
 
     async def ack(self, claim: Claim) -> None:
@@ -251,7 +274,7 @@ class InMemoryQueue(JobQueue):
 
     async def beat(self, info: WorkerInfo) -> None:
         self._memory.entries[constants.WORKER_KEY.format(info.name)] = _Entry(
-            info, time.monotonic() + self.heartbeat_ttl_seconds)
+            info, self._clock() + self.heartbeat_ttl_seconds)
 
     async def retire(self, worker: str) -> None:
         self._memory.entries.pop(constants.WORKER_KEY.format(worker), None)
@@ -263,6 +286,18 @@ class InMemoryQueue(JobQueue):
 
     async def ping(self) -> bool:
         return True
+
+    async def dataset_config(self, dataset: str) -> DatasetConfig | None:
+        if self._configs is not None:
+            return await asyncio.to_thread(self._configs.find, dataset)
+        config: DatasetConfig | None = self._memory.configs.get(dataset)
+        return config
+
+    async def save_dataset_config(self, config: DatasetConfig) -> None:
+        if self._configs is not None:
+            await asyncio.to_thread(self._configs.save, config)
+        else:
+            self._memory.configs[config.dataset] = config
 
 
 class RedisStreamQueue(JobQueue):
@@ -338,7 +373,7 @@ class RedisStreamQueue(JobQueue):
 
     async def delete(self, job_id: str) -> bool:
         job = await self.get(job_id)
-        images = 0 if job is None else getattr(job.params, "images", 1)
+        images = 1 if job is None else job.images
         keys = [constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
                 *(_image_key(job_id, i) for i in range(max(images, 1)))]
         removed = await self.client.delete(*keys)
@@ -402,6 +437,13 @@ class RedisStreamQueue(JobQueue):
             return bool(await self.client.ping())
         except (RedisError, OSError):
             return False
+
+    async def dataset_config(self, dataset: str) -> DatasetConfig | None:
+        raw = await self.client.get(constants.DATASET_KEY.format(dataset))
+        return None if raw is None else DatasetConfig.from_json(_text(raw))
+
+    async def save_dataset_config(self, config: DatasetConfig) -> None:
+        await self.client.set(constants.DATASET_KEY.format(config.dataset), config.to_json())
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -9,9 +9,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from krypton.service.plans import HeatmapPlan
+
 __all__ = [
     "DatasetInfo",
-    "HeatmapParams",
     "Job",
     "JobKind",
     "JobStatus",
@@ -29,9 +30,6 @@ __all__ = [
     "new_job_id",
     "utcnow",
 ]
-
-Mode = Literal["exact", "approximate", "naive"]
-
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -58,22 +56,6 @@ class JobKind(StrEnum):
     tuning = "tuning"
 
 
-class HeatmapParams(BaseModel):
-    """What to explain and how; patch and stride are in model-input pixels."""
-
-    kind: Literal["heatmap"] = "heatmap"
-    model: str
-    dataset: str | None = None
-    patch_size: int
-    stride: int
-    patch_color: str = "gray"
-    target_class: int | None = None
-    mode: Mode = "exact"
-    tau: float | None = Field(default=None, description="From the dataset's tuned config.")
-    drilldown_ratio: float | None = None
-    coarse_stride: int | None = None
-
-
 class PredictParams(BaseModel):
     kind: Literal["predict"] = "predict"
     model: str
@@ -86,7 +68,6 @@ class TuningParams(BaseModel):
     patch_size: int
     stride: int
     target_ssim: float
-    images: int
 
 
 class Prediction(BaseModel):
@@ -143,8 +124,9 @@ class Job(BaseModel):
     kind: JobKind = JobKind.heatmap
     status: JobStatus = JobStatus.queued
     progress: float = Field(default=0.0, ge=0.0, le=1.0)
-    params: Annotated[HeatmapParams | PredictParams | TuningParams,
+    params: Annotated[HeatmapPlan | PredictParams | TuningParams,
                       Field(discriminator="kind")]
+    images: int = Field(default=1, description="How many images the job was given.")
     image_size: tuple[int, int] | None = Field(
         default=None, description="Uploaded image height and width, in pixels.")
     timings: Timings = Field(default_factory=lambda: Timings(created_at=utcnow()))
@@ -167,7 +149,7 @@ class JobView(BaseModel):
     kind: JobKind
     status: JobStatus
     progress: float
-    params: HeatmapParams | PredictParams | TuningParams
+    params: HeatmapPlan | PredictParams | TuningParams
     prediction: Prediction | None
     run: RunSummary | None
     tuned: dict[str, Any] | None
@@ -178,6 +160,7 @@ class JobView(BaseModel):
     queue_wait_seconds: float | None
     compute_seconds: float | None
     expires_at: dt.datetime | None
+    images: int
     attempts: int
     worker: str | None
     links: dict[str, str]
@@ -190,7 +173,7 @@ class JobView(BaseModel):
                    error=job.error, created_at=t.created_at, started_at=t.started_at,
                    finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
                    compute_seconds=t.compute_seconds, expires_at=job.expires_at,
-                   attempts=job.attempts, worker=job.worker, links=links)
+                   images=job.images, attempts=job.attempts, worker=job.worker, links=links)
 
 
 class ClassProbability(BaseModel):

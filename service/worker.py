@@ -1,241 +1,67 @@
-"""The worker: claims jobs, runs the engine, stores results, acknowledges.
+"""The worker: claims jobs, runs their bodies, stores outcomes, acknowledges.
 
-One long-lived worker per GPU (or CPU) loads each model once and keeps it.
-Compute runs in a thread so the worker's event loop stays free to beat its
-heartbeat, keep its claim fresh and write progress while batches finish. A
-heatmap or tuning job deleted mid-run is abandoned at its next progress write;
-a job whose worker died is reclaimed by another worker and run again from the
-start, and so is one whose worker was told to stop (it hands the job back at
-its next batch rather than holding shutdown until the job ends).
+One long-lived worker per GPU (or CPU) loads each model once and keeps it
+(:mod:`~krypton.service.model_cache`); what each kind of job computes lives in
+:mod:`~krypton.service.jobs`. Compute runs in a thread so the worker's event
+loop stays free to beat its heartbeat, keep its claim fresh and write
+progress while batches finish. The engine polls a stop check before every
+batch: a job deleted mid-run is abandoned at its next batch, and so is one
+whose worker was told to stop (it hands the job back rather than holding
+shutdown until the job ends). A job whose worker died is reclaimed by another
+worker and run again from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-import numpy as np
-import torch
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from krypton.engine import (
-    Approximation,
-    IncrementalOcclusion,
-    OcclusionEngine,
-    make_engine,
-    tune,
-)
-from krypton.models import DatasetConfig, decode_image, patch_value, to_model_input
-from krypton.models.deployment import DeployedModel, Deployment
-from krypton.render import heatmap_npy
+from krypton.engine import RunStopped
+from krypton.models import DEFAULT_MAX_PIXELS
+from krypton.models.deployment import Deployment
 from krypton.service import constants
-from krypton.service.errors import problem, problem_for
+from krypton.service.errors import problem
+from krypton.service.jobs import JobContext, Outcome, failure, run_body
+from krypton.service.model_cache import COMPUTE_LOCK, ModelCache
 from krypton.service.queue import Claim, JobQueue
-from krypton.service.schemas import (
-    HeatmapParams,
-    Job,
-    JobStatus,
-    Prediction,
-    PredictParams,
-    RunSummary,
-    TuningParams,
-    WorkerInfo,
-    utcnow,
-)
+from krypton.service.schemas import Job, JobStatus, WorkerInfo, utcnow
 
-__all__ = ["ModelCache", "Worker"]
+__all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-
-
-class JobCancelled(Exception):
-    """The job was deleted while it ran."""
-
-
-class WorkerStopping(Exception):
-    """The worker was told to stop while a job ran: the job goes back to the queue."""
-
 
 @dataclass
-class LoadedModel:
-    """A deployed model built once, with its engines and weight identity."""
+class _Running:
+    """A job in the compute thread: its progress so far, and whether it is gone."""
 
-    deployed: DeployedModel
-    network: torch.nn.Module
-    weights_id: str
-    engines: dict[str, OcclusionEngine] = field(default_factory=dict)
+    done: int = 0
+    total: int = 0
+    gone: threading.Event = field(default_factory=threading.Event)
 
-    def model_input(self, image: bytes, max_pixels: int) -> torch.Tensor:
-        """Uploaded bytes decoded and preprocessed as this model was trained."""
-        return to_model_input(decode_image(image, max_pixels=max_pixels),
-                              self.deployed.preprocessing)
+    def report(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
 
-
-class ModelCache:
-    """Builds each deployed model on first use and keeps it for the process's life."""
-
-    def __init__(self, deployment: Deployment, device: str) -> None:
-        self.deployment = deployment
-        self.device = device
-        self._loaded: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> LoadedModel:
-        with self._lock:
-            if name not in self._loaded:
-                deployed = self.deployment.model(name)
-                started = time.perf_counter()
-                network = deployed.build().to(self.device)
-                self._loaded[name] = LoadedModel(deployed, network, deployed.weights_id())
-                logger.info("loaded model %s (%s) on %s in %.2f s", name, deployed.architecture,
-                            self.device, time.perf_counter() - started)
-            return self._loaded[name]
-
-    def preload(self) -> list[str]:
-        """Build every deployed model now; returns the names that failed (logged).
-
-        A deployment with a missing or mismatched checkpoint shows up in the
-        worker's log at start, not in the first patient's job.
-        """
-        failed = []
-        for name in self.deployment.models:
-            try:
-                self.get(name)
-            except Exception:
-                logger.exception("model %s cannot be loaded; its jobs will fail", name)
-                failed.append(name)
-        return failed
-
-    def engine(self, name: str, mode: str) -> OcclusionEngine:
-        loaded = self.get(name)
-        kind = "naive" if mode == "naive" else "exact"
-        with self._lock:
-            if kind not in loaded.engines:
-                loaded.engines[kind] = make_engine(loaded.network, kind, device=self.device)
-            return loaded.engines[kind]
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a finished computation adds to its job, and the result bytes to store."""
-
-    updates: dict[str, Any]
-    result: bytes | None = None
-
-
-def run_heatmap(cache: ModelCache, params: HeatmapParams, image: bytes, max_pixels: int,
-                progress: Progress) -> Outcome:
-    loaded = cache.get(params.model)
-    preprocessing = loaded.deployed.preprocessing
-    approximation = Approximation()
-    if params.mode == "approximate":
-        approximation = Approximation(params.tau or 1.0, params.drilldown_ratio,
-                                      params.coarse_stride)
-    result = approximation.attribute(
-        cache.engine(params.model, params.mode),
-        loaded.model_input(image, max_pixels), params.patch_size, params.stride,
-        patch_value=patch_value(params.patch_color, preprocessing),
-        target=params.target_class, progress=progress)
-    labels = loaded.deployed.labels
-    stats = result.stats
-    return Outcome(updates={
-        "prediction": Prediction(
-            predicted_class=result.predicted_class,
-            predicted_label=labels[result.predicted_class],
-            predicted_probability=result.predicted_probability, target_class=result.target,
-            target_label=labels[result.target], target_probability=result.target_probability),
-        "run": RunSummary(
-            positions=stats.positions, input_size=preprocessing.size,
-            heatmap_shape=result.heatmap.shape, seconds=stats.seconds,
-            device=stats.device, mode=params.mode, flops_ratio=stats.flops_ratio, tau=stats.tau,
-            drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride),
-    }, result=heatmap_npy(result.heatmap))
-
-
-def run_predict(cache: ModelCache, params: PredictParams, image: bytes, max_pixels: int,
-                progress: Progress) -> Outcome:
-    loaded = cache.get(params.model)
-    tensor = loaded.model_input(image, max_pixels)
-    with torch.inference_mode():
-        logits = loaded.network(tensor.unsqueeze(0).to(cache.device))
-    probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
-    top = int(np.argmax(probabilities))
-    label = loaded.deployed.labels[top]
-    probability = float(probabilities[top])
-    progress(1, 1)
-    return Outcome(updates={
-        "probabilities": [float(p) for p in probabilities],
-        "prediction": Prediction(predicted_class=top, predicted_label=label,
-                                 predicted_probability=probability, target_class=top,
-                                 target_label=label, target_probability=probability),
-    })
-
-
-def run_tuning(cache: ModelCache, params: TuningParams, images: list[bytes], max_pixels: int,
-               progress: Progress) -> Outcome:
-    loaded = cache.get(params.model)
-    preprocessing = loaded.deployed.preprocessing
-    tensors = [loaded.model_input(i, max_pixels) for i in images]
-    steps = [0]
-
-    def report(line: str) -> None:
-        logger.info("tuning %s: %s", params.dataset, line)
-        steps[0] += 1
-        progress(min(steps[0], 19), 20)  # tuning's length is unknown up front
-
-    engine = cache.engine(params.model, "exact")
-    assert isinstance(engine, IncrementalOcclusion)
-    tuned = tune(engine, tensors, params.patch_size, params.stride,
-                 target_ssim=params.target_ssim, holdout=max(1, len(tensors) // 2),
-                 patch_value=patch_value("gray", preprocessing),
-                 report=report)
-    chosen = tuned.approximation
-    config = DatasetConfig(
-        dataset=params.dataset, model=loaded.deployed.architecture, checkpoint=loaded.weights_id,
-        patch_size=params.patch_size, stride=params.stride, tau=chosen.tau,
-        drilldown_ratio=chosen.drilldown_ratio, coarse_stride=chosen.coarse_stride,
-        target_ssim=params.target_ssim, achieved_ssim=tuned.holdout_ssim,
-        speedup=tuned.speedup)
-    cache.deployment.store.save(config)
-    met = tuned.holdout_ssim >= params.target_ssim
-    return Outcome(updates={"tuned": dataclasses.asdict(config) | {"met_target": met}})
-
-
-_TORCH_LOCK = threading.Lock()
-"""Workers sharing a process take turns with the model: torch.fx tracing (done
-when an engine is first built) patches ``nn.Module.__call__`` process-wide, so a
-forward pass in another thread during a trace would be traced too. Scale out
-with one worker process per GPU; in one process there is nothing to gain."""
-
-
-def _compute_alone(cache: ModelCache, params: HeatmapParams | PredictParams | TuningParams,
-                   images: list[bytes], max_pixels: int, progress: Progress) -> Outcome:
-    with _TORCH_LOCK:
-        if isinstance(params, HeatmapParams):
-            return run_heatmap(cache, params, images[0], max_pixels, progress)
-        if isinstance(params, PredictParams):
-            return run_predict(cache, params, images[0], max_pixels, progress)
-        return run_tuning(cache, params, images, max_pixels, progress)
+    @property
+    def fraction(self) -> float:
+        return min(self.done / self.total, 1.0) if self.total else 0.0
 
 
 class Worker:
     """Claims jobs from ``queue`` and runs them until stopped (or, in burst mode, idle)."""
 
     def __init__(self, queue: JobQueue, deployment: Deployment, *, device: str = "cpu",
-                 name: str | None = None, max_pixels: int = constants.DEFAULT_MAX_PIXELS,
+                 name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  cache: ModelCache | None = None) -> None:
         self.queue = queue
         self.cache = cache or ModelCache(deployment, device)
@@ -343,25 +169,28 @@ class Worker:
         started = time.perf_counter()
         logger.info("job %s: %s on %s started (attempt %d)", job.id, job.kind.value,
                     job.params.model, job.attempts)
-        keepalive = asyncio.create_task(self._keep_claim(claim))
+        running = _Running()
+        watchers = [asyncio.create_task(self._keep_claim(claim)),
+                    asyncio.create_task(self._write_progress(job, running))]
         try:
-            outcome = await self._compute(job)
-        except JobCancelled:
-            logger.info("job %s: deleted or taken over while running; dropped", job.id)
-            await self._let_go(claim)
-            return
-        except WorkerStopping:
-            await self._hand_back(claim, job)
+            outcome = await self._compute(job, running)
+        except RunStopped:
+            if self._stopping.is_set():
+                await self._hand_back(claim, job)
+            else:
+                logger.info("job %s: deleted or taken over while running; dropped", job.id)
+                await self._let_go(claim)
             return
         except Exception as exc:
-            document = problem_for(exc) | {"job_id": job.id}
+            document = failure(exc) | {"job_id": job.id}
             if document["status"] >= 500:
                 logger.exception("job %s failed", job.id)
             else:
                 logger.info("job %s: refused: %s", job.id, document["detail"])
             outcome = Outcome(updates={"status": JobStatus.failed, "error": document})
         finally:
-            keepalive.cancel()
+            for watcher in watchers:
+                watcher.cancel()
         await self._finish(claim, job, outcome)
         logger.info("job %s: %s on %s %s in %.3f s", job.id, job.kind.value, job.params.model,
                     outcome.updates.get("status", JobStatus.succeeded).value,
@@ -377,6 +206,8 @@ class Worker:
         if outcome.result is not None and not await self.queue.put_result(job.id, outcome.result):
             await self._let_go(claim)
             return
+        if outcome.dataset_config is not None:
+            await self.queue.save_dataset_config(outcome.dataset_config)
         updates = {"status": JobStatus.succeeded, "progress": 1.0} | outcome.updates
         finished = job.model_copy(update=updates | {"timings": job.timings.model_copy(
             update={"finished_at": utcnow()})})
@@ -427,47 +258,39 @@ class Worker:
                 logger.warning("job %s: could not refresh the claim", claim.job_id,
                                exc_info=True)
 
-    async def _compute(self, job: Job) -> Outcome:
-        params = job.params
-        count = params.images if isinstance(params, TuningParams) else 1
-        images = await self.queue.images(job.id, count)
+    async def _compute(self, job: Job, running: _Running) -> Outcome:
+        images = await self.queue.images(job.id, job.images)
         if images is None:
-            raise JobCancelled(job.id)
-        progress = self._progress_reporter(job)
-        return await asyncio.to_thread(_compute_alone, self.cache, params, images,
-                                       self.max_pixels, progress)
+            raise RunStopped(f"the images of job {job.id} are gone")
+        context = JobContext(
+            cache=self.cache, max_pixels=self.max_pixels, progress=running.report,
+            should_stop=lambda: self._stopping.is_set() or running.gone.is_set())
 
-    def _progress_reporter(self, job: Job) -> Progress:
-        """A callback for the compute thread that writes progress, throttled.
+        def compute() -> Outcome:
+            with COMPUTE_LOCK:
+                return run_body(context, job.kind, job.params, images)
 
-        It runs in the compute thread, so it hands the write to the event loop
-        and waits for the answer: that is how a deletion reaches the engine.
+        return await asyncio.to_thread(compute)
+
+    async def _write_progress(self, job: Job, running: _Running) -> None:
+        """Save the running job's progress now and then; notice when it is deleted.
+
+        A deleted job (or one another worker took over) sets ``running.gone``,
+        which the engine sees before its next batch.
         """
-        loop = asyncio.get_running_loop()
-        last = [0.0]
-
-        def report(done: int, total: int) -> None:
-            if self._stopping.is_set():
-                raise WorkerStopping(job.id)
-            now = time.monotonic()
-            if done < total and now - last[0] < constants.PROGRESS_INTERVAL_SECONDS:
-                return
-            last[0] = now
-            update = job.model_copy(update={"progress": min(done / max(total, 1), 1.0)})
-            saved = asyncio.run_coroutine_threadsafe(self._save_progress(update), loop)
+        written = 0.0
+        while True:
+            await asyncio.sleep(constants.PROGRESS_INTERVAL_SECONDS)
             try:
-                exists = saved.result(timeout=30)
+                current = await self.queue.get(job.id)
+                if current is None or current.worker != self.name or current.status.finished:
+                    running.gone.set()
+                    return
+                if running.fraction > written:
+                    written = running.fraction
+                    if not await self.queue.save(
+                            current.model_copy(update={"progress": written}), owner=self.name):
+                        running.gone.set()
+                        return
             except Exception:  # a Redis blip costs a progress update, not the job
                 logger.warning("job %s: progress not saved", job.id, exc_info=True)
-                return
-            if not exists:
-                raise JobCancelled(job.id)
-
-        return report
-
-    async def _save_progress(self, job: Job) -> bool:
-        current = await self.queue.get(job.id)
-        if current is None:
-            return False
-        return await self.queue.save(current.model_copy(update={"progress": job.progress}),
-                                     owner=self.name)

@@ -99,9 +99,10 @@ def test_explain_with_mismatched_checkpoint_names_the_keys(retina_png: Path,
 
 @pytest.mark.parametrize(("arguments", "message"), [
     pytest.param(["--model", "alexnet9"], "resnet18", id="unknown-model"),
-    pytest.param(["--patch", "500"], "larger than", id="patch-too-large"),
+    pytest.param(["--patch", "500"], "patch_size must be between 1 and", id="patch-too-large"),
     pytest.param(["--color", "purple"], "purple", id="bad-colour"),
-    pytest.param(["--target", "7"], "target 7", id="target-out-of-range"),
+    pytest.param(["--target", "7"], "target_class must be between 0 and 2",
+                 id="target-out-of-range"),
 ])
 def test_explain_with_bad_option_exits_2_with_a_clear_error(
     retina_png: Path, tmp_path: Path, arguments: list[str], message: str

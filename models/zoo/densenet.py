@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-from torchvision import models as tvm
+from typing import TYPE_CHECKING, Any
 
 from krypton.models.registry import register_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["densenet121"]
 
@@ -20,5 +20,7 @@ __all__ = ["densenet121"]
 )
 def densenet121(num_classes: int, **options: Any) -> nn.Module:
     """DenseNet-121, popular for medical imaging (e.g. CheXNet)."""
+    from torchvision import models as tvm
+
     model: nn.Module = tvm.densenet121(weights=None, num_classes=num_classes, **options)
     return model

@@ -8,12 +8,12 @@ without it; the builder follows whichever the checkpoint holds.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
-
-from torch import nn
-from torchvision import models as tvm
+from typing import TYPE_CHECKING, Any
 
 from krypton.models.registry import register_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["inception_v3"]
 
@@ -37,6 +37,8 @@ def inception_v3(num_classes: int, *, aux_logits: bool = True, **options: Any) -
 
     In eval mode the model returns plain logits either way.
     """
+    from torchvision import models as tvm
+
     # init_weights=True: truncated-normal init, and no torchvision FutureWarning.
     model: nn.Module = tvm.inception_v3(
         weights=None,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-from torchvision import models as tvm
+from typing import TYPE_CHECKING, Any
 
 from krypton.models.registry import register_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["mobilenet_v2"]
 
@@ -20,5 +20,7 @@ __all__ = ["mobilenet_v2"]
 )
 def mobilenet_v2(num_classes: int, **options: Any) -> nn.Module:
     """MobileNetV2, for edge deployments and the cheapest explanations."""
+    from torchvision import models as tvm
+
     model: nn.Module = tvm.mobilenet_v2(weights=None, num_classes=num_classes, **options)
     return model

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-from torchvision import models as tvm
+from typing import TYPE_CHECKING, Any
 
 from krypton.models.registry import register_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["resnet18", "resnet50"]
 
@@ -20,6 +20,8 @@ __all__ = ["resnet18", "resnet50"]
 )
 def resnet18(num_classes: int, **options: Any) -> nn.Module:
     """ResNet-18, the default: small, fast, and a common fine-tuning base."""
+    from torchvision import models as tvm
+
     model: nn.Module = tvm.resnet18(weights=None, num_classes=num_classes, **options)
     return model
 
@@ -32,5 +34,7 @@ def resnet18(num_classes: int, **options: Any) -> nn.Module:
 )
 def resnet50(num_classes: int, **options: Any) -> nn.Module:
     """ResNet-50, the usual stronger baseline."""
+    from torchvision import models as tvm
+
     model: nn.Module = tvm.resnet50(weights=None, num_classes=num_classes, **options)
     return model

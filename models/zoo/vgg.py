@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-from torchvision import models as tvm
+from typing import TYPE_CHECKING, Any
 
 from krypton.models.registry import register_model
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["vgg11", "vgg16"]
 
@@ -20,6 +20,8 @@ __all__ = ["vgg11", "vgg16"]
 )
 def vgg11(num_classes: int, **options: Any) -> nn.Module:
     """VGG-11; the smallest VGG, for quick experiments with the same layer kinds as VGG-16."""
+    from torchvision import models as tvm
+
     # init_weights=True: Kaiming-normal convs, N(0, 0.01) linears, as torchvision trains them.
     model: nn.Module = tvm.vgg11(
         weights=None, num_classes=num_classes, init_weights=True, **options
@@ -35,6 +37,8 @@ def vgg11(num_classes: int, **options: Any) -> nn.Module:
 )
 def vgg16(num_classes: int, **options: Any) -> nn.Module:
     """VGG-16, the model of most occlusion-sensitivity papers."""
+    from torchvision import models as tvm
+
     model: nn.Module = tvm.vgg16(
         weights=None, num_classes=num_classes, init_weights=True, **options
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
@@ -11,6 +10,7 @@ from krypton.models.deployment import DeployedDataset, Deployment
 from krypton.service import constants
 from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep
 from krypton.service.errors import DatasetNotFound, InvalidInput, JobNotFound
+from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE
 from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view
 from krypton.service.schemas import (
@@ -51,22 +51,22 @@ def _deployed_dataset(deployment: Deployment, name: str) -> DeployedDataset:
     return deployment.datasets[name]
 
 
-def _dataset_info(deployment: Deployment, name: str) -> DatasetInfo:
+async def _dataset_info(queue: JobQueue, deployment: Deployment, name: str) -> DatasetInfo:
     dataset = _deployed_dataset(deployment, name)
-    tuned = deployment.tuned_config(name)
+    tuned = await queue.dataset_config(name)
     return DatasetInfo(name=dataset.name, model=dataset.model, description=dataset.description,
-                       tuned=None if tuned is None else dataclasses.asdict(tuned))
+                       tuned=None if tuned is None else tuned.as_dict())
 
 
 @router.get("/datasets", response_model=list[DatasetInfo])
-async def list_datasets(deployment: DeploymentDep) -> list[DatasetInfo]:
+async def list_datasets(deployment: DeploymentDep, queue: QueueDep) -> list[DatasetInfo]:
     """Every deployed dataset and its tuned approximation config, if any."""
-    return [_dataset_info(deployment, name) for name in sorted(deployment.datasets)]
+    return [await _dataset_info(queue, deployment, name) for name in sorted(deployment.datasets)]
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo)
-async def get_dataset(name: str, deployment: DeploymentDep) -> DatasetInfo:
-    return _dataset_info(deployment, name)
+async def get_dataset(name: str, deployment: DeploymentDep, queue: QueueDep) -> DatasetInfo:
+    return await _dataset_info(queue, deployment, name)
 
 
 @router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView)
@@ -79,8 +79,8 @@ async def tune_dataset(
     deployment: DeploymentDep,
     response: Response,
     target_ssim: Annotated[float, Form(gt=0, le=1)] = 0.9,
-    patch_size: Annotated[int, Form(ge=1)] = constants.DEFAULT_PATCH_SIZE,
-    stride: Annotated[int, Form(ge=1)] = constants.DEFAULT_STRIDE,
+    patch_size: Annotated[int, Form(ge=1)] = DEFAULT_PATCH_SIZE,
+    stride: Annotated[int, Form(ge=1)] = DEFAULT_STRIDE,
 ) -> JobView:
     """Queue a tuning job: find the fastest approximation meeting ``target_ssim``."""
     dataset = _deployed_dataset(deployment, name)
@@ -93,8 +93,9 @@ async def tune_dataset(
     blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels))[0] for i in images]
     params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
-                          stride=stride, target_ssim=target_ssim, images=len(blobs))
-    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params), blobs)
+                          stride=stride, target_ssim=target_ssim)
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params,
+                                 images=len(blobs)), blobs)
     response.headers["Location"] = f"/v1/datasets/{name}/tuning/{job.id}"
     return view(job)
 

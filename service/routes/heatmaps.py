@@ -11,20 +11,19 @@ from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 
 from krypton import render
-from krypton.models import decode_image, patch_value
+from krypton.models import DatasetConfig, decode_image
 from krypton.models.deployment import DeployedModel, Deployment
 from krypton.service import constants
-from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep, weights_id
-from krypton.service.errors import InvalidInput, JobNotFound, QueueUnavailable, ResultNotReady
+from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep
+from krypton.service.errors import JobNotFound, QueueUnavailable, ResultNotReady
+from krypton.service.plans import HeatmapPlan, Mode, resolve_heatmap
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
     ClassProbability,
-    HeatmapParams,
     Job,
     JobKind,
     JobStatus,
     JobView,
-    Mode,
     PredictParams,
     PredictResponse,
     TuningParams,
@@ -73,48 +72,12 @@ def prefer_wait(prefer: str | None) -> int:
     return min(int(match.group(1)), constants.MAX_WAIT_SECONDS) if match else 0
 
 
-def _heatmap_params(deployment: Deployment, model: str | None, dataset: str | None,
-                    patch_size: int | None, stride: int | None, patch_color: str,
-                    target_class: int | None, mode: Mode) -> HeatmapParams:
-    """Validated parameters, with defaults from the dataset's tuned config."""
-    tuned = None
-    if dataset is not None:
-        deployed_dataset = deployment.dataset(dataset)
-        if model is not None and model != deployed_dataset.model:
-            raise InvalidInput(f"dataset {dataset!r} is served by model "
-                               f"{deployed_dataset.model!r}, not {model!r}")
-        model = deployed_dataset.model
-        tuned = deployment.tuned_config(dataset)
-    deployed = deployment.model(model) if model else deployment.default_model()
-    size = deployed.preprocessing.size
-    if patch_size is None:
-        patch_size = tuned.patch_size if tuned else constants.DEFAULT_PATCH_SIZE
-    if stride is None:
-        stride = tuned.stride if tuned else constants.DEFAULT_STRIDE
-    if not 1 <= patch_size <= size:
-        raise InvalidInput(f"patch_size must be between 1 and the model's input size {size}, "
-                           f"got {patch_size}")
-    if stride < 1:
-        raise InvalidInput(f"stride must be at least 1, got {stride}")
-    patch_value(patch_color, deployed.preprocessing)
-    if target_class is not None and not 0 <= target_class < deployed.num_classes:
-        raise InvalidInput(f"target_class must be between 0 and {deployed.num_classes - 1} for "
-                           f"model {deployed.name!r}, got {target_class}")
-    tau, drilldown_ratio, coarse_stride = None, None, None
-    if mode == "approximate":
-        if dataset is None:
-            raise InvalidInput("mode=approximate needs a dataset with a tuned config; "
-                               "see GET /v1/datasets")
-        if tuned is None:
-            raise InvalidInput(f"dataset {dataset!r} is not tuned yet; POST sample images to "
-                               f"/v1/datasets/{dataset}/tuning first")
-        tuned.check_compatible(deployed.architecture, weights_id(deployed), patch_size, stride)
-        tau, drilldown_ratio = tuned.tau, tuned.drilldown_ratio
-        coarse_stride = tuned.coarse_stride
-    return HeatmapParams(model=deployed.name, dataset=dataset, patch_size=patch_size,
-                         stride=stride, patch_color=patch_color, target_class=target_class,
-                         mode=mode, tau=tau, drilldown_ratio=drilldown_ratio,
-                         coarse_stride=coarse_stride)
+async def _dataset_config(queue: JobQueue, deployment: Deployment,
+                          dataset: str | None) -> DatasetConfig | None:
+    """The named dataset's tuned config, if the deployment serves it and it is tuned."""
+    if dataset is None or dataset not in deployment.datasets:
+        return None  # resolve_heatmap names the unknown dataset
+    return await queue.dataset_config(dataset)
 
 
 @router.post("/heatmaps", status_code=202, response_model=JobView,
@@ -140,12 +103,13 @@ async def submit_heatmap(
                       ] = None,
 ) -> JobView:
     """Queue an occlusion heatmap of the uploaded image."""
-    # In a thread: the first approximate request per model hashes its checkpoint.
-    params = await asyncio.to_thread(_heatmap_params, deployment, model, dataset, patch_size,
-                                     stride, patch_color, target_class, mode)
+    plan = resolve_heatmap(
+        deployment, model=model, dataset=dataset,
+        config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
+        stride=stride, patch_color=patch_color, target_class=target_class, mode=mode)
     data, pixels = await read_image(image, max_bytes=settings.max_upload_bytes,
                                     max_pixels=settings.max_pixels)
-    job = await queue.submit(Job(id=new_job_id(), params=params,
+    job = await queue.submit(Job(id=new_job_id(), params=plan,
                                  image_size=(pixels.shape[0], pixels.shape[1])), [data])
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
     job = await wait_for(queue, job, prefer_wait(prefer))
@@ -200,7 +164,7 @@ async def heatmap_png(job_id: str, queue: QueueDep, view_: View = "drop",
                       overlay: Annotated[bool, Query(description="Blend over the image at its "
                                                      "own size")] = False) -> Response:
     job, values = await _result(queue, job_id, view_)
-    assert isinstance(job.params, HeatmapParams)
+    assert isinstance(job.params, HeatmapPlan)
     if not overlay:
         return Response(render.heatmap_png(values), media_type="image/png")
     images = await queue.images(job_id, 1)

@@ -54,20 +54,32 @@ def test_store_without_the_dataset_names_the_known_ones(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("arguments", "message"), [
     pytest.param({"model": "vgg16"}, "model 'resnet18'", id="other-model"),
-    pytest.param({"checkpoint": "cd" * 32}, "checkpoint", id="other-checkpoint"),
     pytest.param({"patch_size": 8}, "patch_size 16", id="other-patch"),
     pytest.param({"stride": 2}, "stride 4", id="other-stride"),
 ])
-def test_config_is_refused_for_another_model_checkpoint_or_geometry(
+def test_config_is_refused_for_another_model_or_geometry(
     arguments: dict[str, object], message: str
 ) -> None:
-    asked: dict[str, object] = {"model": "resnet18", "checkpoint": "ab" * 32, **arguments}
+    asked: dict[str, object] = {"model": "resnet18", **arguments}
     with pytest.raises(DatasetConfigError, match=message):
         _config().check_compatible(**asked)  # type: ignore[arg-type]
 
 
-def test_config_is_accepted_for_its_own_model_and_checkpoint() -> None:
-    _config().check_compatible("resnet18", "ab" * 32, 16, 4)
+def test_config_is_accepted_for_its_own_model_and_geometry() -> None:
+    _config().check_compatible("resnet18", patch_size=16, stride=4)
+
+
+def test_config_from_tuning_records_the_chosen_knobs_and_scores() -> None:
+    class Knobs:
+        tau, drilldown_ratio, coarse_stride = 0.6, 0.05, 15
+
+    class Result:
+        approximation, target_ssim, holdout_ssim, speedup = Knobs(), 0.9, 0.912345, 7.12345
+
+    config = DatasetConfig.from_tuning(Result(), dataset="d", model="resnet18",
+                                       checkpoint="ab" * 32, patch_size=16, stride=4)
+    assert (config.tau, config.drilldown_ratio, config.coarse_stride) == (0.6, 0.05, 15)
+    assert (config.achieved_ssim, config.speedup, config.met_target) == (0.9123, 7.123, True)
 
 
 def test_random_weights_have_a_seed_identity_distinct_from_files(tmp_path: Path) -> None:

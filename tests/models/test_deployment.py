@@ -9,8 +9,6 @@ import pytest
 import torch
 
 from krypton.models import (
-    CheckpointError,
-    DatasetConfig,
     DatasetConfigError,
     InvalidArgumentError,
     UnknownModelError,
@@ -219,18 +217,6 @@ def test_deployment_dataset_of_unknown_name_lists_deployed_datasets(
         deployment.dataset("chest")
 
 
-def test_deployment_tuned_config_is_none_before_tuning(deployment: Deployment) -> None:
-    assert deployment.tuned_config("retina-oct") is None
-
-
-def test_deployment_tuned_config_reads_the_saved_config(deployment: Deployment) -> None:
-    config = DatasetConfig(dataset="retina-oct", model="resnet18", checkpoint="ab" * 32,
-                           patch_size=16, stride=8, tau=0.6, drilldown_ratio=None,
-                           coarse_stride=None, target_ssim=0.9, achieved_ssim=0.92)
-    deployment.store.save(config)
-    assert deployment.tuned_config("retina-oct") == config
-
-
 # ---------------------------------------------------------------- default_deployment
 
 
@@ -263,44 +249,10 @@ def checkpoint(tmp_path: Path) -> Path:
     return path
 
 
-def test_deployed_model_builds_with_the_checkpoint_weights(checkpoint: Path) -> None:
-    model = DeployedModel(name="m", architecture="resnet18", labels=("a", "b", "c"),
-                          checkpoint=checkpoint)
-    built = model.build().state_dict()
-    saved = torch.load(checkpoint, weights_only=True)
-    assert built.keys() == saved.keys()
-    assert all(torch.equal(built[key], saved[key]) for key in saved)
-
-
-def test_deployed_model_from_registry_loads_a_relative_checkpoint(tmp_path: Path,
-                                                                  checkpoint: Path) -> None:
-    text = _models_only(model_extra='checkpoint = "weights/finetuned.pt"').replace(
-        'labels = ["a", "b"]', 'labels = ["a", "b", "c"]')
-    model = load_deployment(_write(tmp_path, text)).model("m")
-    assert not model.random_weights
-    assert torch.equal(model.build().state_dict()["fc.weight"],
-                       torch.load(checkpoint, weights_only=True)["fc.weight"])
-
-
-def test_deployed_model_built_is_in_eval_mode(checkpoint: Path) -> None:
-    model = DeployedModel(name="m", architecture="resnet18", labels=("a", "b", "c"),
-                          checkpoint=checkpoint)
-    assert not model.build().training
-
-
 def test_deployed_model_weights_id_is_the_checkpoint_sha256(checkpoint: Path) -> None:
     model = DeployedModel(name="m", architecture="resnet18", labels=("a", "b", "c"),
                           checkpoint=checkpoint)
     assert model.weights_id() == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-
-
-def test_deployed_model_with_checkpoint_of_another_head_size_fails_to_build(
-    checkpoint: Path
-) -> None:
-    model = DeployedModel(name="m", architecture="resnet18", labels=("a", "b"),
-                          checkpoint=checkpoint)
-    with pytest.raises(CheckpointError, match="fc"):
-        model.build()
 
 
 def test_deployed_model_random_weights_id_names_seed_and_classes() -> None:
@@ -319,9 +271,3 @@ def test_deployed_model_random_weights_id_changes_with_the_weights(changes: dict
     first = DeployedModel(**fields)  # type: ignore[arg-type]
     second = DeployedModel(**(fields | changes))  # type: ignore[arg-type]
     assert first.weights_id() != second.weights_id()
-
-
-def test_deployed_model_random_weights_are_the_same_on_every_build() -> None:
-    model = DeployedModel(name="m", architecture="resnet18", labels=("a", "b"), seed=4)
-    first, second = model.build().state_dict(), model.build().state_dict()
-    assert all(torch.equal(first[key], second[key]) for key in first)

@@ -86,6 +86,13 @@ def calibrated_checkpoint(path: Path) -> Path:
     return path
 
 
+def build_deployed(deployment: Deployment, name: str) -> torch.nn.Module:
+    """The deployed model built independently of the service's model cache."""
+    deployed = deployment.model(name)
+    return build_model(deployed.architecture, num_classes=deployed.num_classes,
+                       weights=deployed.checkpoint, seed=deployed.seed)
+
+
 def write_registry(folder: Path, *, datasets_dir: Path) -> Path:
     """A deployment TOML: the calibrated model (relative checkpoint path) and four datasets."""
     calibrated_checkpoint(folder / "weights" / f"{MODEL}.pt")
@@ -132,6 +139,22 @@ def write_dataset_config(deployment: Deployment, dataset: str, *, checkpoint: st
         patch_size=int(FAST["patch_size"]), stride=int(FAST["stride"]), tau=TUNED_TAU,
         drilldown_ratio=None, coarse_stride=None, target_ssim=0.9, achieved_ssim=0.95)
     return DatasetStore(deployment.datasets_dir).save(config)
+
+
+# ---------------------------------------------------------------- time
+
+
+class FakeClock:
+    """Monotonic seconds that move only when a test says so (for expiry and idle claims)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 # ---------------------------------------------------------------- polling

@@ -199,7 +199,7 @@ def test_heatmap_has_one_cell_per_patch_position(api: TestClient, retina_png: by
 
 @pytest.fixture(scope="module")
 def network(deployment: Deployment) -> torch.nn.Module:
-    return deployment.model(MODEL).build()
+    return helpers.build_deployed(deployment, MODEL)
 
 
 @pytest.mark.parametrize("fields", [

@@ -11,7 +11,7 @@ from typing import Any, cast
 import pytest
 from fastapi.testclient import TestClient
 
-from krypton.engine import InvalidParamsError
+from krypton.engine import InvalidParamsError, UnsupportedModelError
 from krypton.models import CheckpointError, ImageDecodeError, UnknownModelError
 from krypton.service.errors import (
     InvalidInput,
@@ -22,6 +22,7 @@ from krypton.service.errors import (
     UnsupportedMediaType,
     problem_for,
 )
+from krypton.service.jobs import failure
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 from tests.service.helpers import FAST, MODEL
@@ -62,8 +63,6 @@ BAD_SUBMISSIONS = [
                  id="approximate-without-dataset"),
     pytest.param("good", {"mode": "approximate", "dataset": helpers.UNTUNED_DATASET}, 422,
                  "not tuned", id="approximate-untuned-dataset"),
-    pytest.param("good", {"mode": "approximate", "dataset": helpers.STALE_DATASET}, 422,
-                 "checkpoint", id="approximate-config-of-another-checkpoint"),
     pytest.param("good", {"mode": "approximate", "dataset": helpers.TUNED_DATASET,
                           "patch_size": "8", "stride": "16"}, 422, "patch_size",
                  id="approximate-other-patch-size"),
@@ -303,13 +302,23 @@ def test_result_of_failed_job_answers_409(broken_checkpoint_client: TestClient,
     pytest.param(UnknownModelError("alexnet", ["resnet18"]), 422, "invalid-input",
                  id="unknown-model"),
     pytest.param(ImageDecodeError("truncated"), 422, "invalid-input", id="decode-error"),
-    pytest.param(InvalidParamsError("stride"), 422, "invalid-input", id="engine-params"),
     pytest.param(CheckpointError("bad file"), 500, "model-unavailable", id="checkpoint"),
     pytest.param(RuntimeError("CUDA out of memory"), 500, "internal-error", id="unexpected"),
 ])
 def test_problem_for_maps_each_error_to_status_and_stable_type(error: Exception, status: int,
                                                                slug: str) -> None:
     document = problem_for(error)
+    assert (document["status"], document["type"]) == (status, f"urn:krypton:problem:{slug}")
+
+
+@pytest.mark.parametrize(("error", "status", "slug"), [
+    pytest.param(InvalidParamsError("stride"), 422, "invalid-input", id="engine-params"),
+    pytest.param(UnsupportedModelError("fx"), 422, "invalid-input", id="engine-model"),
+    pytest.param(ImageDecodeError("truncated"), 422, "invalid-input", id="decode-error"),
+    pytest.param(RuntimeError("CUDA out of memory"), 500, "internal-error", id="unexpected"),
+])
+def test_job_failure_maps_engine_errors_too(error: Exception, status: int, slug: str) -> None:
+    document = failure(error)
     assert (document["status"], document["type"]) == (status, f"urn:krypton:problem:{slug}")
 
 

@@ -33,7 +33,8 @@ def softmax(deployment: Deployment, retina_png: bytes) -> list[float]:
     deployed = deployment.model(MODEL)
     tensor = to_model_input(decode_image(retina_png), deployed.preprocessing)
     with torch.no_grad():
-        return torch.softmax(deployed.build()(tensor.unsqueeze(0)), dim=1)[0].tolist()
+        network = helpers.build_deployed(deployment, MODEL)
+        return torch.softmax(network(tensor.unsqueeze(0)), dim=1)[0].tolist()
 
 
 def test_predict_defaults_to_the_first_deployed_model(prediction: dict[str, Any]) -> None:

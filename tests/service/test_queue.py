@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
-from krypton.service.schemas import HeatmapParams, Job, JobStatus, WorkerInfo, new_job_id, utcnow
+from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
 
 Scenario = Callable[[JobQueue], Awaitable[Any]]
 Runner = Callable[..., Any]
@@ -38,7 +39,7 @@ def run(request: pytest.FixtureRequest) -> Runner:
 
 
 def _job() -> Job:
-    return Job(id=new_job_id(), params=HeatmapParams(model="m", patch_size=16, stride=8))
+    return Job(id=new_job_id(), params=HeatmapPlan(model="m", patch_size=16, stride=8))
 
 
 def _worker(name: str) -> WorkerInfo:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import io
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import redis
 
-from krypton.models.deployment import Deployment, load_deployment
+from krypton.models.deployment import Deployment
 from krypton.service import constants
+from krypton.service.model_cache import ModelCache
+from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import InMemoryQueue, JobQueue
-from krypton.service.schemas import HeatmapParams, Job, JobStatus, new_job_id
-from krypton.service.worker import ModelCache, Worker
+from krypton.service.schemas import Job, JobStatus, new_job_id
+from krypton.service.worker import Worker
 from tests.service import helpers
-from tests.service.helpers import MODEL, write_broken_registry
+from tests.service.helpers import MODEL, FakeClock
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def cache(deployment: Deployment) -> ModelCache:
 
 
 def _job(patch_size: int = 16, stride: int = 16, **fields: Any) -> Job:
-    return Job(id=new_job_id(), params=HeatmapParams(model=MODEL, patch_size=patch_size,
+    return Job(id=new_job_id(), params=HeatmapPlan(model=MODEL, patch_size=patch_size,
                                                      stride=stride), **fields)
 
 
@@ -41,23 +42,6 @@ def _burst(queue: JobQueue, deployment: Deployment, cache: ModelCache,
 def _heatmap(queue: InMemoryQueue, job_id: str) -> np.ndarray | None:
     data = asyncio.run(queue.result(job_id))
     return None if data is None else np.load(io.BytesIO(data))
-
-
-def test_model_cache_preload_builds_every_deployed_model(deployment: Deployment) -> None:
-    cache = ModelCache(deployment, "cpu")
-    assert cache.preload() == []
-    assert {name: cache.get(name).deployed.name for name in deployment.models} == {
-        name: name for name in deployment.models}
-
-
-def test_model_cache_preload_names_the_models_that_cannot_load(tmp_path: Path,
-                                                               registry: Path) -> None:
-    broken = load_deployment(write_broken_registry(tmp_path, registry))
-    assert ModelCache(broken, "cpu").preload() == [MODEL]
-
-
-def test_model_cache_builds_each_model_once(cache: ModelCache) -> None:
-    assert cache.get(MODEL) is cache.get(MODEL)
 
 
 def test_worker_runs_a_queued_job_to_success(deployment: Deployment, cache: ModelCache,
@@ -316,8 +300,16 @@ class _CorruptQueue(InMemoryQueue):
 
 def test_worker_drops_an_unreadable_job_document_and_keeps_working(
         deployment: Deployment, cache: ModelCache) -> None:
-    queue = _CorruptQueue(ttl_seconds=60)
-    asyncio.run(queue.submit(_job(), [helpers.encode(helpers.retina_image(), "PNG")]))
-    worker = _burst(queue, deployment, cache)
+    clock = FakeClock()
+    queue = _CorruptQueue(ttl_seconds=600, claim_idle_ms=1000, clock=clock)
+
+    async def scenario() -> tuple[Worker, Any]:
+        await queue.submit(_job(), [helpers.encode(helpers.retina_image(), "PNG")])
+        worker = Worker(queue, deployment, name="burst", cache=cache)
+        await worker.run(burst=True, block_ms=50)
+        clock.advance(60)  # long past claim_idle_ms: an unacknowledged claim is reclaimed
+        return worker, await queue.claim("another", 10)
+
+    worker, reclaimed = asyncio.run(scenario())
     assert worker.jobs_done == 0
-    assert queue._memory.pending == {}  # acknowledged, so never redelivered
+    assert reclaimed is None

@@ -1,0 +1,84 @@
+"""``krypton bench``: time the engine against naive inference and Captum, in one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from krypton.cli.common import Device, fail
+from krypton.models import ModelError
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(bench)
+
+
+def bench(
+    models_: Annotated[str, typer.Option(
+        "--models", help="Comma-separated architectures.")] = "vgg16,resnet18,inception_v3",
+    patch: Annotated[int, typer.Option(help="Patch side in input pixels.")] = 16,
+    stride: Annotated[int, typer.Option(help="Stride in input pixels.")] = 16,
+    device: Annotated[Device, typer.Option(help="Where to run.")] = Device.cpu,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Exact engine's batch (default: its memory budget).")] = None,
+    captum: Annotated[bool, typer.Option(help="Also time Captum's Occlusion.")] = True,
+    approximate: Annotated[bool, typer.Option(
+        help="Benchmark tuned approximate inference instead: tune on half of the sample "
+        "images, then time approximate vs exact vs naive on the other half.")] = False,
+    samples: Annotated[int, typer.Option(help="Sample images for --approximate.")] = 4,
+    target_ssim: Annotated[float, typer.Option(help="SSIM target for --approximate.")] = 0.9,
+    demo_weights: Annotated[Path | None, typer.Option(
+        help="With --approximate: the folder of `krypton demo train` checkpoints; explains "
+        "held-out demo lesion images with the trained models instead of untrained ones.")
+                            ] = None,
+    check: Annotated[int, typer.Option(
+        help="With --demo-weights: score the chosen setting's SSIM on this many further "
+        "demo images (not timed).")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write rows as JSON.")
+                        ] = None,
+) -> None:
+    """Time naive, Captum and exact occlusion in this process and print the speedups."""
+    from krypton.benchmarks.engine import (
+        format_approximate_table,
+        format_table,
+        machine_description,
+        run_approximate_benchmark,
+        run_benchmark,
+    )
+    from krypton.engine import EngineError
+
+    names = [n.strip() for n in models_.split(",") if n.strip()]
+    if not approximate and (demo_weights is not None or check):
+        fail("--demo-weights and --check apply to --approximate only")
+    if approximate:
+        try:
+            approximate_rows = run_approximate_benchmark(
+                names, patch=patch, stride=stride, samples=samples, target_ssim=target_ssim,
+                device=device.value, demo_weights=demo_weights, check=check,
+                report=lambda line: typer.echo(line, err=True))
+        except (EngineError, ModelError, ValueError, OSError) as exc:
+            fail(str(exc))
+        typer.echo(f"machine: {machine_description(device.value)}")
+        typer.echo(format_approximate_table(approximate_rows))
+        if json_out is not None:
+            json_out.write_text(json.dumps({
+                "machine": machine_description(device.value),
+                "rows": [r.as_dict() for r in approximate_rows]}, indent=2))
+        return
+    try:
+        rows = run_benchmark(names, patch=patch, stride=stride, device=device.value,
+                             exact_batch=batch_size, with_captum=captum,
+                             report=lambda line: typer.echo(line, err=True))
+    except (EngineError, ModelError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"machine: {machine_description(device.value)}")
+    typer.echo(format_table(rows))
+    if json_out is not None:
+        json_out.write_text(json.dumps(
+            {"machine": machine_description(device.value), "rows": [r.as_dict() for r in rows]},
+            indent=2))

@@ -1,0 +1,45 @@
+"""What every ``krypton`` subcommand shares: choices, errors, logging."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from typing import NoReturn, TypeVar
+
+import typer
+
+__all__ = ["Device", "EngineMode", "configure_logging", "fail", "settings_or_fail"]
+
+T = TypeVar("T")
+
+
+class EngineMode(StrEnum):
+    exact = "exact"
+    approximate = "approximate"
+    naive = "naive"
+
+
+class Device(StrEnum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def fail(message: str) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with status 2 (a usage error)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code=2)
+
+
+def settings_or_fail(get: Callable[[], T]) -> T:
+    """The service settings, or a clear error naming the bad ``KRYPTON_*`` variable."""
+    try:
+        return get()
+    except ValueError as exc:  # pydantic's ValidationError names the bad variable
+        fail(f"invalid KRYPTON_* environment: {exc}")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -1,0 +1,76 @@
+"""``krypton demo``: the demo's lesion images and the models trained on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from krypton.cli.common import fail
+from krypton.models import ModelError
+
+__all__ = ["register"]
+
+demo_app = typer.Typer(
+    help="The demo use case: fundus photographs with synthetic lesions, and models "
+    "trained on them.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("train")
+def demo_train(
+    model: Annotated[str, typer.Option(help="Architecture (see `krypton models`).")
+                     ] = "resnet18",
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 600,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights and images.")] = 0,
+    full_size_share: Annotated[float, typer.Option(
+        help="Share of the steps, at the end, on full-size images (the rest use half "
+        "the side).")] = 0.15,
+    out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
+                   ] = Path("checkpoints"),
+) -> None:
+    """Train MODEL to tell the demo's lesions apart and write its checkpoint."""
+    from krypton.demo import demo_checkpoint, save_checkpoint, train_demo_model
+
+    try:
+        network, report = train_demo_model(
+            model, steps=steps, batch_size=batch_size, seed=seed,
+            full_size_share=full_size_share, report=lambda line: typer.echo(line, err=True))
+        path = save_checkpoint(network, report, demo_checkpoint(out, model))
+        path.with_suffix(".json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    except (ModelError, ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {path} (validation accuracy {report.accuracy:.3f}, "
+               f"{report.seconds:.0f} s)")
+
+
+@demo_app.command("images")
+def demo_images(
+    out: Annotated[Path, typer.Option(help="Folder to write PNG images to.")],
+    count: Annotated[int, typer.Option(help="How many images.")] = 8,
+    size: Annotated[int, typer.Option(help="Side in pixels (the model's input size).")] = 224,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed (default: the one tuning and the benchmark use, which training never "
+        "draws from).")] = None,
+) -> None:
+    """Write demo images with one lesion each, e.g. for `krypton tune --images`."""
+    from PIL import Image
+
+    from krypton.demo import SAMPLE_SEED, lesion_samples
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        images = lesion_samples(size, count, seed=SAMPLE_SEED if seed is None else seed)
+        for index, pixels in enumerate(images):
+            Image.fromarray((pixels * 255.0).round().astype(np.uint8)).save(
+                out / f"lesion-{index:03d}.png")
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(f"wrote {count} images to {out}")

@@ -1,0 +1,115 @@
+"""``krypton serve``, ``krypton worker``, ``krypton openapi`` and ``krypton bench-api``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from krypton.cli.common import configure_logging, fail, settings_or_fail
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(worker)
+    app.command()(openapi)
+    app.command("bench-api")(bench_api)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Run the REST API. Without KRYPTON_REDIS_URL it also runs an in-process worker."""
+    import uvicorn
+
+    from krypton.service.app import create_app
+    from krypton.service.config import get_settings
+
+    settings = settings_or_fail(get_settings)
+    configure_logging(settings.log_level)
+    if settings.embedded:
+        typer.echo("embedded mode: in-process queue and worker (set KRYPTON_REDIS_URL to use "
+                   "Redis and `krypton worker` processes)", err=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+
+
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit once the queue is empty.")] = False,
+    preload: Annotated[bool, typer.Option(
+        help="Load every deployed model before taking jobs (bad checkpoints show at start).")
+    ] = True,
+) -> None:
+    """Run a worker: claim heatmap jobs from Redis, compute, store. One per GPU."""
+    import asyncio
+    import signal
+
+    from krypton.service.app import make_deployment, make_queue
+    from krypton.service.config import get_settings
+    from krypton.service.worker import Worker
+
+    settings = settings_or_fail(get_settings)
+    configure_logging(settings.log_level)
+    if settings.embedded:
+        fail("krypton worker needs KRYPTON_REDIS_URL (e.g. redis://localhost:6379/0); "
+             "`krypton serve` without it runs its own worker")
+
+    async def main() -> None:
+        deployment = make_deployment(settings)
+        queue = make_queue(settings, deployment)
+        runner = Worker(queue, deployment, device=settings.device,
+                        max_pixels=settings.max_pixels)
+        if preload:
+            await asyncio.to_thread(runner.cache.preload)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, runner.stop)
+        try:
+            await runner.run(burst=burst)
+        finally:
+            await queue.close()
+
+    asyncio.run(main())
+
+
+def openapi(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the document.")
+                      ] = Path("openapi/openapi.json"),
+) -> None:
+    """Export the API's OpenAPI document (what the running service serves at /openapi.json)."""
+    from krypton.service.app import create_app
+    from krypton.service.config import Settings
+
+    document = create_app(Settings()).openapi()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    typer.echo(f"wrote {output}")
+
+
+def bench_api(
+    url: Annotated[str, typer.Option(help="The running API.")] = "http://127.0.0.1:8000",
+    image: Annotated[Path, typer.Option(help="Image to submit.")] = Path("examples/retina.jpg"),
+    model: Annotated[str, typer.Option(help="Deployed model.")] = "resnet18",
+    patch: Annotated[int, typer.Option(help="Patch side in input pixels.")] = 16,
+    stride: Annotated[int, typer.Option(help="Stride in input pixels.")] = 16,
+    jobs: Annotated[int, typer.Option(help="Jobs per concurrency level.")] = 20,
+    concurrency: Annotated[str, typer.Option(
+        help="Comma-separated numbers of clients submitting at once.")] = "1,4",
+    direct: Annotated[bool, typer.Option(
+        help="With one client, pair each job with a direct engine call here (default "
+        "registry models only): the API's overhead per job.")] = True,
+) -> None:
+    """Load a running service with heatmap jobs; print throughput, p50/p95 and overhead."""
+    from krypton.benchmarks.service import engine_call, format_report, run_load
+
+    form = {"model": model, "patch_size": str(patch), "stride": str(stride)}
+    direct_call = (engine_call(image, model=model, patch_size=patch, stride=stride)
+                   if direct else None)
+    reports = [run_load(url, image, jobs=jobs, concurrency=int(c), form=form,
+                        direct=direct_call, report=lambda line: typer.echo(line, err=True))
+               for c in concurrency.split(",")]
+    typer.echo(format_report(reports))

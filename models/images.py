@@ -1,0 +1,166 @@
+"""Image files to pixels: PNG, JPEG and TIFF decoded to float RGB in ``[0, 1]``.
+
+No torch here: the API process checks uploads with it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from krypton.models.errors import ImageDecodeError, InvalidArgumentError
+
+__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "decode_image"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 50_000_000
+"""Largest ``width * height`` decoded by default: ~600 MB as float32 RGB, far above any
+classifier input, far below what would take a worker down."""
+
+SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF")
+"""Pillow format names :func:`decode_image` opens; other decoders are never tried, which
+keeps the attack surface for uploaded bytes small."""
+
+# Modes Pillow converts to RGB without losing anything we keep (alpha is dropped).
+_EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK",
+                    "YCbCr", "LAB", "HSV"}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+_TIFF_BITS_PER_SAMPLE = 258
+_TIFF_SAMPLE_FORMAT = 339
+_TIFF_SIGNED = 2
+
+
+
+def decode_image(
+    data: bytes | str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> npt.NDArray[np.float32]:
+    """Decode an uploaded or on-disk image to float RGB in ``[0, 1]``.
+
+    Every bit depth is scaled by its own full range, so a 16-bit medical image
+    keeps its contrast instead of being clipped to 8 bits; grayscale is
+    replicated so every model sees three channels; EXIF orientation is applied
+    because cameras store portrait photos sideways.
+
+    Args:
+        data: Encoded bytes (an upload) or a path to a PNG, JPEG or TIFF file.
+        max_pixels: Refuse images with more than this many pixels, checked from
+            the header before any pixel data is decoded; ``None`` leaves only
+            Pillow's own decompression-bomb limit.
+
+    Returns:
+        ``(H, W, 3)`` float32 array in ``[0, 1]``.
+
+    Raises:
+        ImageDecodeError: The data is not a readable PNG/JPEG/TIFF, is
+            truncated, has an unsupported pixel format, or is too large.
+        InvalidArgumentError: ``max_pixels`` is not a positive integer or None.
+    """
+    if max_pixels is not None and (
+            isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise InvalidArgumentError(
+            f"max_pixels must be a positive integer or None, got {max_pixels!r}"
+        )
+    if isinstance(data, bytes | bytearray | memoryview):
+        source = "image bytes"
+        stream: io.BytesIO | str | os.PathLike[str] = io.BytesIO(data)
+    else:
+        source = f"image file {os.fspath(data)!r}"
+        stream = data
+    try:
+        with Image.open(stream, formats=SUPPORTED_FORMATS) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageDecodeError(
+                    f"{source} is {width}x{height} = {width * height} pixels, more than the "
+                    f"limit of {max_pixels}"
+                )
+            image.load()
+            # Read before exif_transpose, whose copy no longer carries the TIFF tags.
+            tiff_tags = _tiff_sample_tags(image)
+            upright = ImageOps.exif_transpose(image)
+            array = _to_float_rgb(upright if upright is not None else image, tiff_tags, source)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"{source} is too large to decode safely: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(
+            f"{source} is not a {', '.join(SUPPORTED_FORMATS)} image"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"{source} does not exist") from exc
+    except Exception as exc:
+        # Pillow's decoders raise a zoo of types on hostile or truncated input
+        # (OSError, SyntaxError, struct.error, zlib.error, IndexError, ...).
+        raise ImageDecodeError(f"cannot decode {source}: {exc}") from exc
+    logger.debug("decoded %s: %dx%d", source, array.shape[1], array.shape[0])
+    return array
+
+
+def _to_float_rgb(
+    image: Image.Image, tiff_tags: tuple[int | None, bool], source: str
+) -> npt.NDArray[np.float32]:
+    """Scale whatever Pillow decoded by its true range and make it three channels."""
+    mode = image.mode
+    if mode in _EIGHT_BIT_MODES:
+        gray = mode in {"1", "L", "LA", "La"}
+        array = np.asarray(image.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
+    elif mode in _SIXTEEN_BIT_MODES:
+        array = np.asarray(image).astype(np.float32) / 65535.0
+    elif mode == "I":
+        array = _scale_int32(np.asarray(image), tiff_tags, source)
+    elif mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise ImageDecodeError(
+                f"{source} holds floating-point pixels outside [0, 1]; their range is unknown"
+            )
+    else:
+        raise ImageDecodeError(f"{source} has unsupported pixel mode {mode!r}")
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _tiff_sample_tags(image: Image.Image) -> tuple[int | None, bool]:
+    """Declared bits per sample and signedness; ``(None, False)`` for non-TIFF images."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None, False
+    bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
+    signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED
+    return (bits if isinstance(bits, int) and bits > 0 else None), signed
+
+
+def _scale_int32(
+    array: npt.NDArray[np.integer], tiff_tags: tuple[int | None, bool], source: str
+) -> npt.NDArray[np.float32]:
+    """Scale Pillow's 32-bit integer mode by the bit depth the file declares.
+
+    Mode ``"I"`` holds 16-bit or 32-bit samples, signed or not; TIFF says which
+    in its tags. Without tags, values that fit in 16 bits are taken as 16-bit.
+    """
+    if array.size and array.min() < 0:
+        raise ImageDecodeError(
+            f"{source} holds negative pixel values; signed images are not supported"
+        )
+    bits, signed = tiff_tags
+    if bits is None:
+        bits = 16 if (not array.size or array.max() <= 0xFFFF) else 32
+    full_scale = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+    return np.clip(array.astype(np.float64) / full_scale, 0.0, 1.0).astype(np.float32)
+
+
+def _first(value: object) -> object:
+    """TIFF tags come back as a scalar or a per-sample tuple; the first sample decides."""
+    if isinstance(value, tuple):
+        return value[0] if value else None
+    return value

@@ -1,0 +1,175 @@
+"""What a worker does for each kind of job, registered by kind (as arq registers functions).
+
+A job body takes a :class:`JobContext` (the loaded models, limits, and the
+progress and stop callbacks), the job's parameters and its images, and
+returns an :class:`Outcome`: what to add to the job document, the result
+bytes to store, and for tuning the dataset config to keep. Bodies run in a
+worker's compute thread and never touch the store themselves; the worker
+(:mod:`krypton.service.worker`) owns claims, saves and acknowledgements.
+
+:func:`explain` is the heatmap itself, shared with ``krypton explain``: one
+:class:`~krypton.service.plans.HeatmapPlan` gives one heatmap, wherever it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from krypton.engine import (
+    Approximation,
+    EngineError,
+    IncrementalOcclusion,
+    OcclusionResult,
+    ProgressCallback,
+    StopCheck,
+    tune,
+)
+from krypton.models import DatasetConfig, decode_image, patch_value
+from krypton.render import heatmap_npy
+from krypton.service.errors import invalid_input, problem_for
+from krypton.service.model_cache import ModelCache
+from krypton.service.plans import HeatmapPlan
+from krypton.service.schemas import (
+    JobKind,
+    Prediction,
+    PredictParams,
+    RunSummary,
+    TuningParams,
+)
+
+__all__ = ["JobContext", "Outcome", "explain", "failure", "job_body", "run_body"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job body may use besides its parameters and images."""
+
+    cache: ModelCache
+    max_pixels: int
+    progress: ProgressCallback
+    should_stop: StopCheck
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished computation adds to its job, and what else the worker stores."""
+
+    updates: dict[str, Any]
+    result: bytes | None = None
+    dataset_config: DatasetConfig | None = None
+
+
+JobBody = Callable[[JobContext, Any, list[bytes]], Outcome]
+_BODIES: dict[JobKind, JobBody] = {}
+
+
+def job_body(kind: JobKind) -> Callable[[JobBody], JobBody]:
+    """Register the function that runs jobs of ``kind``."""
+    def register(body: JobBody) -> JobBody:
+        _BODIES[kind] = body
+        return body
+    return register
+
+
+def run_body(context: JobContext, kind: JobKind, params: Any, images: list[bytes]) -> Outcome:
+    """Run the body registered for ``kind``."""
+    return _BODIES[kind](context, params, images)
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The problem document a job that raised ``exc`` is failed with."""
+    if isinstance(exc, EngineError):
+        return invalid_input(str(exc))
+    return problem_for(exc)
+
+
+def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floating], *,
+            progress: ProgressCallback | None = None,
+            should_stop: StopCheck | None = None) -> OcclusionResult:
+    """The heatmap ``plan`` asks for, of an image decoded to pixels.
+
+    Raises:
+        DatasetConfigError: the plan's tuned knobs were made for other weights.
+        EngineError: the engine refused (or ``should_stop`` stopped) the run.
+    """
+    loaded = cache.get(plan.model)
+    plan.check_weights(loaded.weights_id)
+    preprocessing = loaded.deployed.preprocessing
+    approximation = Approximation(plan.tau, plan.drilldown_ratio, plan.coarse_stride)
+    return approximation.attribute(
+        cache.engine(plan.model, plan.mode), loaded.model_input(pixels),
+        plan.patch_size, plan.stride, patch_value=patch_value(plan.patch_color, preprocessing),
+        target=plan.target_class, progress=progress, should_stop=should_stop)
+
+
+@job_body(JobKind.heatmap)
+def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outcome:
+    pixels = decode_image(images[0], max_pixels=context.max_pixels)
+    result = explain(context.cache, plan, pixels, progress=context.progress,
+                     should_stop=context.should_stop)
+    loaded = context.cache.get(plan.model)
+    labels, stats = loaded.deployed.labels, result.stats
+    return Outcome(updates={
+        "prediction": Prediction(
+            predicted_class=result.predicted_class,
+            predicted_label=labels[result.predicted_class],
+            predicted_probability=result.predicted_probability, target_class=result.target,
+            target_label=labels[result.target], target_probability=result.target_probability),
+        "run": RunSummary(
+            positions=stats.positions, input_size=loaded.deployed.preprocessing.size,
+            heatmap_shape=result.heatmap.shape, seconds=stats.seconds,
+            device=stats.device, mode=plan.mode, flops_ratio=stats.flops_ratio, tau=stats.tau,
+            drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride),
+    }, result=heatmap_npy(result.heatmap))
+
+
+@job_body(JobKind.predict)
+def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> Outcome:
+    loaded = context.cache.get(params.model)
+    tensor = loaded.model_input(decode_image(images[0], max_pixels=context.max_pixels))
+    with torch.inference_mode():
+        logits = loaded.network(tensor.unsqueeze(0).to(context.cache.device))
+    probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
+    top = int(np.argmax(probabilities))
+    label, probability = loaded.deployed.labels[top], float(probabilities[top])
+    context.progress(1, 1)
+    return Outcome(updates={
+        "probabilities": [float(p) for p in probabilities],
+        "prediction": Prediction(predicted_class=top, predicted_label=label,
+                                 predicted_probability=probability, target_class=top,
+                                 target_label=label, target_probability=probability),
+    })
+
+
+@job_body(JobKind.tuning)
+def tuning(context: JobContext, params: TuningParams, images: list[bytes]) -> Outcome:
+    loaded = context.cache.get(params.model)
+    tensors = [loaded.model_input(decode_image(i, max_pixels=context.max_pixels))
+               for i in images]
+    steps = [0]
+
+    def report(line: str) -> None:
+        logger.info("tuning %s: %s", params.dataset, line)
+        steps[0] += 1
+        context.progress(min(steps[0], 19), 20)  # tuning's length is unknown up front
+
+    engine = context.cache.engine(params.model, "exact")
+    assert isinstance(engine, IncrementalOcclusion)
+    result = tune(engine, tensors, params.patch_size, params.stride,
+                  target_ssim=params.target_ssim, holdout=max(1, len(tensors) // 2),
+                  patch_value=patch_value("gray", loaded.deployed.preprocessing),
+                  report=report, should_stop=context.should_stop)
+    config = DatasetConfig.from_tuning(
+        result, dataset=params.dataset, model=loaded.deployed.architecture,
+        checkpoint=loaded.weights_id, patch_size=params.patch_size, stride=params.stride)
+    return Outcome(updates={"tuned": config.as_dict() | {"met_target": config.met_target}},
+                   dataset_config=config)

@@ -1,0 +1,156 @@
+"""One heatmap request, resolved: what the engine runs, decided in one place.
+
+The API's routes, the worker, ``krypton explain`` and the benchmarks all turn
+(model, dataset, patch size, stride, colour, target, mode) into a
+:class:`HeatmapPlan` with :func:`resolve_heatmap`, so the same request gives
+the same heatmap wherever it is made: the same defaults, the same deployed
+preprocessing, the same approximation knobs. A plan is immutable and plain
+data (it travels in the job document), and resolving one loads no torch.
+
+What the API cannot check without the weights, the worker checks when it runs
+the plan: that a dataset's tuned config was made for the checkpoint it has
+loaded (:meth:`HeatmapPlan.check_weights`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from krypton.models import DatasetConfig, DatasetConfigError, InvalidArgumentError, patch_value
+from krypton.models.deployment import DeployedModel, Deployment
+
+__all__ = ["DEFAULT_PATCH_SIZE", "DEFAULT_STRIDE", "HeatmapPlan", "Mode", "resolve_heatmap"]
+
+DEFAULT_PATCH_SIZE = 16
+"""Patch side in model-input pixels when neither the request nor a tuned dataset says."""
+DEFAULT_STRIDE = 8
+"""Stride in model-input pixels when neither the request nor a tuned dataset says."""
+
+Mode = Literal["exact", "approximate", "naive"]
+
+
+class HeatmapPlan(BaseModel):
+    """What to explain and how; patch and stride are in model-input pixels."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["heatmap"] = "heatmap"
+    model: str = Field(description="The deployed model's name.")
+    dataset: str | None = None
+    patch_size: int
+    stride: int
+    patch_color: str = "gray"
+    target_class: int | None = Field(default=None, description="None: the predicted class.")
+    mode: Mode = "exact"
+    tau: float = Field(default=1.0, description="Projective-field threshold; 1 is exact.")
+    drilldown_ratio: float | None = None
+    coarse_stride: int | None = None
+    tuned_for: str | None = Field(
+        default=None, description="Identity of the weights the dataset's config was tuned on.")
+
+    def check_weights(self, weights_id: str) -> None:
+        """Refuse to run a dataset's tuned knobs on weights they were not tuned on.
+
+        Raises:
+            DatasetConfigError: naming the dataset and both identities.
+        """
+        if self.tuned_for is not None and weights_id != self.tuned_for:
+            raise DatasetConfigError(
+                f"dataset {self.dataset!r} was tuned for checkpoint {self.tuned_for[:16]}..., "
+                f"not {weights_id[:16]}...; tune it again for this checkpoint")
+
+
+def resolve_heatmap(
+    deployment: Deployment,
+    *,
+    model: str | None = None,
+    dataset: str | None = None,
+    config: DatasetConfig | None = None,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    patch_color: str = "gray",
+    target_class: int | None = None,
+    mode: Mode = "exact",
+    tau: float | None = None,
+    drilldown_ratio: float | None = None,
+    coarse_stride: int | None = None,
+) -> HeatmapPlan:
+    """The validated plan for one heatmap request.
+
+    Args:
+        deployment: what is served.
+        model: a deployed model; default the dataset's, else the first deployed.
+        dataset: a deployed dataset, whose tuned ``config`` (if any) gives the
+            defaults for patch size and stride and, in approximate mode, the knobs.
+        config: the dataset's tuned config, as the caller's store holds it.
+        patch_size, stride: in model-input pixels.
+        patch_color: ``gray``, ``black``, ``white``, ``mean`` or ``R,G,B``.
+        target_class: class to explain; default the predicted one.
+        mode: ``exact``, ``approximate`` or ``naive``.
+        tau, drilldown_ratio, coarse_stride: approximate mode without a
+            dataset (the command line's hand-set knobs).
+
+    Raises:
+        DatasetConfigError: unknown dataset, untuned dataset in approximate
+            mode, or a config tuned for another model, patch size or stride.
+        InvalidArgumentError: any other bad value, named with what to change.
+        UnknownModelError: a model that is not deployed.
+    """
+    if dataset is not None:
+        served_by = deployment.dataset(dataset).model
+        if model is not None and model != served_by:
+            raise InvalidArgumentError(
+                f"dataset {dataset!r} is served by model {served_by!r}, not {model!r}")
+        model = served_by
+    deployed = deployment.model(model) if model else deployment.default_model()
+    patch_size = patch_size if patch_size is not None else (
+        config.patch_size if config else DEFAULT_PATCH_SIZE)
+    stride = stride if stride is not None else (config.stride if config else DEFAULT_STRIDE)
+    _check_geometry(deployed, patch_size, stride)
+    patch_value(patch_color, deployed.preprocessing)
+    if target_class is not None and not 0 <= target_class < deployed.num_classes:
+        raise InvalidArgumentError(
+            f"target_class must be between 0 and {deployed.num_classes - 1} for model "
+            f"{deployed.name!r}, got {target_class}")
+    plan = HeatmapPlan(model=deployed.name, dataset=dataset, patch_size=patch_size,
+                       stride=stride, patch_color=patch_color, target_class=target_class,
+                       mode=mode)
+    knobs = (tau, drilldown_ratio, coarse_stride)
+    if mode != "approximate":
+        if any(k is not None for k in knobs):
+            raise InvalidArgumentError("tau, drilldown_ratio and coarse_stride need "
+                                       "mode approximate")
+        return plan
+    if any(k is not None for k in knobs):
+        if dataset is not None:
+            raise InvalidArgumentError("give either a dataset or tau/drilldown_ratio/"
+                                       "coarse_stride, not both")
+        return plan.model_copy(update={"tau": 1.0 if tau is None else tau,
+                                       "drilldown_ratio": drilldown_ratio,
+                                       "coarse_stride": coarse_stride})
+    return plan.model_copy(update=_tuned_knobs(deployed, dataset, config, patch_size, stride))
+
+
+def _check_geometry(deployed: DeployedModel, patch_size: int, stride: int) -> None:
+    size = deployed.preprocessing.size
+    if not 1 <= patch_size <= size:
+        raise InvalidArgumentError(f"patch_size must be between 1 and the model's input size "
+                                   f"{size}, got {patch_size}")
+    if stride < 1:
+        raise InvalidArgumentError(f"stride must be at least 1, got {stride}")
+
+
+def _tuned_knobs(deployed: DeployedModel, dataset: str | None, config: DatasetConfig | None,
+                 patch_size: int, stride: int) -> dict[str, object]:
+    """A tuned dataset's approximation knobs, for this model and geometry only."""
+    if dataset is None:
+        raise DatasetConfigError("mode approximate needs a dataset with a tuned config "
+                                 "(or, on the command line, --tau/--drilldown-ratio)")
+    if config is None:
+        raise DatasetConfigError(f"dataset {dataset!r} is not tuned yet; tune it first "
+                                 f"(POST /v1/datasets/{dataset}/tuning or `krypton tune`)")
+    config.check_compatible(deployed.architecture, patch_size=patch_size, stride=stride)
+    return {"tau": config.tau, "drilldown_ratio": config.drilldown_ratio,
+            "coarse_stride": config.coarse_stride, "tuned_for": config.checkpoint}
