@@ -56,9 +56,10 @@ class JobQueue(ABC):
         self.claim_idle_ms = claim_idle_ms
         self.heartbeat_ttl_seconds = heartbeat_ttl_seconds
 
-    def _stamp(self, job: Job) -> Job:
+    def _stamp(self, job: Job, images: Sequence[bytes]) -> Job:
         return job.model_copy(update={
-            "expires_at": utcnow() + dt.timedelta(seconds=self.ttl_seconds)})
+            "expires_at": utcnow() + dt.timedelta(seconds=self.ttl_seconds),
+            "images": len(images)})
 
     @abstractmethod
     async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
@@ -201,7 +202,7 @@ class InMemoryQueue(JobQueue):
 
     async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
         self._purge_expired()
-        job = self._stamp(job)
+        job = self._stamp(job, images)
         expires = self._clock() + self.ttl_seconds
         self._memory.entries[constants.JOB_KEY.format(job.id)] = _Entry(job, expires)
         for index, image in enumerate(images):
@@ -334,7 +335,7 @@ class RedisStreamQueue(JobQueue):
         self._group_ready = True
 
     async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
-        job = self._stamp(job)
+        job = self._stamp(job, images)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.set(constants.JOB_KEY.format(job.id), job.model_dump_json(), ex=self.ttl_seconds)
             for index, image in enumerate(images):

@@ -259,20 +259,25 @@ def test_compose_healthchecks_match_the_images(services: dict[str, dict[str, Any
     assert "KRYPTON_REDIS_URL" in worker_check and ".ping()" in worker_check
 
 
-def test_api_and_worker_see_the_same_registry_models_and_datasets(
-        services: dict[str, dict[str, Any]], registry: dict[str, Any]) -> None:
+def test_api_and_worker_read_the_same_registry(services: dict[str, dict[str, Any]]) -> None:
     for name in APP_SERVICES:
         service = services[name]
-        env = environment(service)
-        registry_mount = mount_at(service, env["KRYPTON_REGISTRY"])
+        registry_mount = mount_at(service, environment(service)["KRYPTON_REGISTRY"])
         assert registry_mount.read_only, name
         assert (ROOT / registry_mount.source).resolve() == REGISTRY, name
-        assert mount_at(service, "/models").read_only, name
-        datasets = mount_at(service, env["KRYPTON_DATASETS_DIR"])
-        assert not datasets.read_only, f"{name}: tuning writes dataset configs"
-        assert datasets.target == registry["datasets_dir"], name
-    assert ({mount_at(services[name], "/var/lib/krypton/datasets").source
-             for name in APP_SERVICES} == {"datasets"}), "api and workers share one volume"
+
+
+def test_only_workers_mount_the_checkpoints(services: dict[str, dict[str, Any]]) -> None:
+    assert mount_at(services["worker"], "/models").read_only
+    assert "/models" not in {m.target for m in mounts(services["api"])}, (
+        "the api never reads checkpoints")
+
+
+def test_redis_is_the_only_state_api_and_workers_share(
+        services: dict[str, dict[str, Any]]) -> None:
+    writable = {name: [m.target for m in mounts(services[name]) if not m.read_only]
+                for name in APP_SERVICES}
+    assert writable == {name: [] for name in APP_SERVICES}
 
 
 # --- Dockerfiles -----------------------------------------------------------------

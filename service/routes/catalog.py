@@ -94,8 +94,7 @@ async def tune_dataset(
                                max_pixels=settings.max_pixels))[0] for i in images]
     params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
                           stride=stride, target_ssim=target_ssim)
-    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params,
-                                 images=len(blobs)), blobs)
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params), blobs)
     response.headers["Location"] = f"/v1/datasets/{name}/tuning/{job.id}"
     return view(job)
 

@@ -18,7 +18,6 @@ from krypton.models import (
     get_model_spec,
     list_models,
     register_model,
-    registry,
 )
 
 NATIVE_SIZES = {
@@ -37,14 +36,6 @@ SMALL_SIDE = {"inception_v3": 75}
 def _same_weights(first: nn.Module, second: nn.Module) -> bool:
     a, b = first.state_dict(), second.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture
-def scratch_registry(monkeypatch: pytest.MonkeyPatch) -> dict[str, registry.ModelSpec]:
-    """A copy of the registry, so tests can register without leaking into others."""
-    models = dict(registry._MODELS)
-    monkeypatch.setattr(registry, "_MODELS", models)
-    return models
 
 
 def test_list_models_after_import_includes_required_architectures() -> None:
@@ -138,20 +129,29 @@ def test_build_model_inception_options_override_default_aux_head() -> None:
     assert model.AuxLogits is None
 
 
-def test_register_model_new_name_is_listed_and_buildable(
-    scratch_registry: dict[str, registry.ModelSpec],
-) -> None:
-    @register_model("tiny", input_size=32, family="test", description="one linear layer")
-    def tiny(num_classes: int, **options: object) -> nn.Module:
-        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+REGISTER_TINY = """
+import torch
+from torch import nn
+from krypton.models import build_model, list_models, register_model
 
-    model = build_model("tiny", num_classes=4)
-    assert "tiny" in list_models() and model(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+@register_model("tiny", input_size=32, family="test", description="one linear layer")
+def tiny(num_classes, **options):
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+model = build_model("tiny", num_classes=4)
+assert "tiny" in list_models() and model(torch.rand(1, 3, 32, 32)).shape == (1, 4)
+"""
 
 
-def test_register_model_duplicate_name_raises_invalid_argument(
-    scratch_registry: dict[str, registry.ModelSpec],
-) -> None:
+def test_register_model_new_name_is_listed_and_built() -> None:
+    # In a fresh interpreter: a registration lasts for the process, and would add an
+    # architecture to every other test that runs over list_models().
+    result = subprocess.run([sys.executable, "-c", REGISTER_TINY], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_register_model_duplicate_name_raises_invalid_argument() -> None:
     with pytest.raises(InvalidArgumentError, match="already registered"):
         register_model("resnet18", input_size=224, family="x", description="x")(
             lambda num_classes, **options: nn.Identity()

@@ -5,16 +5,32 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from krypton.models import DatasetConfig, DatasetStore
 from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
+from tests.service.helpers import FakeClock
 
 Scenario = Callable[[JobQueue], Awaitable[Any]]
 Runner = Callable[..., Any]
+
+
+_clocks: dict[int, FakeClock] = {}
+"""The injected clock of each in-memory queue a scenario runs on, by ``id(queue)``."""
+
+
+async def _elapse(queue: JobQueue, seconds: float) -> None:
+    """Let ``seconds`` pass for ``queue``: on its clock in memory, for real in Redis."""
+    clock = _clocks.get(id(queue))
+    if clock is None:
+        await asyncio.sleep(seconds)
+    else:
+        clock.advance(seconds)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
@@ -26,11 +42,17 @@ def run(request: pytest.FixtureRequest) -> Runner:
         options = {"ttl_seconds": 60, **options}
 
         async def main() -> Any:
-            queue: JobQueue = (InMemoryQueue(**options) if url is None
-                               else RedisStreamQueue.from_url(url, **options))
+            queue: JobQueue
+            if url is None:
+                clock = FakeClock()
+                queue = InMemoryQueue(clock=clock, **options)
+                _clocks[id(queue)] = clock
+            else:
+                queue = RedisStreamQueue.from_url(url, **options)
             try:
                 return await scenario(queue)
             finally:
+                _clocks.pop(id(queue), None)
                 await queue.close()
 
         return asyncio.run(main())
@@ -47,11 +69,13 @@ def _worker(name: str) -> WorkerInfo:
                       jobs_done=0, current_job=None)
 
 
-async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _until(queue: JobQueue, check: Callable[[], Awaitable[bool]],
+                 timeout: float = 10.0) -> None:
+    waited = 0.0
     while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+        assert waited < timeout, "timed out"
+        await _elapse(queue, 0.05)
+        waited += 0.05
 
 
 # ---------------------------------------------------------------- documents
@@ -187,7 +211,7 @@ def test_queue_job_images_and_result_expire_after_the_ttl(run: Runner) -> None:
         job = await queue.submit(_job(), [b"image"])
         await queue.put_result(job.id, b"npy")
         assert await queue.get(job.id) is not None
-        await _until(lambda: _gone(queue, job.id))
+        await _until(queue, lambda: _gone(queue, job.id))
         return [await queue.images(job.id, 1), await queue.result(job.id)]
 
     assert run(scenario, ttl_seconds=1) == [None, None]
@@ -230,7 +254,7 @@ def test_queue_claim_hands_an_idle_claim_to_another_consumer(run: Runner) -> Non
         job = await queue.submit(_job(), [b"i"])
         first = await queue.claim("dead", 100)
         assert first is not None
-        await asyncio.sleep(0.25)
+        await _elapse(queue, 0.25)
         second = await queue.claim("alive", 100)
         assert second is not None
         return job.id, second.job_id
@@ -245,7 +269,7 @@ def test_queue_touch_keeps_a_claim_from_being_reclaimed(run: Runner) -> None:
         claim = await queue.claim("busy", 100)
         assert claim is not None
         for _ in range(3):
-            await asyncio.sleep(0.25)
+            await _elapse(queue, 0.25)
             await queue.touch(claim, "busy")
         return await queue.claim("idle", 50)
 
@@ -267,7 +291,7 @@ def test_queue_touch_by_a_stalled_worker_does_not_take_the_claim_back(run: Runne
         await queue.submit(_job(), [b"i"])
         stalled = await queue.claim("stalled", 100)
         assert stalled is not None
-        await asyncio.sleep(0.25)
+        await _elapse(queue, 0.25)
         taken = await queue.claim("rescuer", 100)
         assert taken is not None and taken.message_id == stalled.message_id
         return await queue.touch(stalled, "stalled"), await queue.touch(taken, "rescuer")
@@ -294,7 +318,7 @@ def test_queue_ack_ends_delivery_for_good(run: Runner) -> None:
         claim = await queue.claim("a", 100)
         assert claim is not None
         await queue.ack(claim)
-        await asyncio.sleep(0.25)
+        await _elapse(queue, 0.25)
         return await queue.claim("b", 50)
 
     assert run(scenario, claim_idle_ms=200) is None
@@ -325,7 +349,7 @@ def test_queue_heartbeat_expires_when_a_worker_stops_beating(run: Runner) -> Non
     async def scenario(queue: JobQueue) -> list[WorkerInfo]:
         await queue.beat(_worker("w1"))
         assert await queue.workers()
-        await _until(lambda: _no_workers(queue))
+        await _until(queue, lambda: _no_workers(queue))
         return await queue.workers()
 
     assert run(scenario, heartbeat_ttl_seconds=1) == []
@@ -352,3 +376,58 @@ def test_redis_queue_ping_of_unreachable_server_is_false(unused_port: int) -> No
 
     assert asyncio.run(main()) is False
 
+
+
+# ---------------------------------------------------------------- dataset configs
+
+
+def _config(tau: float = 0.7) -> DatasetConfig:
+    return DatasetConfig(dataset="retina", model="resnet18", checkpoint="ab" * 32,
+                         patch_size=16, stride=8, tau=tau, drilldown_ratio=0.1,
+                         coarse_stride=24, target_ssim=0.9, achieved_ssim=0.93)
+
+
+def test_queue_dataset_config_is_none_before_tuning(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> object:
+        return await queue.dataset_config("retina")
+
+    assert run(scenario) is None
+
+
+def test_queue_keeps_the_latest_dataset_config(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> object:
+        await queue.save_dataset_config(_config(0.7))
+        await queue.save_dataset_config(_config(0.5))
+        return await queue.dataset_config("retina")
+
+    assert run(scenario) == _config(0.5)
+
+
+def test_queue_dataset_configs_do_not_expire_with_jobs(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> object:
+        await queue.save_dataset_config(_config())
+        job = await queue.submit(_job(), [b"image"])
+        await _until(queue, lambda: _gone(queue, job.id))
+        return await queue.dataset_config("retina")
+
+    assert run(scenario, ttl_seconds=1) == _config()
+
+
+def test_memory_queue_with_a_config_folder_keeps_configs_as_files(tmp_path: Path) -> None:
+    async def scenario() -> object:
+        await InMemoryQueue(ttl_seconds=60, configs=DatasetStore(tmp_path)).save_dataset_config(
+            _config())
+        return await InMemoryQueue(ttl_seconds=60, configs=DatasetStore(tmp_path)
+                                   ).dataset_config("retina")
+
+    assert asyncio.run(scenario()) == _config()
+    assert DatasetStore(tmp_path).load("retina") == _config()
+
+
+def test_queue_submit_records_how_many_images_the_job_has(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[int, int | None]:
+        job = await queue.submit(_job(), [b"a", b"b", b"c"])
+        stored = await queue.get(job.id)
+        return job.images, stored and stored.images
+
+    assert run(scenario) == (3, 3)

@@ -7,6 +7,7 @@ test needs: SIGKILL leaves no chance to clean up.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment
 from krypton.service import constants
 from tests.service import helpers
@@ -292,3 +294,32 @@ def test_redis_submit_with_unreachable_redis_answers_503(make_client: ClientFact
                          raise_server_exceptions=False)
     problem = helpers.assert_problem(helpers.submit(client, retina_png, **FAST), 503)
     assert problem["type"] == "urn:krypton:problem:queue-unavailable"
+
+
+# ---------------------------------------------------------------- tuned configs
+
+
+def test_redis_api_imports_the_config_files_redis_lacks_on_start(
+        client: TestClient, redis_client: redis.Redis) -> None:
+    tuned = client.get(f"/v1/datasets/{helpers.TUNED_DATASET}").json()["tuned"]
+    assert tuned is not None and tuned["tau"] == helpers.TUNED_TAU
+    assert redis_client.exists(constants.DATASET_KEY.format(helpers.TUNED_DATASET))
+
+
+def test_redis_api_keeps_a_config_redis_already_has_over_the_file(
+        make_client: ClientFactory, redis_url: str, redis_client: redis.Redis,
+        deployment: Deployment) -> None:
+    newer = DatasetStore(deployment.datasets_dir).load(helpers.TUNED_DATASET)
+    newer = dataclasses.replace(newer, tau=0.55)
+    redis_client.set(constants.DATASET_KEY.format(helpers.TUNED_DATASET), newer.to_json())
+    client = make_client(redis_url=redis_url)
+    assert client.get(f"/v1/datasets/{helpers.TUNED_DATASET}").json()["tuned"]["tau"] == 0.55
+
+
+def test_redis_approximate_job_runs_the_knobs_redis_holds(
+        client: TestClient, redis_url: str, deployment: Deployment, retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="w1"):
+        job = helpers.finished(client, retina_png, dataset=helpers.TUNED_DATASET,
+                               mode="approximate")
+    assert job["status"] == "succeeded", job["error"]
+    assert job["run"]["tau"] == helpers.TUNED_TAU
