@@ -60,6 +60,9 @@ class ModelSpec:
         checkpoint_options: Derives builder options from a checkpoint's keys, for
             architectures with optional parts (Inception's auxiliary head); ``None``
             when the architecture has a single variant.
+        min_size: Smallest square input side the architecture accepts (its
+            pooling stages must leave at least one cell), as torchvision's
+            weights metadata records it.
     """
 
     name: str
@@ -68,6 +71,7 @@ class ModelSpec:
     family: str
     description: str
     checkpoint_options: CheckpointOptions | None = None
+    min_size: int = 32
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -82,6 +86,7 @@ def register_model(
     family: str,
     description: str,
     checkpoint_options: CheckpointOptions | None = None,
+    min_size: int = 32,
 ) -> Callable[[_B], _B]:
     """Decorator that adds a builder to the registry under ``name``.
 
@@ -91,6 +96,7 @@ def register_model(
         family: Architecture family.
         description: One line describing the model.
         checkpoint_options: See :attr:`ModelSpec.checkpoint_options`.
+        min_size: See :attr:`ModelSpec.min_size`.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -112,6 +118,7 @@ def register_model(
             family=family,
             description=description,
             checkpoint_options=checkpoint_options,
+            min_size=min_size,
         )
         return builder
 

@@ -31,6 +31,7 @@ def _aux_head_if_in_checkpoint(keys: Collection[str]) -> dict[str, Any]:
     family="inception",
     description="Inception v3: factorised multi-branch blocks, 299 px input, 27M parameters",
     checkpoint_options=_aux_head_if_in_checkpoint,
+    min_size=75,
 )
 def inception_v3(num_classes: int, *, aux_logits: bool = True, **options: Any) -> nn.Module:
     """Inception v3; the auxiliary head is on by default, as torchvision trains it.

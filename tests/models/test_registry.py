@@ -29,10 +29,6 @@ NATIVE_SIZES = {
     "mobilenet_v2": 224,
     "inception_v3": 299,
 }
-SMALL_SIDE = {"inception_v3": 75}
-"""Inception needs at least 75 px; everything else runs on 64 px to keep CI fast."""
-
-
 def _same_weights(first: nn.Module, second: nn.Module) -> bool:
     a, b = first.state_dict(), second.state_dict()
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -61,7 +57,7 @@ def test_get_model_spec_every_model_has_family_and_description() -> None:
 @pytest.mark.parametrize("name", list(NATIVE_SIZES), ids=list(NATIVE_SIZES))
 def test_build_model_three_classes_outputs_three_logits_in_eval_mode(name: str) -> None:
     model = build_model(name, num_classes=3)
-    side = SMALL_SIDE.get(name, 64)
+    side = max(get_model_spec(name).min_size, 64)  # small, to keep CI fast
     with torch.no_grad():
         logits = model(torch.rand(2, 3, side, side))
     assert (model.training, tuple(logits.shape)) == (False, (2, 3))
