@@ -69,10 +69,17 @@ class BenchRow:
     theoretical_ratio: float
     flops_ratio: float
     max_abs_diff: float
+    approximate_pps: float | None = None
+    approximate_ssim: float | None = None
+    """SSIM of the approximate heatmap against the exact one."""
 
     @property
     def speedup_naive(self) -> float:
         return self.exact_pps / self.naive_pps
+
+    @property
+    def approximate_speedup_naive(self) -> float | None:
+        return None if self.approximate_pps is None else self.approximate_pps / self.naive_pps
 
     @property
     def speedup_captum(self) -> float | None:
@@ -80,7 +87,8 @@ class BenchRow:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "speedup_naive": self.speedup_naive,
-                "speedup_captum": self.speedup_captum}
+                "speedup_captum": self.speedup_captum,
+                "approximate_speedup_naive": self.approximate_speedup_naive}
 
 
 def benchmark_image() -> np.ndarray:
@@ -98,19 +106,31 @@ def run_benchmark(
     device: str = "cpu",
     exact_batch: int | None = None,
     with_captum: bool = True,
+    approximation: Approximation | None = None,
+    demo_weights: str | os.PathLike[str] | None = None,
     report: Callable[[str], None] = print,
 ) -> list[BenchRow]:
-    """Time the three methods on each model at its native input size."""
-    pixels = benchmark_image()
-    cache = ModelCache(bench_deployment(models), device)
+    """Time the methods on each model at its native input size, on one image.
+
+    Untrained models (their head rescaled so the heatmap has contrast) explain
+    scikit-image's fundus photograph; with ``demo_weights``, the trained demo
+    models explain a demo lesion image. With ``approximation``, approximate
+    mode is timed too and scored against the exact map.
+    """
+    cache = ModelCache(bench_deployment(models, demo_weights), device)
     rows = []
     for name in models:
         resolve_heatmap(cache.deployment, model=name, patch_size=patch, stride=stride)
-        image = cache.get(name).model_input(pixels)
+        loaded = cache.get(name)
+        if demo_weights is None:
+            image = loaded.model_input(benchmark_image())
+            calibrate_head(loaded.network, image)
+        else:
+            (image,) = _demo_inputs(loaded.deployed.preprocessing, 1)
         size = image.shape[1]
         report(f"{name}: {size}x{size}, patch {patch}, stride {stride}")
         rows.append(_bench_model(name, cache, image, patch, stride, device, exact_batch,
-                                 with_captum, report))
+                                 with_captum, approximation, report))
     return rows
 
 
@@ -133,7 +153,8 @@ def bench_deployment(models: Sequence[str], demo_weights: str | os.PathLike[str]
 
 def _bench_model(
     name: str, cache: ModelCache, image: Tensor, patch: int, stride: int, device: str,
-    exact_batch: int | None, with_captum: bool, report: Callable[[str], None],
+    exact_batch: int | None, with_captum: bool, approximation: Approximation | None,
+    report: Callable[[str], None],
 ) -> BenchRow:
     naive, exact = cache.engine(name, "naive"), cache.engine(name, "exact")
     assert isinstance(naive, ReferenceOcclusion)
@@ -160,6 +181,14 @@ def _bench_model(
         lambda: exact.attribute(image, patch, stride, batch_size=exact_batch), device)
     report(f"  exact   {grid.size / exact_seconds:8.2f} positions/s "
            f"(batch {exact_result.stats.batch_size})")
+    approximate_pps = approximate_ssim = None
+    if approximation is not None:
+        approximate, approximate_seconds = _timed(functools.partial(
+            approximation.attribute, exact, image, patch, stride, target=exact_result.target,
+            batch_size=exact_batch), device)
+        approximate_pps = grid.size / approximate_seconds
+        approximate_ssim = heatmap_ssim(approximate.heatmap, exact_result.heatmap)
+        report(f"  approx  {approximate_pps:8.2f} positions/s, SSIM {approximate_ssim:.3f}")
     stats = exact_result.stats
     return BenchRow(
         model=name,
@@ -175,6 +204,8 @@ def _bench_model(
         theoretical_ratio=float(stats.theoretical_ratio or 1.0),
         flops_ratio=float(stats.flops_ratio or 1.0),
         max_abs_diff=float(np.abs(exact_result.heatmap - naive_result.heatmap).max()),
+        approximate_pps=approximate_pps,
+        approximate_ssim=approximate_ssim,
     )
 
 
@@ -258,16 +289,20 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     """A Markdown table of the rows, ready for BENCHMARKS.md."""
     lines = [
         "| model | input | positions | naive pos/s | Captum pos/s | exact pos/s "
-        "| exact / naive | exact / Captum | R (theory) | FLOPs ratio run | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| exact / naive | exact / Captum | R (theory) | FLOPs ratio run | max abs diff "
+        "| approx / naive (SSIM) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         captum = "-" if r.captum_pps is None else f"{r.captum_pps:.2f}"
         vs_captum = "-" if r.speedup_captum is None else f"{r.speedup_captum:.2f}x"
+        approximate = ("-" if r.approximate_speedup_naive is None else
+                       f"{r.approximate_speedup_naive:.1f}x ({r.approximate_ssim:.3f})")
         lines.append(
             f"| {r.model} | {r.input_size} | {r.positions} | {r.naive_pps:.2f} | {captum} "
             f"| {r.exact_pps:.2f} | {r.speedup_naive:.2f}x | {vs_captum} "
-            f"| {r.theoretical_ratio:.2f} | {r.flops_ratio:.2f} | {r.max_abs_diff:.1e} |"
+            f"| {r.theoretical_ratio:.2f} | {r.flops_ratio:.2f} | {r.max_abs_diff:.1e} "
+            f"| {approximate} |"
         )
     return "\n".join(lines)
 

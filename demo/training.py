@@ -76,6 +76,7 @@ def train_demo_model(
     occluders: float = 0.5,
     full_size_share: float = 0.15,
     validation: int = 64,
+    device: str = "cpu",
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, TrainingReport]:
     """Train ``name`` for ``steps`` batches; returns the eval-mode model and a report.
@@ -95,6 +96,7 @@ def train_demo_model(
             the lesion (see :mod:`krypton.demo.lesions`).
         full_size_share: share of the steps, at the end, on full-size images.
         validation: images to measure accuracy on.
+        device: where the model trains (the images are drawn on the CPU).
         report: called with a line of progress every few steps.
     """
     if steps < 1 or batch_size < 1:
@@ -111,7 +113,7 @@ def train_demo_model(
     spec = get_model_spec(name)
     preprocessing, size = spec.preprocessing, spec.input_size
     rate = learning_rate if learning_rate is not None else _LEARNING_RATE
-    model = _trainable_model(name, seed)
+    model = _trainable_model(name, seed).to(device)
     _zero_head(model)
     small = FundusLesions(max(size // 2, 80), seed=seed, occluders=occluders,
                           lesion_scale=size / 224)
@@ -123,8 +125,8 @@ def train_demo_model(
     started, losses = time.perf_counter(), []
     for step in range(steps):
         batch = (small if step < first_full_step else full).batch(batch_size)
-        logits = model(normalize(batch.images, preprocessing))
-        loss = F.cross_entropy(logits, batch.labels)
+        logits = model(normalize(batch.images, preprocessing).to(device))
+        loss = F.cross_entropy(logits, batch.labels.to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimiser.step()
@@ -134,7 +136,7 @@ def train_demo_model(
             recent = losses[-10:]
             say(f"{name} step {step + 1}/{steps} ({batch.images.shape[-1]} px): loss "
                 f"{sum(recent) / len(recent):.3f} ({time.perf_counter() - started:.0f} s)")
-    model.eval()
+    model = model.cpu().eval()
     if name in TWINS:
         model = fold_twin(model, build_model(name, num_classes=len(LABELS), seed=seed))
     accuracy = evaluate(model, size, preprocessing, validation)

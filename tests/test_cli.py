@@ -135,9 +135,12 @@ def test_models_lists_the_required_architectures() -> None:
         assert name in result.output
 
 
-@pytest.mark.parametrize("options", [["--check", "2"], ["--demo-weights", "checkpoints"]],
-                         ids=["check", "demo-weights"])
-def test_bench_refuses_approximate_only_options_without_approximate(options: list[str]) -> None:
+@pytest.mark.parametrize("options", [
+    pytest.param(["--check", "2"], id="check-without-approximate"),
+    pytest.param(["--approximate", "--setting", "1/0.05/15"], id="setting-with-approximate"),
+    pytest.param(["--setting", "fast"], id="malformed-setting"),
+])
+def test_bench_refuses_options_that_do_not_go_together(options: list[str]) -> None:
     result = runner.invoke(app, ["bench", "--models", "resnet18", *options])
     assert result.exit_code == 2
-    assert "--approximate" in result.output
+    assert "--approximate" in result.output or "TAU/R/COARSE" in result.output

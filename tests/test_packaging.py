@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +51,22 @@ def _free_port() -> int:
         return port
 
 
+def _bare_venv(folder: Path) -> Path:
+    """A fresh venv without krypton, its dependencies borrowed from this one; its python.
+
+    The borrowed folder is a plain path, not a site folder, so this
+    environment's editable install of krypton does not come along.
+    """
+    venv = folder / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], check=True, capture_output=True, text=True)
+    Path(site.stdout.strip(), "dependencies.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
 @pytest.fixture(scope="module")
 def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv with the built wheel installed; its ``bin`` folder."""
@@ -57,17 +74,10 @@ def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(folder / "dist"), str(ROOT)], check=True, timeout=600)
     (wheel,) = (folder / "dist").glob("krypton-*.whl")
-    venv = folder / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()"
-                           "['purelib'])"], check=True, capture_output=True, text=True)
-    # Dependencies from this environment, behind the fresh one's own site-packages.
-    Path(site.stdout.strip(), "dependencies.pth").write_text(
-        sysconfig.get_paths()["purelib"] + "\n")
+    python = _bare_venv(folder)
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
                     "--no-deps", "--no-index", "-q", str(wheel)], check=True, timeout=300)
-    return venv / "bin"
+    return python.parent
 
 
 def test_wheel_installs_every_package_under_one_import_name(installed_wheel: Path) -> None:
@@ -108,3 +118,20 @@ def test_wheel_runs_krypton_serve(installed_wheel: Path) -> None:
             assert time.monotonic() < deadline, "krypton serve did not answer within 120 s"
             time.sleep(0.2)
     assert {m["name"] for m in response.json()} == {"resnet18", "vgg16", "inception_v3"}
+
+
+def test_gpu_script_dry_run_goes_end_to_end_on_the_cpu_from_a_plain_checkout(
+        tmp_path: Path) -> None:
+    # As on a GPU image: a python that has the dependencies but no krypton installed.
+    python = _bare_venv(tmp_path)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(ROOT / "benchmarks" / "gpu.sh"), "--dry-run"], capture_output=True, text=True,
+        timeout=600, env={**os.environ, "PYTHON": str(python), "OUT": str(out)})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "STEP FAILED" not in result.stdout, result.stdout[-3000:]
+    summary = result.stdout.split("=== summary")[-1]
+    assert "| resnet18 | 224 | 196 |" in summary, result.stdout[-3000:]
+    assert "| 1 | 1 | 2 |" in summary, "the service run's row"
+    assert f"krypton from {tempfile.gettempdir()}" in result.stdout
+    assert (out / "bench.json").is_file() and (out / "checkpoints" / "demo-resnet18.pt").is_file()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from krypton.cli.common import Device, fail
 from krypton.models import ModelError
+
+if TYPE_CHECKING:
+    from krypton.engine import Approximation
 
 __all__ = ["register"]
 
@@ -33,9 +36,11 @@ def bench(
     samples: Annotated[int, typer.Option(help="Sample images for --approximate.")] = 4,
     target_ssim: Annotated[float, typer.Option(help="SSIM target for --approximate.")] = 0.9,
     demo_weights: Annotated[Path | None, typer.Option(
-        help="With --approximate: the folder of `krypton demo train` checkpoints; explains "
-        "held-out demo lesion images with the trained models instead of untrained ones.")
-                            ] = None,
+        help="The folder of `krypton demo train` checkpoints: explain demo lesion images with "
+        "the trained models instead of untrained ones.")] = None,
+    setting: Annotated[str | None, typer.Option(
+        help="Without --approximate: also time this approximate setting, TAU/R/COARSE "
+        "(e.g. 1/0.05/15), and score its SSIM against the exact map.")] = None,
     check: Annotated[int, typer.Option(
         help="With --demo-weights: score the chosen setting's SSIM on this many further "
         "demo images (not timed).")] = 0,
@@ -53,8 +58,10 @@ def bench(
     from krypton.engine import EngineError
 
     names = [n.strip() for n in models_.split(",") if n.strip()]
-    if not approximate and (demo_weights is not None or check):
-        fail("--demo-weights and --check apply to --approximate only")
+    if not approximate and check:
+        fail("--check applies to --approximate only")
+    if approximate and setting is not None:
+        fail("--setting times one setting without --approximate, which tunes its own")
     if approximate:
         try:
             approximate_rows = run_approximate_benchmark(
@@ -73,6 +80,7 @@ def bench(
     try:
         rows = run_benchmark(names, patch=patch, stride=stride, device=device.value,
                              exact_batch=batch_size, with_captum=captum,
+                             approximation=_setting(setting), demo_weights=demo_weights,
                              report=lambda line: typer.echo(line, err=True))
     except (EngineError, ModelError, ValueError) as exc:
         fail(str(exc))
@@ -82,3 +90,17 @@ def bench(
         json_out.write_text(json.dumps(
             {"machine": machine_description(device.value), "rows": [r.as_dict() for r in rows]},
             indent=2))
+
+
+def _setting(text: str | None) -> Approximation | None:
+    """``TAU/R/COARSE`` (``R`` and ``COARSE`` may be ``-``) as an approximation."""
+    from krypton.engine import Approximation
+
+    if text is None:
+        return None
+    try:
+        tau, ratio, coarse = text.split("/")
+        return Approximation(float(tau), None if ratio == "-" else float(ratio),
+                             None if coarse == "-" else int(coarse))
+    except ValueError as exc:
+        fail(f"--setting must be TAU/R/COARSE, e.g. 1/0.05/15 or 0.5/-/-: {exc}")

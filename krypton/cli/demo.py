@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from krypton.cli.common import fail
+from krypton.cli.common import Device, fail
 from krypton.models import ModelError
 
 __all__ = ["register"]
@@ -35,6 +35,7 @@ def demo_train(
         "the side).")] = 0.15,
     out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
                    ] = Path("checkpoints"),
+    device: Annotated[Device, typer.Option(help="Where the model trains.")] = Device.cpu,
 ) -> None:
     """Train MODEL to tell the demo's lesions apart and write its checkpoint."""
     from krypton.demo import demo_checkpoint, save_checkpoint, train_demo_model
@@ -42,7 +43,8 @@ def demo_train(
     try:
         network, report = train_demo_model(
             model, steps=steps, batch_size=batch_size, seed=seed,
-            full_size_share=full_size_share, report=lambda line: typer.echo(line, err=True))
+            full_size_share=full_size_share, device=device.value,
+            report=lambda line: typer.echo(line, err=True))
         path = save_checkpoint(network, report, demo_checkpoint(out, model))
         path.with_suffix(".json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     except (ModelError, ValueError, OSError) as exc:
