@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+
+from krypton.models import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -47,3 +51,12 @@ def tiny_cnn() -> nn.Module:
         model.bn.running_mean.uniform_(-0.5, 0.5)
         model.bn.running_var.uniform_(0.5, 2.0)
     return model
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Path:
+    """A fine-tuned-like ResNet18 state_dict with three classes, under ``weights/``."""
+    path = tmp_path / "weights" / "finetuned.pt"
+    path.parent.mkdir()
+    torch.save(build_model("resnet18", num_classes=3, seed=11).state_dict(), path)
+    return path

@@ -6,13 +6,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from krypton.models import (
     DatasetConfigError,
     InvalidArgumentError,
     UnknownModelError,
-    build_model,
     random_weights_id,
 )
 from krypton.models.deployment import (
@@ -239,14 +237,6 @@ def test_default_deployment_has_a_retina_dataset_on_resnet18(tmp_path: Path) -> 
 
 
 # ---------------------------------------------------------------- weights
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "weights" / "finetuned.pt"
-    path.parent.mkdir()
-    torch.save(build_model("resnet18", num_classes=3, seed=11).state_dict(), path)
-    return path
 
 
 def test_deployed_model_weights_id_is_the_checkpoint_sha256(checkpoint: Path) -> None:

@@ -7,18 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from krypton.models import CheckpointError, build_model
+from krypton.models import CheckpointError
 from krypton.models.deployment import DeployedModel, Deployment, load_deployment
 from krypton.service.model_cache import ModelCache
 from tests.service import helpers
-
-
-@pytest.fixture
-def checkpoint(tmp_path: Path) -> Path:
-    path = tmp_path / "weights" / "finetuned.pt"
-    path.parent.mkdir()
-    torch.save(build_model("resnet18", num_classes=3, seed=11).state_dict(), path)
-    return path
 
 
 def _cache(*models: DeployedModel) -> ModelCache:
