@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from krypton.models.errors import ImageDecodeError, InvalidArgumentError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "decode_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "INFERENCE_SIDE", "SUPPORTED_FORMATS", "decode_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,13 +35,19 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED = 2
+_REDUCIBLE = {"1": "L", "P": "RGBA", "I;16": "I", "I;16L": "I", "I;16B": "I", "I;16N": "I"}
+"""Modes Pillow's ``reduce`` refuses, and the lossless mode to take them to first."""
 
+INFERENCE_SIDE = 2048
+"""Side an image is reduced to, at most, before it is made a model input: models see a
+few hundred pixels, and a 50-megapixel photograph as float RGB would take 600 MB."""
 
 
 def decode_image(
     data: bytes | str | os.PathLike[str],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
 ) -> npt.NDArray[np.float32]:
     """Decode an uploaded or on-disk image to float RGB in ``[0, 1]``.
 
@@ -54,6 +61,10 @@ def decode_image(
         max_pixels: Refuse images with more than this many pixels, checked from
             the header before any pixel data is decoded; ``None`` leaves only
             Pillow's own decompression-bomb limit.
+        max_side: Reduce a larger image (by a whole factor, averaging blocks of
+            pixels) until its longer side is at most this, before it becomes
+            floats: JPEG decodes at the reduced scale directly, others reduce
+            the 8- or 16-bit image. ``None`` keeps the full size.
 
     Returns:
         ``(H, W, 3)`` float32 array in ``[0, 1]``.
@@ -82,11 +93,14 @@ def decode_image(
                     f"{source} is {width}x{height} = {width * height} pixels, more than the "
                     f"limit of {max_pixels}"
                 )
+            if max_side is not None:
+                image.draft(image.mode, (max_side, max_side))  # JPEG: decode smaller
             image.load()
             # Read before exif_transpose, whose copy no longer carries the TIFF tags.
             tiff_tags = _tiff_sample_tags(image)
-            upright = ImageOps.exif_transpose(image)
-            array = _to_float_rgb(upright if upright is not None else image, tiff_tags, source)
+            reduced = _reduce(image, max_side)
+            upright = ImageOps.exif_transpose(reduced)
+            array = _to_float_rgb(upright if upright is not None else reduced, tiff_tags, source)
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -103,6 +117,16 @@ def decode_image(
         raise ImageDecodeError(f"cannot decode {source}: {exc}") from exc
     logger.debug("decoded %s: %dx%d", source, array.shape[1], array.shape[0])
     return array
+
+
+def _reduce(image: Image.Image, max_side: int | None) -> Image.Image:
+    """``image``, or a copy reduced by a whole factor so its longer side fits ``max_side``."""
+    longest = max(image.size)
+    if max_side is None or longest <= max_side:
+        return image
+    if image.mode in _REDUCIBLE:
+        image = image.convert(_REDUCIBLE[image.mode])
+    return image.reduce(math.ceil(longest / max_side))
 
 
 def _to_float_rgb(

@@ -63,6 +63,9 @@ class ModelSpec:
         min_size: Smallest square input side the architecture accepts (its
             pooling stages must leave at least one cell), as torchvision's
             weights metadata records it.
+        gflops: Multiply-accumulates of one inference at ``input_size``, in
+            billions (torchvision's ``_ops``): what one patch position costs a
+            naive run, so the service can bound the work of a job.
     """
 
     name: str
@@ -72,6 +75,12 @@ class ModelSpec:
     description: str
     checkpoint_options: CheckpointOptions | None = None
     min_size: int = 32
+    gflops: float = 1.0
+
+    def inference_gflops(self, size: int) -> float:
+        """:attr:`gflops` scaled to a square input of side ``size`` (convolutions scale
+        with the area)."""
+        return self.gflops * (size / self.input_size) ** 2
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -87,6 +96,7 @@ def register_model(
     description: str,
     checkpoint_options: CheckpointOptions | None = None,
     min_size: int = 32,
+    gflops: float = 1.0,
 ) -> Callable[[_B], _B]:
     """Decorator that adds a builder to the registry under ``name``.
 
@@ -97,6 +107,7 @@ def register_model(
         description: One line describing the model.
         checkpoint_options: See :attr:`ModelSpec.checkpoint_options`.
         min_size: See :attr:`ModelSpec.min_size`.
+        gflops: See :attr:`ModelSpec.gflops`.
 
     Returns:
         The decorator, which returns the builder unchanged.
@@ -119,6 +130,7 @@ def register_model(
             description=description,
             checkpoint_options=checkpoint_options,
             min_size=min_size,
+            gflops=gflops,
         )
         return builder
 

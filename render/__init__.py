@@ -8,6 +8,7 @@ top-left corner is at model-input pixel ``(i * S, j * S)``.
 from krypton.render.arrays import View, heatmap_json, heatmap_npy, read_npy, view_values
 from krypton.render.images import (
     COLORMAP,
+    UNTRAINED_WARNING,
     HeatmapGeometry,
     colorize,
     heatmap_png,
@@ -17,6 +18,7 @@ from krypton.render.images import (
 
 __all__ = [
     "COLORMAP",
+    "UNTRAINED_WARNING",
     "HeatmapGeometry",
     "View",
     "colorize",

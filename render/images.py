@@ -15,11 +15,12 @@ from typing import Any
 import matplotlib
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from scipy import ndimage
 
-__all__ = ["COLORMAP", "HeatmapGeometry", "colorize", "heatmap_png", "overlay_png",
-           "resample_to_image"]
+__all__ = ["COLORMAP", "UNTRAINED_WARNING", "HeatmapGeometry", "colorize", "heatmap_png",
+           "overlay_png", "resample_to_image"]
 
 COLORMAP = "inferno"
 """Perceptually uniform, readable in grayscale print, and colour-blind safe."""
@@ -48,21 +49,29 @@ def colorize(values: FloatArray, *, vmin: float | None = None,
     return (rgba[..., :3] * 255).round().astype(np.uint8)
 
 
-def heatmap_png(values: FloatArray, *, cell_pixels: int = 8) -> bytes:
-    """The colour-mapped heatmap, each cell drawn as a ``cell_pixels`` square."""
+UNTRAINED_WARNING = "UNTRAINED MODEL (random weights): not a diagnosis"
+"""Written on every picture of a model with random weights, and in its PNG metadata."""
+
+
+def heatmap_png(values: FloatArray, *, cell_pixels: int = 8, untrained: bool = False) -> bytes:
+    """The colour-mapped heatmap, each cell drawn as a ``cell_pixels`` square.
+
+    ``untrained`` marks the picture of a model with random weights, in the
+    pixels and in a PNG text chunk, so that no copy of it passes for a finding.
+    """
     rgb = colorize(values)
     rgb = np.repeat(np.repeat(rgb, cell_pixels, axis=0), cell_pixels, axis=1)
-    return _png(rgb)
+    return _png(rgb, untrained)
 
 
 def overlay_png(values: FloatArray, image: FloatArray, geometry: HeatmapGeometry, *,
-                alpha: float = 0.5) -> bytes:
-    """The heatmap blended over ``image`` (``(H, W, 3)`` in [0, 1]) at the image's own size."""
+                alpha: float = 0.5, untrained: bool = False) -> bytes:
+    """The heatmap blended over ``image`` (``(H, W, 3)`` in [0, 1]) at the image's size."""
     height, width = image.shape[:2]
     resampled = resample_to_image(values, geometry, height, width)
     colours = colorize(resampled).astype(np.float32) / 255.0
     blended = (1.0 - alpha) * np.clip(image[..., :3], 0.0, 1.0) + alpha * colours
-    return _png((blended * 255).round().astype(np.uint8))
+    return _png((blended * 255).round().astype(np.uint8), untrained)
 
 
 def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int,
@@ -84,7 +93,22 @@ def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int
     return resampled
 
 
-def _png(rgb: npt.NDArray[np.uint8]) -> bytes:
+def _png(rgb: npt.NDArray[np.uint8], untrained: bool = False) -> bytes:
+    picture = Image.fromarray(rgb)
+    metadata = PngInfo()
+    metadata.add_text("Software", "Krypton occlusion heatmap")
+    if untrained:
+        metadata.add_text("Warning", UNTRAINED_WARNING)
+        _banner(picture, UNTRAINED_WARNING)
     buffer = io.BytesIO()
-    Image.fromarray(rgb).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG", pnginfo=metadata)
     return buffer.getvalue()
+
+
+def _banner(picture: Image.Image, text: str) -> None:
+    """``text`` in white on a red band across the top of ``picture``."""
+    draw = ImageDraw.Draw(picture)
+    font = ImageFont.load_default(size=max(8, picture.width // 40))
+    *_, bottom = draw.textbbox((4, 2), text, font=font)
+    draw.rectangle((0, 0, picture.width, bottom + 2), fill=(180, 0, 0))
+    draw.text((4, 2), text, fill=(255, 255, 255), font=font)

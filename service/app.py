@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,9 +22,11 @@ from krypton import __version__
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
 from krypton.service import constants
+from krypton.service.auth import KeyStore
 from krypton.service.config import Settings, get_settings
 from krypton.service.errors import BodyLimit, install_handlers
 from krypton.service.metrics import Metrics
+from krypton.service.openapi import install_openapi
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
 
@@ -85,11 +88,12 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
                 if imported:
                     logger.info("imported tuned configs for %s", ", ".join(imported))
         workers = []
-        if settings.embedded:
+        if settings.embedded and settings.embedded_workers:
             from krypton.service.worker import Worker  # loads torch: embedded mode only
 
             workers = [Worker(app.state.queue, deployment, device=settings.device,
-                              name=f"embedded-{i}", max_pixels=settings.max_pixels)
+                              name=f"embedded-{i}", max_pixels=settings.max_pixels,
+                              job_timeout_seconds=settings.job_timeout_seconds)
                        for i in range(settings.embedded_workers)]
             logger.info("embedded mode: in-process queue and %d worker(s); set "
                         "KRYPTON_REDIS_URL to scale out", len(workers))
@@ -112,9 +116,23 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
                        * constants.MAX_TUNING_IMAGES + 1024 * 1024)
     app.state.settings = settings
     app.state.deployment = deployment
+    app.state.keys = None if settings.keys_file is None else _keys(settings.keys_file)
     app.state.metrics = Metrics()
     app.middleware("http")(app.state.metrics.middleware)
     install_handlers(app)
     for module in (heatmaps, catalog, health):
         app.include_router(module.router)
+    install_openapi(app)
     return app
+
+
+def _keys(path: Path) -> KeyStore:
+    """The keys file, read now: a missing or broken one stops the start, not a request."""
+    if not path.is_file():
+        raise ValueError(f"KRYPTON_KEYS_FILE {path} does not exist; create it with "
+                         f"`krypton keys add NAME --file {path}`")
+    store = KeyStore(path)
+    if not store.keys():
+        raise ValueError(f"KRYPTON_KEYS_FILE {path} holds no keys; add one with "
+                         f"`krypton keys add NAME --file {path}`")
+    return store

@@ -40,6 +40,28 @@ class Settings(BaseSettings):
     heartbeat_ttl_seconds: int = Field(default=constants.HEARTBEAT_TTL_SECONDS, ge=1)
     log_level: str = "INFO"
 
+    keys_file: Path | None = Field(
+        default=None, description="API keys (`krypton keys add`); unset runs open, which "
+        "`krypton serve` allows on loopback only, unless auth is 'none'.")
+    auth: Literal["keys", "none"] | None = Field(
+        default=None, description="'none' states that a gateway in front authenticates, "
+        "so the service may listen beyond loopback without keys.")
+    rate_limit_per_minute: int = Field(
+        default=constants.DEFAULT_RATE_LIMIT_PER_MINUTE, ge=1,
+        description="Jobs one key (or, running open, one client address) may submit a "
+        "minute; more get 429 with Retry-After.")
+    max_queue_length: int = Field(
+        default=constants.DEFAULT_MAX_QUEUE_LENGTH, ge=1,
+        description="Jobs waiting or running at once; a submission beyond gets 503 with "
+        "Retry-After instead of growing the queue without bound.")
+    max_job_gflop: float = Field(
+        default=constants.DEFAULT_MAX_JOB_GFLOP, gt=0,
+        description="Work one heatmap may book: positions times the model's GFLOP per "
+        "inference; more is refused with 422 saying the smallest stride that fits.")
+    job_timeout_seconds: float = Field(
+        default=constants.DEFAULT_JOB_TIMEOUT_SECONDS, gt=0,
+        description="A job still running after this long fails, and its worker moves on.")
+
     @property
     def embedded(self) -> bool:
         return self.redis_url is None

@@ -9,6 +9,7 @@ Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
 - ``krypton:worker:{name}`` - a worker's heartbeat, expiring when it stops beating
 - ``krypton:workers`` - sorted set of worker names by last heartbeat time
 - ``krypton:dataset:{name}`` - a dataset's tuned approximation config (JSON), no expiry
+- ``krypton:rate:{bucket}:{window}`` - submissions of one key in one minute, expiring
 """
 
 from __future__ import annotations
@@ -22,9 +23,17 @@ RESULT_KEY = f"{KEY_PREFIX}:result:{{}}"
 WORKER_KEY = f"{KEY_PREFIX}:worker:{{}}"
 WORKERS_KEY = f"{KEY_PREFIX}:workers"
 DATASET_KEY = f"{KEY_PREFIX}:dataset:{{}}"
+RATE_KEY = f"{KEY_PREFIX}:rate:{{}}:{{}}"
 
 DEFAULT_RESULT_TTL_SECONDS = 24 * 3600
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+DEFAULT_RATE_LIMIT_PER_MINUTE = 120
+DEFAULT_MAX_QUEUE_LENGTH = 1000
+DEFAULT_MAX_JOB_GFLOP = 200_000.0
+"""About VGG16 at stride 2 (11,000 positions at 15.5 GFLOP); InceptionV3 at patch 1
+stride 1 (89,000 positions, an hour of one worker) books 2.5 times as much."""
+DEFAULT_JOB_TIMEOUT_SECONDS = 900.0
+RATE_WINDOW_SECONDS = 60
 MAX_TUNING_IMAGES = 16
 """Sample images one tuning request may carry; it bounds the request body too."""
 MAX_WAIT_SECONDS = 60
@@ -37,5 +46,7 @@ CLAIM_IDLE_MS = 30_000
 """A job claimed but untouched this long belongs to a dead worker and is reclaimed."""
 MAX_ATTEMPTS = 3
 """A job that killed this many workers is failed rather than handed to another."""
+PRUNE_EVERY_BEATS = 15
+"""Workers forget dead workers' entries in the consumer group every 15 heartbeats (30 s)."""
 PROGRESS_INTERVAL_SECONDS = 0.5
 """Workers write progress at most this often (the claim is refreshed separately)."""

@@ -7,10 +7,22 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from krypton.models.deployment import Deployment
+from krypton.service import constants
+from krypton.service.auth import OPEN, Caller, KeyStore
 from krypton.service.config import Settings
+from krypton.service.errors import Forbidden, QueueFull, RateLimited, Unauthorized
 from krypton.service.queue import JobQueue
 
-__all__ = ["DeploymentDep", "QueueDep", "SettingsDep"]
+__all__ = [
+    "AdminDep",
+    "AdmittedDep",
+    "CallerDep",
+    "DeploymentDep",
+    "OptionalCallerDep",
+    "QueueDep",
+    "SettingsDep",
+    "admit_job",
+]
 
 
 def get_queue(request: Request) -> JobQueue:
@@ -28,7 +40,61 @@ def get_deployment(request: Request) -> Deployment:
     return deployment
 
 
+def get_optional_caller(request: Request) -> Caller | None:
+    """The caller of a valid key, everyone when the service runs open, else ``None``."""
+    keys: KeyStore | None = request.app.state.keys
+    if keys is None:
+        return OPEN
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    key = keys.find(token.strip())
+    return None if key is None else Caller(name=key.name, scope=key.scope)
+
+
+def get_caller(caller: Annotated[Caller | None, Depends(get_optional_caller)]) -> Caller:
+    """The authenticated caller; 401 without a valid key."""
+    if caller is None:
+        raise Unauthorized("send a valid API key as 'Authorization: Bearer KEY' (an operator "
+                           "creates one with `krypton keys add NAME`)")
+    return caller
+
+
+def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+    """An ``admin`` caller; 403 for a ``heatmaps`` key."""
+    if not caller.admin:
+        raise Forbidden(f"key {caller.name!r} has scope {caller.scope!r}; this route needs an "
+                        "admin key")
+    return caller
+
+
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DeploymentDep = Annotated[Deployment, Depends(get_deployment)]
+OptionalCallerDep = Annotated[Caller | None, Depends(get_optional_caller)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+AdminDep = Annotated[Caller, Depends(get_admin)]
 
+
+async def admit_job(request: Request, queue: QueueDep, settings: SettingsDep,
+                    caller: CallerDep) -> Caller:
+    """The caller, once its rate and the queue's length allow one more job.
+
+    Raises:
+        RateLimited: the caller (its key, or running open its address) submitted
+            ``rate_limit_per_minute`` jobs this minute (429, Retry-After).
+        QueueFull: ``max_queue_length`` jobs wait or run (503, Retry-After).
+    """
+    client = request.client.host if request.client else "unknown"
+    bucket = f"key:{caller.name}" if caller.name is not None else f"address:{client}"
+    events, retry_after = await queue.count(bucket, constants.RATE_WINDOW_SECONDS)
+    if events > settings.rate_limit_per_minute:
+        raise RateLimited(f"more than {settings.rate_limit_per_minute} jobs a minute from this "
+                          f"caller; try again in {retry_after} s", retry_after=retry_after)
+    if await queue.backlog() >= settings.max_queue_length:
+        raise QueueFull(f"{settings.max_queue_length} jobs are waiting or running, the most "
+                        "this service queues; try again shortly")
+    return caller
+
+
+AdmittedDep = Annotated[Caller, Depends(admit_job)]

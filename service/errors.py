@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,7 +25,13 @@ from krypton.models import CheckpointError, ModelError
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
+    "RETRY_AFTER_SECONDS",
+    "Problem",
     "BodyLimit",
+    "Forbidden",
+    "QueueFull",
+    "RateLimited",
+    "Unauthorized",
     "DatasetNotFound",
     "InvalidInput",
     "JobNotFound",
@@ -37,6 +44,8 @@ __all__ = [
     "invalid_input",
     "problem",
     "problem_for",
+    "problem_response",
+    "problem_responses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -52,10 +61,32 @@ class ServiceError(Exception):
     slug = "internal-error"
     title = "Internal error"
 
-    def __init__(self, detail: str, *, job_id: str | None = None) -> None:
+    def __init__(self, detail: str, *, job_id: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.job_id = job_id
+        self.headers = headers or {}
+
+
+class Unauthorized(ServiceError):
+    """No valid API key; the answer says how to send one (RFC 6750)."""
+
+    status, slug, title = 401, "unauthorized", "API key required"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="krypton"'})
+
+
+class Forbidden(ServiceError):
+    status, slug, title = 403, "forbidden", "Not allowed for this key"
+
+
+class RateLimited(ServiceError):
+    status, slug, title = 429, "rate-limited", "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
 class InvalidInput(ServiceError):
@@ -84,6 +115,47 @@ class ResultNotReady(ServiceError):
 
 class QueueUnavailable(ServiceError):
     status, slug, title = 503, "queue-unavailable", "Queue unavailable"
+
+
+class QueueFull(ServiceError):
+    status, slug, title = 503, "queue-full", "Too much work queued"
+
+
+RETRY_AFTER_SECONDS = 5
+"""What every 503 tells the client to wait before trying again."""
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document, the body of every error answer."""
+
+    type: str = Field(description="A stable URN naming the kind of problem.")
+    title: str
+    status: int
+    detail: str = Field(description="What went wrong and what to change.")
+    instance: str | None = Field(default=None, description="The request path.")
+    job_id: str | None = None
+
+
+_MEANINGS = {
+    400: "The request could not be parsed (a malformed form or body)",
+    401: "No valid API key (send Authorization: Bearer KEY)",
+    403: "The key's scope does not allow this",
+    404: "No such job, dataset or route, or not one this key may see",
+    409: "The result does not exist yet, or not for this input",
+    413: "The upload is larger than the limits (bytes or pixels)",
+    415: "The upload is not an image type the service reads",
+    422: "A parameter or the image is not valid; the detail says which and why",
+    429: "Too many requests from this key; see Retry-After",
+    503: "The queue is full or unreachable; see Retry-After",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries declaring each status as a problem document."""
+    return {status: {"description": _MEANINGS[status],
+                     "content": {PROBLEM_MEDIA_TYPE: {
+                         "schema": {"$ref": "#/components/schemas/Problem"}}}}
+            for status in statuses}
 
 
 def problem(status: int, slug: str, title: str, detail: str, *, instance: str | None = None,
@@ -119,11 +191,24 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
                    "the server failed unexpectedly; the error was logged")
 
 
-def _respond(request: Request, document: dict[str, Any],
-             headers: dict[str, str] | None = None) -> JSONResponse:
-    document.setdefault("instance", request.url.path)
+def problem_response(document: dict[str, Any], *, instance: str,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
+    """``document`` as an ``application/problem+json`` response.
+
+    Every 503 says when to try again (``Retry-After``): overload and a
+    restarting Redis are both temporary.
+    """
+    document.setdefault("instance", instance)
+    headers = dict(headers or {})
+    if document["status"] == 503:
+        headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
     return JSONResponse(document, status_code=document["status"],
                         media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def _respond(request: Request, document: dict[str, Any],
+             headers: dict[str, str] | None = None) -> JSONResponse:
+    return problem_response(document, instance=request.url.path, headers=headers)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -131,10 +216,10 @@ def install_handlers(app: FastAPI) -> None:
 
     async def domain(request: Request, exc: Exception) -> JSONResponse:
         document = problem_for(exc)
-        if document["status"] >= 500:
+        if document["status"] >= 500 and document["status"] != 503:
             logger.error("%s %s failed: %s", request.method, request.url.path,
                          type(exc).__name__, exc_info=exc)
-        return _respond(request, document)
+        return _respond(request, document, getattr(exc, "headers", None))
 
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -149,13 +234,26 @@ def install_handlers(app: FastAPI) -> None:
                        405: ("method-not-allowed", "Method not allowed"),
                        413: (PayloadTooLarge.slug, PayloadTooLarge.title),
                        }.get(exc.status_code, ("http-error", str(exc.detail)))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return _respond(request, problem(exc.status_code, slug, title, str(exc.detail)),
-                        headers=getattr(exc, "headers", None))
+                        headers=headers)
 
     for error in (ServiceError, ModelError, RedisError, Exception):
         app.add_exception_handler(error, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (Starlette names one route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        pattern, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if pattern is not None and allowed and pattern.match(request.url.path):
+            methods |= set(allowed)
+    return sorted(methods)
 
 
 class BodyLimit:

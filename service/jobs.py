@@ -32,6 +32,7 @@ from krypton.engine import (
     tune,
 )
 from krypton.models import DatasetConfig, decode_image, patch_value
+from krypton.models.images import INFERENCE_SIDE
 from krypton.render import heatmap_npy
 from krypton.service.errors import invalid_input, problem_for
 from krypton.service.model_cache import ModelCache
@@ -113,7 +114,7 @@ def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floatin
 
 @job_body(JobKind.heatmap)
 def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outcome:
-    pixels = decode_image(images[0], max_pixels=context.max_pixels)
+    pixels = decode_image(images[0], max_pixels=context.max_pixels, max_side=INFERENCE_SIDE)
     result = explain(context.cache, plan, pixels, progress=context.progress,
                      should_stop=context.should_stop)
     loaded = context.cache.get(plan.model)
@@ -135,7 +136,8 @@ def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outc
 @job_body(JobKind.predict)
 def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> Outcome:
     loaded = context.cache.get(params.model)
-    tensor = loaded.model_input(decode_image(images[0], max_pixels=context.max_pixels))
+    tensor = loaded.model_input(decode_image(images[0], max_pixels=context.max_pixels,
+                                             max_side=INFERENCE_SIDE))
     with torch.inference_mode():
         logits = loaded.network(tensor.unsqueeze(0).to(context.cache.device))
     probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
@@ -153,8 +155,8 @@ def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> 
 @job_body(JobKind.tuning)
 def tuning(context: JobContext, params: TuningParams, images: list[bytes]) -> Outcome:
     loaded = context.cache.get(params.model)
-    tensors = [loaded.model_input(decode_image(i, max_pixels=context.max_pixels))
-               for i in images]
+    tensors = [loaded.model_input(decode_image(i, max_pixels=context.max_pixels,
+                                               max_side=INFERENCE_SIDE)) for i in images]
     steps = [0]
 
     def report(line: str) -> None:

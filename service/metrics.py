@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 __all__ = ["Metrics"]
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -27,8 +29,10 @@ class Metrics:
         started = time.perf_counter()
         response = await call_next(request)
         route = request.scope.get("route")
-        # The route template, never the raw path: ids would explode the label set.
+        # The route template, never the raw path, and only methods HTTP knows: ids and
+        # made-up methods would grow the label sets without bound.
         template = getattr(route, "path", "unmatched")
-        self.requests.labels(request.method, template, str(response.status_code)).inc()
-        self.latency.labels(request.method, template).observe(time.perf_counter() - started)
+        method = request.method if request.method in _METHODS else "other"
+        self.requests.labels(method, template, str(response.status_code)).inc()
+        self.latency.labels(method, template).observe(time.perf_counter() - started)
         return response

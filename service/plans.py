@@ -14,14 +14,30 @@ loaded (:meth:`HeatmapPlan.check_weights`).
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from krypton.models import DatasetConfig, DatasetConfigError, InvalidArgumentError, patch_value
+from krypton.models import (
+    DatasetConfig,
+    DatasetConfigError,
+    InvalidArgumentError,
+    get_model_spec,
+    patch_value,
+)
 from krypton.models.deployment import DeployedModel, Deployment
 
-__all__ = ["DEFAULT_PATCH_SIZE", "DEFAULT_STRIDE", "HeatmapPlan", "Mode", "resolve_heatmap"]
+__all__ = [
+    "DEFAULT_PATCH_SIZE",
+    "DEFAULT_STRIDE",
+    "HeatmapPlan",
+    "Mode",
+    "WorkTooLargeError",
+    "positions",
+    "resolve_heatmap",
+    "work",
+]
 
 DEFAULT_PATCH_SIZE = 16
 """Patch side in model-input pixels when neither the request nor a tuned dataset says."""
@@ -29,6 +45,10 @@ DEFAULT_STRIDE = 8
 """Stride in model-input pixels when neither the request nor a tuned dataset says."""
 
 Mode = Literal["exact", "approximate", "naive"]
+
+
+class WorkTooLargeError(InvalidArgumentError):
+    """A heatmap that would book more of a worker than the service allows one job."""
 
 
 class HeatmapPlan(BaseModel):
@@ -76,6 +96,7 @@ def resolve_heatmap(
     tau: float | None = None,
     drilldown_ratio: float | None = None,
     coarse_stride: int | None = None,
+    max_gflop: float | None = None,
 ) -> HeatmapPlan:
     """The validated plan for one heatmap request.
 
@@ -91,6 +112,8 @@ def resolve_heatmap(
         mode: ``exact``, ``approximate`` or ``naive``.
         tau, drilldown_ratio, coarse_stride: approximate mode without a
             dataset (the command line's hand-set knobs).
+        max_gflop: refuse a plan whose :func:`work` is larger (the service's
+            bound on one job); ``None`` sets no bound.
 
     Raises:
         DatasetConfigError: unknown dataset, untuned dataset in approximate
@@ -122,15 +145,56 @@ def resolve_heatmap(
         if any(k is not None for k in knobs):
             raise InvalidArgumentError("tau, drilldown_ratio and coarse_stride need "
                                        "mode approximate")
-        return plan
-    if any(k is not None for k in knobs):
+    elif any(k is not None for k in knobs):
         if dataset is not None:
             raise InvalidArgumentError("give either a dataset or tau/drilldown_ratio/"
                                        "coarse_stride, not both")
-        return plan.model_copy(update={"tau": 1.0 if tau is None else tau,
+        plan = plan.model_copy(update={"tau": 1.0 if tau is None else tau,
                                        "drilldown_ratio": drilldown_ratio,
                                        "coarse_stride": coarse_stride})
-    return plan.model_copy(update=_tuned_knobs(deployed, dataset, config, patch_size, stride))
+    else:
+        plan = plan.model_copy(update=_tuned_knobs(deployed, dataset, config, patch_size,
+                                                   stride))
+    if max_gflop is not None:
+        _check_work(deployed, plan, max_gflop)
+    return plan
+
+
+def positions(side: int, patch_size: int, stride: int) -> int:
+    """Patch positions on a square input of ``side`` pixels."""
+    return ((side - patch_size) // stride + 1) ** 2
+
+
+def work(deployed: DeployedModel, plan: HeatmapPlan) -> float:
+    """GFLOP the plan books: occluded positions times one full inference.
+
+    What a naive run spends; the incremental engine spends less, by a ratio
+    the API cannot know without the weights, so this is the safe bound.
+    Drill-down counts its coarse grid and its refined share.
+    """
+    side = deployed.preprocessing.size
+    count = positions(side, plan.patch_size, plan.stride)
+    if plan.drilldown_ratio is not None and plan.coarse_stride is not None:
+        count = (positions(side, plan.patch_size, plan.coarse_stride)
+                 + math.ceil(plan.drilldown_ratio * count))
+    return count * get_model_spec(deployed.architecture).inference_gflops(side)
+
+
+def _check_work(deployed: DeployedModel, plan: HeatmapPlan, max_gflop: float) -> None:
+    booked = work(deployed, plan)
+    if booked <= max_gflop:
+        return
+    side = deployed.preprocessing.size
+    fitting = next((s for s in range(plan.stride + 1, side + 1)
+                    if work(deployed, plan.model_copy(update={"stride": s})) <= max_gflop),
+                   None)
+    advice = (f"use a stride of at least {fitting}" if fitting else
+              "use a larger patch and stride")
+    raise WorkTooLargeError(
+        f"this heatmap books about {booked:,.0f} GFLOP ({deployed.name}: "
+        f"{positions(side, plan.patch_size, plan.stride):,} positions), more than this "
+        f"service's limit of {max_gflop:,.0f} GFLOP per job; {advice}, or mode=approximate "
+        "with a tuned dataset")
 
 
 def _check_geometry(deployed: DeployedModel, patch_size: int, stride: int) -> None:

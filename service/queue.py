@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -26,7 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.service import constants
@@ -124,9 +129,25 @@ class JobQueue(ABC):
     async def workers(self) -> list[WorkerInfo]:
         """Workers whose heartbeat is live."""
 
+    async def prune(self) -> list[str]:
+        """Forget workers whose heartbeat expired and who hold no job; their names."""
+        return []
+
     @abstractmethod
     async def ping(self) -> bool:
         """Whether the store answers."""
+
+    @abstractmethod
+    async def backlog(self) -> int:
+        """Jobs submitted and not yet acknowledged: waiting or running."""
+
+    @abstractmethod
+    async def count(self, bucket: str, window_seconds: int) -> tuple[int, int]:
+        """Count one more event in ``bucket``'s current window (rate limits).
+
+        Returns the events in this window so far, this one included, and the
+        seconds until the window ends.
+        """
 
     @abstractmethod
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
@@ -288,6 +309,18 @@ class InMemoryQueue(JobQueue):
     async def ping(self) -> bool:
         return True
 
+    async def backlog(self) -> int:
+        return self._waiting.qsize() + len(self._memory.pending)
+
+    async def count(self, bucket: str, window_seconds: int) -> tuple[int, int]:
+        now = self._clock()
+        window = int(now // window_seconds)
+        key = constants.RATE_KEY.format(bucket, window)
+        ends = (window + 1) * window_seconds
+        entry = self._memory.entries.setdefault(key, _Entry(0, ends))
+        entry.value += 1
+        return entry.value, max(1, math.ceil(ends - now))
+
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
         if self._configs is not None:
             return await asyncio.to_thread(self._configs.find, dataset)
@@ -321,7 +354,13 @@ class RedisStreamQueue(JobQueue):
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisStreamQueue:
-        return cls(aioredis.Redis.from_url(url, decode_responses=False), **kwargs)
+        """A queue on a pooled client that checks idle connections and retries a command
+        once Redis is back (a restart leaves pooled connections dead)."""
+        client = aioredis.Redis.from_url(
+            url, decode_responses=False, health_check_interval=15, socket_keepalive=True,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        return cls(client, **kwargs)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -422,6 +461,28 @@ class RedisStreamQueue(JobQueue):
             pipe.delete(constants.WORKER_KEY.format(worker))
             pipe.zrem(constants.WORKERS_KEY, worker)
             await pipe.execute()
+        await self._forget_consumers({worker})
+
+    async def prune(self) -> list[str]:
+        live = {worker.name for worker in await self.workers()}
+        consumers = await self._consumers()
+        return await self._forget_consumers(set(consumers) - live)
+
+    async def _consumers(self) -> dict[str, int]:
+        """The consumer group's members and how many messages each holds."""
+        await self._ensure_group()
+        found = await self.client.xinfo_consumers(constants.STREAM, constants.GROUP)
+        return {_text(c["name"]): int(c["pending"]) for c in found}
+
+    async def _forget_consumers(self, names: set[str]) -> list[str]:
+        """Delete those of ``names`` that hold no message (a held one is reclaimed first)."""
+        if not names:
+            return []
+        holding = await self._consumers()
+        forgotten = sorted(n for n in names if holding.get(n) == 0)
+        for name in forgotten:
+            await self.client.xgroup_delconsumer(constants.STREAM, constants.GROUP, name)
+        return forgotten
 
     async def workers(self) -> list[WorkerInfo]:
         oldest = time.time() - self.heartbeat_ttl_seconds
@@ -438,6 +499,20 @@ class RedisStreamQueue(JobQueue):
             return bool(await self.client.ping())
         except (RedisError, OSError):
             return False
+
+    async def backlog(self) -> int:
+        # Acknowledged entries are deleted from the stream, so its length is the backlog.
+        return int(await self.client.xlen(constants.STREAM))
+
+    async def count(self, bucket: str, window_seconds: int) -> tuple[int, int]:
+        now = time.time()
+        window = int(now // window_seconds)
+        key = constants.RATE_KEY.format(bucket, window)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_seconds + 1)
+            events, _ = await pipe.execute()
+        return int(events), max(1, math.ceil((window + 1) * window_seconds - now))
 
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
         raw = await self.client.get(constants.DATASET_KEY.format(dataset))

@@ -140,6 +140,11 @@ class Job(BaseModel):
     attempts: int = 0
     worker: str | None = None
     expires_at: dt.datetime | None = None
+    owner: str | None = Field(
+        default=None, description="Name of the API key that made the job; None running open.")
+    random_weights: bool = Field(
+        default=False, description="The model has untrained (seeded random) weights: its "
+        "answer shows the pipeline working and is not a diagnosis.")
 
 
 class JobView(BaseModel):
@@ -160,6 +165,7 @@ class JobView(BaseModel):
     queue_wait_seconds: float | None
     compute_seconds: float | None
     expires_at: dt.datetime | None
+    random_weights: bool
     images: int
     attempts: int
     worker: str | None
@@ -173,7 +179,8 @@ class JobView(BaseModel):
                    error=job.error, created_at=t.created_at, started_at=t.started_at,
                    finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
                    compute_seconds=t.compute_seconds, expires_at=job.expires_at,
-                   images=job.images, attempts=job.attempts, worker=job.worker, links=links)
+                   random_weights=job.random_weights, images=job.images,
+                   attempts=job.attempts, worker=job.worker, links=links)
 
 
 class ClassProbability(BaseModel):
@@ -223,4 +230,7 @@ class ReadyReport(BaseModel):
     status: Literal["ready", "not ready"]
     queue: str
     queue_ok: bool
-    workers: list[WorkerInfo]
+    live_workers: int
+    workers: list[WorkerInfo] | None = Field(
+        default=None, description="Each worker's details (host, pid, current job): for an "
+        "admin key only.")

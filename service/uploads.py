@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 
-import numpy as np
-import numpy.typing as npt
 from fastapi import UploadFile
 from PIL import Image
 
@@ -23,13 +21,20 @@ _SIGNATURES = {
 }
 
 
+CHECK_SIDE = 256
+"""Side at which an upload is decoded to check it: every byte is read, few are kept."""
+
+
 async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int
-                     ) -> tuple[bytes, npt.NDArray[np.float32]]:
-    """The upload's bytes and decoded pixels, or a 413/415/422 problem.
+                     ) -> tuple[bytes, tuple[int, int]]:
+    """The upload's bytes and its ``(height, width)``, or a 413/415/422 problem.
 
     The type comes from the first bytes, never from the file name or the
     client's Content-Type; the pixel count is read from the header before any
-    pixel is decoded, so a decompression bomb costs nothing.
+    pixel is decoded, so a decompression bomb costs nothing. The image is
+    then decoded once to prove it whole, reduced on the way (JPEG at a lower
+    scale, others in blocks), so the API holds at most the 8-bit image, never
+    its float copy: the worker decodes it again for the model.
     """
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -51,7 +56,8 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int
                               f"than the limit of {max_pixels}")
     try:
         # Off the event loop: a large photo takes a second to decode.
-        pixels = await asyncio.to_thread(decode_image, data, max_pixels=max_pixels)
+        await asyncio.to_thread(decode_image, data, max_pixels=max_pixels,
+                                max_side=CHECK_SIDE)
     except ImageDecodeError as exc:
         raise InvalidInput(str(exc)) from exc
-    return data, pixels
+    return data, (height, width)

@@ -43,8 +43,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class _Running:
-    """A job in the compute thread: its progress so far, and whether it is gone."""
+    """A job in the compute thread: its progress so far, its deadline, whether it is gone."""
 
+    deadline: float = float("inf")
+    """``time.monotonic()`` after which the engine stops the job."""
     done: int = 0
     total: int = 0
     gone: threading.Event = field(default_factory=threading.Event)
@@ -62,12 +64,14 @@ class Worker:
 
     def __init__(self, queue: JobQueue, deployment: Deployment, *, device: str = "cpu",
                  name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 cache: ModelCache | None = None) -> None:
+                 cache: ModelCache | None = None,
+                 job_timeout_seconds: float = constants.DEFAULT_JOB_TIMEOUT_SECONDS) -> None:
         self.queue = queue
         self.cache = cache or ModelCache(deployment, device)
         self.device = device
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.max_pixels = max_pixels
+        self.job_timeout_seconds = job_timeout_seconds
         self.jobs_done = 0
         self.current: str | None = None
         self.started_at = utcnow()
@@ -121,11 +125,17 @@ class Worker:
         return True
 
     async def _beat_forever(self) -> None:
+        beats = 0
         while True:
             try:
                 await self.queue.beat(self._info())
+                if beats % constants.PRUNE_EVERY_BEATS == 0:
+                    forgotten = await self.queue.prune()
+                    if forgotten:
+                        logger.info("forgot dead workers %s", ", ".join(forgotten))
             except Exception:  # a Redis blip must not kill the worker
                 logger.warning("worker %s: heartbeat failed", self.name, exc_info=True)
+            beats += 1
             await asyncio.sleep(constants.HEARTBEAT_SECONDS)
 
     def _info(self) -> WorkerInfo:
@@ -169,7 +179,7 @@ class Worker:
         started = time.perf_counter()
         logger.info("job %s: %s on %s started (attempt %d)", job.id, job.kind.value,
                     job.params.model, job.attempts)
-        running = _Running()
+        running = _Running(deadline=time.monotonic() + self.job_timeout_seconds)
         watchers = [asyncio.create_task(self._keep_claim(claim)),
                     asyncio.create_task(self._write_progress(job, running))]
         try:
@@ -177,10 +187,16 @@ class Worker:
         except RunStopped:
             if self._stopping.is_set():
                 await self._hand_back(claim, job)
-            else:
+                return
+            if running.gone.is_set():
                 logger.info("job %s: deleted or taken over while running; dropped", job.id)
                 await self._let_go(claim)
-            return
+                return
+            logger.info("job %s: stopped at its deadline", job.id)
+            outcome = Outcome(updates={"status": JobStatus.failed, "error": problem(
+                504, "job-deadline", "Job deadline exceeded",
+                f"the job ran longer than {self.job_timeout_seconds:g} s and was stopped; a "
+                "larger stride or approximate mode finishes sooner", job_id=job.id)})
         except Exception as exc:
             document = failure(exc) | {"job_id": job.id}
             if document["status"] >= 500:
@@ -264,7 +280,8 @@ class Worker:
             raise RunStopped(f"the images of job {job.id} are gone")
         context = JobContext(
             cache=self.cache, max_pixels=self.max_pixels, progress=running.report,
-            should_stop=lambda: self._stopping.is_set() or running.gone.is_set())
+            should_stop=lambda: (self._stopping.is_set() or running.gone.is_set()
+                                 or time.monotonic() > running.deadline))
 
         def compute() -> Outcome:
             with COMPUTE_LOCK:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from krypton.cli import bench, demo, explain, service
+from krypton.cli import bench, demo, explain, keys, service
 
 __all__ = ["app"]
 
@@ -29,5 +29,5 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     )
 
 
-for _group in (explain, service, bench, demo):
+for _group in (explain, service, keys, bench, demo):
     _group.register(app)

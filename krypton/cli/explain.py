@@ -32,6 +32,7 @@ from krypton.models import (
     patch_value,
 )
 from krypton.models.deployment import DeployedDataset, DeployedModel, Deployment, load_deployment
+from krypton.models.images import INFERENCE_SIDE
 from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE, resolve_heatmap
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def explain(
             mode=mode.value, tau=tau, drilldown_ratio=drilldown_ratio,
             coarse_stride=coarse_stride)
         deployed = deployment.model(plan.model)
-        pixels = decode_image(image)
+        pixels = decode_image(image, max_side=INFERENCE_SIDE)
         with tqdm(total=None, unit="pos", disable=not sys.stderr.isatty(),
                   desc=f"{mode.value} occlusion") as bar:
 
@@ -277,7 +278,7 @@ def tune_dataset(
         loaded = cache.get(plan.model)
         engine = cache.engine(plan.model, "exact")
         assert isinstance(engine, IncrementalOcclusion)
-        samples = [loaded.model_input(decode_image(f)) for f in files]
+        samples = [loaded.model_input(decode_image(f, max_side=INFERENCE_SIDE)) for f in files]
         typer.echo(f"tuning {dataset!r} on {len(files)} images, {plan.model}, patch {patch}, "
                    f"stride {stride}, target SSIM {target_ssim}", err=True)
         result = tune(

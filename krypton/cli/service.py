@@ -24,18 +24,30 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
 ) -> None:
-    """Run the REST API. Without KRYPTON_REDIS_URL it also runs an in-process worker."""
+    """Run the REST API. Without KRYPTON_REDIS_URL it also runs an in-process worker.
+
+    Without API keys (KRYPTON_KEYS_FILE) it listens only on a loopback
+    address, unless KRYPTON_AUTH=none says a gateway in front authenticates.
+    """
     import uvicorn
 
     from krypton.service.app import create_app
+    from krypton.service.auth import access_mode
     from krypton.service.config import get_settings
 
     settings = settings_or_fail(get_settings)
     configure_logging(settings.log_level)
+    try:
+        access = access_mode(host, settings.keys_file, settings.auth)
+        app = create_app(settings)
+    except (PermissionError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"access: {access}", err=True)
     if settings.embedded:
-        typer.echo("embedded mode: in-process queue and worker (set KRYPTON_REDIS_URL to use "
-                   "Redis and `krypton worker` processes)", err=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None)
+        typer.echo("embedded mode: in-process queue and worker; jobs, images and results "
+                   "live in this process and are lost when it stops (set KRYPTON_REDIS_URL "
+                   "to use Redis and `krypton worker` processes)", err=True)
+    uvicorn.run(app, host=host, port=port, log_config=None)
 
 
 def worker(
@@ -62,7 +74,8 @@ def worker(
         deployment = make_deployment(settings)
         queue = make_queue(settings, deployment)
         runner = Worker(queue, deployment, device=settings.device,
-                        max_pixels=settings.max_pixels)
+                        max_pixels=settings.max_pixels,
+                        job_timeout_seconds=settings.job_timeout_seconds)
         if preload:
             await asyncio.to_thread(runner.cache.preload)
         loop = asyncio.get_running_loop()

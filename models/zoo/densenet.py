@@ -15,6 +15,7 @@ __all__ = ["densenet121"]
 @register_model(
     "densenet121",
     input_size=224,
+    gflops=2.834,
     family="densenet",
     description="DenseNet-121: four dense blocks, growth rate 32, 8.0M parameters",
 )

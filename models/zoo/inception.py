@@ -28,6 +28,7 @@ def _aux_head_if_in_checkpoint(keys: Collection[str]) -> dict[str, Any]:
 @register_model(
     "inception_v3",
     input_size=299,
+    gflops=5.713,
     family="inception",
     description="Inception v3: factorised multi-branch blocks, 299 px input, 27M parameters",
     checkpoint_options=_aux_head_if_in_checkpoint,

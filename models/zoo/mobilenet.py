@@ -15,6 +15,7 @@ __all__ = ["mobilenet_v2"]
 @register_model(
     "mobilenet_v2",
     input_size=224,
+    gflops=0.301,
     family="mobilenet",
     description="MobileNetV2: inverted residual blocks with depthwise convs, 3.5M parameters",
 )

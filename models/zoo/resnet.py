@@ -15,6 +15,7 @@ __all__ = ["resnet18", "resnet50"]
 @register_model(
     "resnet18",
     input_size=224,
+    gflops=1.814,
     family="resnet",
     description="ResNet-18: basic residual blocks, 11.7M parameters",
 )
@@ -29,6 +30,7 @@ def resnet18(num_classes: int, **options: Any) -> nn.Module:
 @register_model(
     "resnet50",
     input_size=224,
+    gflops=4.089,
     family="resnet",
     description="ResNet-50: bottleneck residual blocks, 25.6M parameters",
 )

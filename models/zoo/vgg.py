@@ -15,6 +15,7 @@ __all__ = ["vgg11", "vgg16"]
 @register_model(
     "vgg11",
     input_size=224,
+    gflops=7.609,
     family="vgg",
     description="VGG-11: 8 conv + 3 fully connected layers, no batch norm",
 )
@@ -32,6 +33,7 @@ def vgg11(num_classes: int, **options: Any) -> nn.Module:
 @register_model(
     "vgg16",
     input_size=224,
+    gflops=15.47,
     family="vgg",
     description="VGG-16: 13 conv + 3 fully connected layers, no batch norm",
 )

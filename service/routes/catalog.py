@@ -8,8 +8,15 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from krypton.models.deployment import DeployedDataset, Deployment
 from krypton.service import constants
-from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep
-from krypton.service.errors import DatasetNotFound, InvalidInput, JobNotFound
+from krypton.service.deps import (
+    AdminDep,
+    AdmittedDep,
+    CallerDep,
+    DeploymentDep,
+    QueueDep,
+    SettingsDep,
+)
+from krypton.service.errors import DatasetNotFound, InvalidInput, JobNotFound, problem_responses
 from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE
 from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view
@@ -30,8 +37,8 @@ MIN_TUNING_IMAGES = 2
 """One to tune on and one held out to check the chosen setting."""
 
 
-@router.get("/models", response_model=list[ModelInfo])
-async def list_models(deployment: DeploymentDep) -> list[ModelInfo]:
+@router.get("/models", response_model=list[ModelInfo], responses=problem_responses(401))
+async def list_models(deployment: DeploymentDep, caller: CallerDep) -> list[ModelInfo]:
     """Every deployed model, its classes and preprocessing."""
     return [
         ModelInfo(name=m.name, architecture=m.architecture, labels=list(m.labels),
@@ -58,18 +65,24 @@ async def _dataset_info(queue: JobQueue, deployment: Deployment, name: str) -> D
                        tuned=None if tuned is None else tuned.as_dict())
 
 
-@router.get("/datasets", response_model=list[DatasetInfo])
-async def list_datasets(deployment: DeploymentDep, queue: QueueDep) -> list[DatasetInfo]:
+@router.get("/datasets", response_model=list[DatasetInfo],
+            responses=problem_responses(401, 503))
+async def list_datasets(deployment: DeploymentDep, queue: QueueDep,
+                        caller: CallerDep) -> list[DatasetInfo]:
     """Every deployed dataset and its tuned approximation config, if any."""
     return [await _dataset_info(queue, deployment, name) for name in sorted(deployment.datasets)]
 
 
-@router.get("/datasets/{name}", response_model=DatasetInfo)
-async def get_dataset(name: str, deployment: DeploymentDep, queue: QueueDep) -> DatasetInfo:
+@router.get("/datasets/{name}", response_model=DatasetInfo,
+            responses=problem_responses(401, 404, 503))
+async def get_dataset(name: str, deployment: DeploymentDep, queue: QueueDep,
+                      caller: CallerDep) -> DatasetInfo:
+    """One deployed dataset and its tuned approximation config, if any."""
     return await _dataset_info(queue, deployment, name)
 
 
-@router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView)
+@router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView,
+             responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 503))
 async def tune_dataset(
     name: str,
     images: Annotated[list[UploadFile], File(description="Sample images of the use case; "
@@ -77,12 +90,14 @@ async def tune_dataset(
     queue: QueueDep,
     settings: SettingsDep,
     deployment: DeploymentDep,
+    admin: AdminDep,
+    caller: AdmittedDep,
     response: Response,
     target_ssim: Annotated[float, Form(gt=0, le=1)] = 0.9,
     patch_size: Annotated[int, Form(ge=1)] = DEFAULT_PATCH_SIZE,
     stride: Annotated[int, Form(ge=1)] = DEFAULT_STRIDE,
 ) -> JobView:
-    """Queue a tuning job: find the fastest approximation meeting ``target_ssim``."""
+    """Queue a tuning job: find the fastest approximation meeting ``target_ssim`` (admin)."""
     dataset = _deployed_dataset(deployment, name)
     size = deployment.model(dataset.model).preprocessing.size
     if patch_size > size:
@@ -94,7 +109,8 @@ async def tune_dataset(
                                max_pixels=settings.max_pixels))[0] for i in images]
     params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
                           stride=stride, target_ssim=target_ssim)
-    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params), blobs)
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params,
+                                 owner=caller.name), blobs)
     response.headers["Location"] = f"/v1/datasets/{name}/tuning/{job.id}"
     return view(job)
 
@@ -107,14 +123,16 @@ async def _tuning_job(queue: JobQueue, name: str, job_id: str) -> Job:
     return job
 
 
-@router.get("/datasets/{name}/tuning/{job_id}", response_model=JobView)
-async def get_tuning(name: str, job_id: str, queue: QueueDep) -> JobView:
+@router.get("/datasets/{name}/tuning/{job_id}", response_model=JobView,
+            responses=problem_responses(401, 403, 404, 503))
+async def get_tuning(name: str, job_id: str, queue: QueueDep, admin: AdminDep) -> JobView:
     """Status and progress of a tuning job; ``tuned`` holds the config once it succeeded."""
     return view(await _tuning_job(queue, name, job_id))
 
 
-@router.delete("/datasets/{name}/tuning/{job_id}", status_code=204)
-async def delete_tuning(name: str, job_id: str, queue: QueueDep) -> Response:
+@router.delete("/datasets/{name}/tuning/{job_id}", status_code=204,
+               responses=problem_responses(401, 403, 404, 503))
+async def delete_tuning(name: str, job_id: str, queue: QueueDep, admin: AdminDep) -> Response:
     """Cancel the tuning job and purge its sample images now."""
     await _tuning_job(queue, name, job_id)
     await queue.delete(job_id)

@@ -14,8 +14,14 @@ from krypton import render
 from krypton.models import DatasetConfig, decode_image
 from krypton.models.deployment import DeployedModel, Deployment
 from krypton.service import constants
-from krypton.service.deps import DeploymentDep, QueueDep, SettingsDep
-from krypton.service.errors import JobNotFound, QueueUnavailable, ResultNotReady
+from krypton.service.auth import Caller
+from krypton.service.deps import AdmittedDep, CallerDep, DeploymentDep, QueueDep, SettingsDep
+from krypton.service.errors import (
+    JobNotFound,
+    QueueUnavailable,
+    ResultNotReady,
+    problem_responses,
+)
 from krypton.service.plans import HeatmapPlan, Mode, resolve_heatmap
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
@@ -37,6 +43,14 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _POLL_SECONDS = 0.02
 
 ImagePart = Annotated[UploadFile, File(description="PNG, JPEG or TIFF (8/16-bit).")]
+
+OVERLAY_SIDE, MAX_OVERLAY_SIDE = 1024, 2048
+"""Longer side of an overlay by default and at most: a 50-megapixel photograph drawn at
+its own size would cost the API gigabytes."""
+
+_UPLOAD_PROBLEMS = problem_responses(400, 401, 413, 415, 422, 429, 503)
+_JOB_PROBLEMS = problem_responses(401, 404, 422, 503)
+_RESULT_PROBLEMS = problem_responses(401, 404, 409, 422, 503)
 
 
 def job_links(job: Job) -> dict[str, str]:
@@ -81,12 +95,14 @@ async def _dataset_config(queue: JobQueue, deployment: Deployment,
 
 
 @router.post("/heatmaps", status_code=202, response_model=JobView,
-             responses={200: {"model": JobView, "description": "Finished within Prefer: wait"}})
+             responses={200: {"model": JobView, "description": "Finished within Prefer: wait"},
+                        **_UPLOAD_PROBLEMS})
 async def submit_heatmap(
     image: ImagePart,
     queue: QueueDep,
     settings: SettingsDep,
     deployment: DeploymentDep,
+    caller: AdmittedDep,
     response: Response,
     model: Annotated[str | None, Form(description="Deployed model; default the dataset's "
                                       "or the first deployed.")] = None,
@@ -102,15 +118,22 @@ async def submit_heatmap(
     prefer: Annotated[str | None, Header(description="wait=N: answer 200 if done in N s")
                       ] = None,
 ) -> JobView:
-    """Queue an occlusion heatmap of the uploaded image."""
+    """Queue an occlusion heatmap of the uploaded image.
+
+    The job belongs to the API key that submitted it. A heatmap that would
+    book more work than the service allows one job is refused (422) with the
+    smallest stride that fits.
+    """
     plan = resolve_heatmap(
         deployment, model=model, dataset=dataset,
         config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
-        stride=stride, patch_color=patch_color, target_class=target_class, mode=mode)
-    data, pixels = await read_image(image, max_bytes=settings.max_upload_bytes,
-                                    max_pixels=settings.max_pixels)
-    job = await queue.submit(Job(id=new_job_id(), params=plan,
-                                 image_size=(pixels.shape[0], pixels.shape[1])), [data])
+        stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
+        max_gflop=settings.max_job_gflop)
+    data, size = await read_image(image, max_bytes=settings.max_upload_bytes,
+                                  max_pixels=settings.max_pixels)
+    job = await queue.submit(Job(
+        id=new_job_id(), params=plan, image_size=size, owner=caller.name,
+        random_weights=deployment.model(plan.model).random_weights), [data])
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
     job = await wait_for(queue, job, prefer_wait(prefer))
     if job.status.finished:
@@ -118,31 +141,33 @@ async def submit_heatmap(
     return view(job)
 
 
-async def _job(queue: JobQueue, job_id: str) -> Job:
+async def _job(queue: JobQueue, job_id: str, caller: Caller) -> Job:
+    """The heatmap job, if ``caller`` may see it; 404 otherwise (existence is not told)."""
     job = await queue.get(job_id)
-    if job is None or job.kind is not JobKind.heatmap:
+    if job is None or job.kind is not JobKind.heatmap or not caller.may_see(job.owner):
         raise JobNotFound(f"no heatmap job {job_id!r}; it may have expired or been deleted",
                           job_id=job_id)
     return job
 
 
-@router.get("/heatmaps/{job_id}", response_model=JobView)
-async def get_heatmap(job_id: str, queue: QueueDep) -> JobView:
+@router.get("/heatmaps/{job_id}", response_model=JobView, responses=_JOB_PROBLEMS)
+async def get_heatmap(job_id: str, queue: QueueDep, caller: CallerDep) -> JobView:
     """Status, progress, prediction, timings or error of a heatmap job."""
-    return view(await _job(queue, job_id))
+    return view(await _job(queue, job_id, caller))
 
 
-@router.delete("/heatmaps/{job_id}", status_code=204)
-async def delete_heatmap(job_id: str, queue: QueueDep) -> Response:
+@router.delete("/heatmaps/{job_id}", status_code=204, responses=_JOB_PROBLEMS)
+async def delete_heatmap(job_id: str, queue: QueueDep, caller: CallerDep) -> Response:
     """Cancel the job and purge its image and result now."""
-    await _job(queue, job_id)
+    await _job(queue, job_id, caller)
     await queue.delete(job_id)
     return Response(status_code=204)
 
 
-async def _result(queue: JobQueue, job_id: str, view: render.View) -> tuple[Job, np.ndarray]:
+async def _result(queue: JobQueue, job_id: str, caller: Caller, view: render.View
+                  ) -> tuple[Job, np.ndarray]:
     """The succeeded job and its heatmap in ``view``."""
-    job = await _job(queue, job_id)
+    job = await _job(queue, job_id, caller)
     if job.status is not JobStatus.succeeded:
         raise ResultNotReady(f"job {job_id} is {job.status.value}; results exist once it has "
                              "succeeded", job_id=job_id)
@@ -159,54 +184,70 @@ View = Annotated[Literal["drop", "probability"], Query(
 
 
 @router.get("/heatmaps/{job_id}/heatmap.png", response_class=Response,
-            responses={200: {"content": {"image/png": {}}}})
-async def heatmap_png(job_id: str, queue: QueueDep, view_: View = "drop",
-                      overlay: Annotated[bool, Query(description="Blend over the image at its "
-                                                     "own size")] = False) -> Response:
-    job, values = await _result(queue, job_id, view_)
+            responses={200: {"content": {"image/png": {}}}, **_RESULT_PROBLEMS})
+async def heatmap_png(
+    job_id: str, queue: QueueDep, caller: CallerDep, view_: View = "drop",
+    overlay: Annotated[bool, Query(description="Blend over the image")] = False,
+    size: Annotated[int, Query(ge=16, le=MAX_OVERLAY_SIDE, description=(
+        "Longer side of the overlay in pixels; default the image's own, up to "
+        f"{OVERLAY_SIDE}"))] = OVERLAY_SIDE,
+) -> Response:
+    """The colour-mapped heatmap, or with ``overlay=1`` blended over the uploaded image.
+
+    Pictures of a model with untrained weights carry a red warning band.
+    """
+    job, values = await _result(queue, job_id, caller, view_)
     assert isinstance(job.params, HeatmapPlan)
     if not overlay:
-        return Response(render.heatmap_png(values), media_type="image/png")
+        return Response(render.heatmap_png(values, untrained=job.random_weights),
+                        media_type="image/png")
     images = await queue.images(job_id, 1)
     if images is None:
         raise JobNotFound(f"the image of job {job_id} has expired", job_id=job_id)
-    pixels = await asyncio.to_thread(decode_image, images[0], max_pixels=None)
+    pixels = await asyncio.to_thread(decode_image, images[0], max_pixels=None, max_side=size)
     assert job.run is not None
     geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
                                       job.run.input_size, job.run.input_size)
-    png = await asyncio.to_thread(render.overlay_png, values, pixels, geometry)
+    png = await asyncio.to_thread(render.overlay_png, values, pixels, geometry,
+                                  untrained=job.random_weights)
     return Response(png, media_type="image/png")
 
 
-@router.get("/heatmaps/{job_id}/heatmap.json")
-async def heatmap_json(job_id: str, queue: QueueDep, view_: View = "probability"
-                       ) -> Response:
-    job, values = await _result(queue, job_id, view_)
+@router.get("/heatmaps/{job_id}/heatmap.json", responses=_RESULT_PROBLEMS)
+async def heatmap_json(job_id: str, queue: QueueDep, caller: CallerDep,
+                       view_: View = "probability") -> Response:
+    """The 2-D heatmap under ``heatmap``, with its parameters, prediction and run."""
+    job, values = await _result(queue, job_id, caller, view_)
     assert job.prediction is not None
     document = render.heatmap_json(values, {
         "id": job.id, "view": view_, "params": job.params.model_dump(),
-        "prediction": job.prediction.model_dump(),
+        "prediction": job.prediction.model_dump(), "random_weights": job.random_weights,
         "run": job.run.model_dump() if job.run else None})
     return Response(document, media_type="application/json")
 
 
 @router.get("/heatmaps/{job_id}/heatmap.npy", response_class=Response,
-            responses={200: {"content": {"application/octet-stream": {}}}})
-async def heatmap_npy(job_id: str, queue: QueueDep, view_: View = "probability") -> Response:
-    _, values = await _result(queue, job_id, view_)
+            responses={200: {"content": {"application/octet-stream": {}}},
+                       **_RESULT_PROBLEMS})
+async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
+                      view_: View = "probability") -> Response:
+    """The heatmap as a NumPy ``.npy`` float32 array."""
+    _, values = await _result(queue, job_id, caller, view_)
     return Response(render.heatmap_npy(values), media_type="application/octet-stream",
                     headers={"Content-Disposition": f'attachment; filename="{job_id}.npy"'})
 
 
-@router.post("/predict", response_model=PredictResponse, tags=["predict"])
+@router.post("/predict", response_model=PredictResponse, tags=["predict"],
+             responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
 async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
-                  deployment: DeploymentDep,
+                  deployment: DeploymentDep, caller: AdmittedDep,
                   model: Annotated[str | None, Form()] = None) -> PredictResponse:
     """Classify one image now (a worker runs the model; the API waits for it)."""
     deployed: DeployedModel = deployment.model(model) if model else deployment.default_model()
     data, _ = await read_image(image, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels)
-    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict,
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict, owner=caller.name,
+                                 random_weights=deployed.random_weights,
                                  params=PredictParams(model=deployed.name)), [data])
     try:
         job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS)

@@ -50,7 +50,8 @@ def test_readyz_without_workers_answers_503(idle_api: TestClient) -> None:
     response = idle_api.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not ready", "queue": "memory", "queue_ok": True,
-                               "workers": []}
+                               "live_workers": 0, "workers": []}
+    assert response.headers["Retry-After"].isdigit()
 
 
 @pytest.fixture(scope="module")
@@ -82,3 +83,11 @@ def test_metrics_labels_routes_by_template_not_by_job_id(metrics: str) -> None:
 def test_metrics_records_request_latency(metrics: str) -> None:
     assert "# TYPE krypton_http_request_seconds histogram" in metrics
     assert 'krypton_http_request_seconds_count{method="POST",route="/v1/heatmaps"}' in metrics
+
+
+def test_metrics_count_made_up_methods_under_one_label(api: TestClient) -> None:
+    for method in ("BREW", "PROPFIND", "XYZZY"):
+        api.request(method, "/healthz")
+    text = api.get("/metrics").text
+    assert 'method="other"' in text
+    assert not any(f'method="{m}"' in text for m in ("BREW", "PROPFIND", "XYZZY"))
