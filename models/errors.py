@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "DatasetConfigError",
     "ImageDecodeError",
+    "ImageTooLargeError",
     "InvalidArgumentError",
     "ModelError",
     "UnknownModelError",
@@ -54,6 +55,10 @@ class CheckpointError(ModelError):
 
 class ImageDecodeError(ModelError, ValueError):
     """Image bytes that cannot (or must not, being too large) be decoded."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image with more pixels than may be decoded (a limit, or a decompression bomb)."""
 
 
 class DatasetConfigError(ModelError, ValueError):

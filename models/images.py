@@ -5,18 +5,22 @@ No torch here: the API process checks uploads with it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 import os
+import re
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from krypton.models.errors import ImageDecodeError, InvalidArgumentError
+from krypton.models.errors import ImageDecodeError, ImageTooLargeError, InvalidArgumentError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "INFERENCE_SIDE", "SUPPORTED_FORMATS", "decode_image"]
+__all__ = ["DEFAULT_MAX_PIXELS", "INFERENCE_SIDE", "SUPPORTED_FORMATS", "decode_image",
+           "image_size", "reduced_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,46 @@ _REDUCIBLE = {"1": "L", "P": "RGBA", "I;16": "I", "I;16L": "I", "I;16B": "I", "I
 INFERENCE_SIDE = 2048
 """Side an image is reduced to, at most, before it is made a model input: models see a
 few hundred pixels, and a 50-megapixel photograph as float RGB would take 600 MB."""
+
+
+_ORIENTATION = 0x0112
+_TURNED = {5, 6, 7, 8}
+"""EXIF orientations that turn the picture a quarter: its upright width is its height."""
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+def image_size(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(height, width)`` of the upright image, read from its header alone.
+
+    Raises:
+        ImageTooLargeError: more pixels than ``max_pixels`` (or Pillow's bomb limit).
+        ImageDecodeError: not a readable PNG, JPEG or TIFF header.
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as header:
+            width, height = header.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f"the image is {width}x{height} = {width * height} pixels, more than the "
+                    f"limit of {max_pixels}")
+            turned = _orientation(header) in _TURNED
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"the image has too many pixels to decode safely: "
+                                 f"{_reason(exc)}") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"the image cannot be read: {_reason(exc)}") from exc
+    return (width, height) if turned else (height, width)
+
+
+def _orientation(header: Image.Image) -> int | None:
+    """The EXIF orientation, where the header carries one (reading it must not decode)."""
+    try:
+        value = header.getexif().get(_ORIENTATION)
+    except Exception:  # a PNG may keep its EXIF after the pixels: unknown, so upright
+        return None
+    return value if isinstance(value, int) else None
 
 
 def decode_image(
@@ -74,6 +118,38 @@ def decode_image(
             truncated, has an unsupported pixel format, or is too large.
         InvalidArgumentError: ``max_pixels`` is not a positive integer or None.
     """
+    with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
+        array = _to_float_rgb(image, tiff_tags, source)
+    logger.debug("decoded %s: %dx%d", source, array.shape[1], array.shape[0])
+    return array
+
+
+def reduced_png(data: bytes, *, max_side: int,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+    """The image reduced as :func:`decode_image` reduces it, as an 8-bit RGB PNG.
+
+    8-bit images go straight from Pillow's buffer to the PNG, with no float
+    copy; deeper ones are scaled to 8 bits by their own range on the way.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`.
+    """
+    with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
+        if image.mode in _EIGHT_BIT_MODES:
+            rgb = image.convert("RGB")
+        else:
+            pixels = _to_float_rgb(image, tiff_tags, source)
+            rgb = Image.fromarray((pixels * 255.0).round().astype(np.uint8))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def _upright(data: bytes | str | os.PathLike[str], max_pixels: int | None,
+             max_side: int | None) -> Iterator[tuple[Image.Image, tuple[int | None, bool], str]]:
+    """The decoded image, reduced to ``max_side`` and turned upright, its TIFF sample
+    tags, and a name for it in messages; every decoder failure as ImageDecodeError."""
     if max_pixels is not None and (
             isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
         raise InvalidArgumentError(
@@ -89,7 +165,7 @@ def decode_image(
         with Image.open(stream, formats=SUPPORTED_FORMATS) as image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageDecodeError(
+                raise ImageTooLargeError(
                     f"{source} is {width}x{height} = {width * height} pixels, more than the "
                     f"limit of {max_pixels}"
                 )
@@ -100,11 +176,12 @@ def decode_image(
             tiff_tags = _tiff_sample_tags(image)
             reduced = _reduce(image, max_side)
             upright = ImageOps.exif_transpose(reduced)
-            array = _to_float_rgb(upright if upright is not None else reduced, tiff_tags, source)
+            yield (upright if upright is not None else reduced), tiff_tags, source
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"{source} is too large to decode safely: {exc}") from exc
+        raise ImageTooLargeError(f"{source} is too large to decode safely: {_reason(exc)}"
+                                 ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(
             f"{source} is not a {', '.join(SUPPORTED_FORMATS)} image"
@@ -114,9 +191,15 @@ def decode_image(
     except Exception as exc:
         # Pillow's decoders raise a zoo of types on hostile or truncated input
         # (OSError, SyntaxError, struct.error, zlib.error, IndexError, ...).
-        raise ImageDecodeError(f"cannot decode {source}: {exc}") from exc
-    logger.debug("decoded %s: %dx%d", source, array.shape[1], array.shape[0])
-    return array
+        raise ImageDecodeError(f"cannot decode {source}: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """What a decoder said, without the internal objects Pillow names in its messages."""
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not a {', '.join(SUPPORTED_FORMATS)} image Pillow can identify"
+    text = _OBJECT_REPR.sub("the data", str(exc)).strip() or type(exc).__name__
+    return text.splitlines()[0]
 
 
 def _reduce(image: Image.Image, max_side: int | None) -> Image.Image:

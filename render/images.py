@@ -8,6 +8,7 @@ original image is a scale per axis.
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,6 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
-from scipy import ndimage
 
 __all__ = ["COLORMAP", "UNTRAINED_WARNING", "HeatmapGeometry", "colorize", "heatmap_png",
            "overlay_png", "resample_to_image"]
@@ -40,13 +40,28 @@ class HeatmapGeometry:
 
 def colorize(values: FloatArray, *, vmin: float | None = None,
              vmax: float | None = None) -> npt.NDArray[np.uint8]:
-    """``(H, W, 3)`` uint8 RGB of ``values`` through :data:`COLORMAP`, min to max."""
+    """``(H, W, 3)`` uint8 RGB of ``values`` through :data:`COLORMAP`, min to max.
+
+    Looks each value up in the colormap's own 256-entry table, as matplotlib
+    does, without its float64 RGBA copy of the whole picture.
+    """
     low = float(np.min(values)) if vmin is None else vmin
     high = float(np.max(values)) if vmax is None else vmax
     span = high - low
-    scaled = (values - low) / span if span > 0 else np.zeros_like(values, dtype=np.float32)
-    rgba = matplotlib.colormaps[COLORMAP](np.clip(scaled, 0.0, 1.0))
-    return (rgba[..., :3] * 255).round().astype(np.uint8)
+    scaled = ((np.asarray(values, dtype=np.float32) - low) / span if span > 0
+              else np.zeros(np.shape(values), dtype=np.float32))
+    index = np.minimum((np.clip(scaled, 0.0, 1.0) * _COLORS).astype(np.intp), _COLORS - 1)
+    return _lookup_table()[index]
+
+
+_COLORS = 256
+
+
+@functools.cache
+def _lookup_table() -> npt.NDArray[np.uint8]:
+    rgba = matplotlib.colormaps[COLORMAP].resampled(_COLORS)(np.arange(_COLORS))
+    table: npt.NDArray[np.uint8] = (rgba[:, :3] * 255).round().astype(np.uint8)
+    return table
 
 
 UNTRAINED_WARNING = "UNTRAINED MODEL (random weights): not a diagnosis"
@@ -68,10 +83,10 @@ def overlay_png(values: FloatArray, image: FloatArray, geometry: HeatmapGeometry
                 alpha: float = 0.5, untrained: bool = False) -> bytes:
     """The heatmap blended over ``image`` (``(H, W, 3)`` in [0, 1]) at the image's size."""
     height, width = image.shape[:2]
-    resampled = resample_to_image(values, geometry, height, width)
-    colours = colorize(resampled).astype(np.float32) / 255.0
-    blended = (1.0 - alpha) * np.clip(image[..., :3], 0.0, 1.0) + alpha * colours
-    return _png((blended * 255).round().astype(np.uint8), untrained)
+    colours = colorize(resample_to_image(values, geometry, height, width))
+    blended = np.clip(image[..., :3], 0.0, 1.0, dtype=np.float32) * ((1.0 - alpha) * 255.0)
+    blended += colours * np.float32(alpha)
+    return _png(blended.round().astype(np.uint8), untrained)
 
 
 def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int,
@@ -80,17 +95,31 @@ def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int
 
     A pixel's centre is mapped to model-input coordinates, then to fractional
     heatmap indices by the patch centres; past the outermost centres the edge
-    value holds.
+    value holds. Bilinear interpolation is separable: one small weight matrix
+    per axis, so memory grows with the picture, not with the picture times
+    the heatmap.
     """
     g = geometry
     centre = (g.patch_size - 1) / 2.0
     rows = ((np.arange(height) + 0.5) * g.input_height / height - 0.5 - centre) / g.stride
     cols = ((np.arange(width) + 0.5) * g.input_width / width - 0.5 - centre) / g.stride
-    rr, cc = np.meshgrid(rows, cols, indexing="ij")
-    resampled: FloatArray = ndimage.map_coordinates(
-        np.asarray(values, dtype=np.float64), [rr, cc], order=1, mode="nearest"
-    ).astype(np.float32)
+    grid = np.asarray(values, dtype=np.float32)
+    resampled: FloatArray = (_linear_weights(rows, grid.shape[0]) @ grid
+                             @ _linear_weights(cols, grid.shape[1]).T)
     return resampled
+
+
+def _linear_weights(positions: npt.NDArray[np.float64], cells: int) -> npt.NDArray[np.float32]:
+    """``(len(positions), cells)`` weights of linear interpolation, edges held."""
+    clamped = np.clip(positions, 0.0, cells - 1)
+    low = np.floor(clamped).astype(np.intp)
+    high = np.minimum(low + 1, cells - 1)
+    fraction = (clamped - low).astype(np.float32)
+    weights = np.zeros((len(positions), cells), dtype=np.float32)
+    steps = np.arange(len(positions))
+    np.add.at(weights, (steps, low), 1.0 - fraction)
+    np.add.at(weights, (steps, high), fraction)
+    return weights
 
 
 def _png(rgb: npt.NDArray[np.uint8], untrained: bool = False) -> bytes:

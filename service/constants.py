@@ -36,6 +36,10 @@ DEFAULT_JOB_TIMEOUT_SECONDS = 900.0
 RATE_WINDOW_SECONDS = 60
 MAX_TUNING_IMAGES = 16
 """Sample images one tuning request may carry; it bounds the request body too."""
+OVERLAY_SIDE, MAX_OVERLAY_SIDE = 1024, 2048
+"""Longer side of an overlay by default and at most: a 50-megapixel photograph drawn at
+its own size would cost the API gigabytes. An upload larger than the most is kept
+beside a copy reduced to it, from which overlays are drawn."""
 MAX_WAIT_SECONDS = 60
 """Upper bound of ``Prefer: wait=N``, so a request never ties up a connection for long."""
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from krypton.models.deployment import Deployment
 from krypton.service import constants
 from krypton.service.auth import OPEN, Caller, KeyStore
 from krypton.service.config import Settings
-from krypton.service.errors import Forbidden, QueueFull, RateLimited, Unauthorized
+from krypton.service.errors import (
+    Forbidden,
+    InvalidInput,
+    QueueFull,
+    RateLimited,
+    Unauthorized,
+)
 from krypton.service.queue import JobQueue
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "QueueDep",
     "SettingsDep",
     "admit_job",
+    "refuse_empty_fields",
 ]
 
 
@@ -40,20 +48,33 @@ def get_deployment(request: Request) -> Deployment:
     return deployment
 
 
-def get_optional_caller(request: Request) -> Caller | None:
-    """The caller of a valid key, everyone when the service runs open, else ``None``."""
+_bearer = HTTPBearer(auto_error=False, scheme_name="apiKey", description=(
+    "An API key (`krypton keys add NAME`), as 'Authorization: Bearer KEY'. Needed once the "
+    "service has keys; a service running open ignores it."))
+
+
+def _caller_of(request: Request, token: str | None) -> Caller | None:
     keys: KeyStore | None = request.app.state.keys
     if keys is None:
         return OPEN
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    key = keys.find(token.strip())
+    key = keys.find(token) if token else None
     return None if key is None else Caller(name=key.name, scope=key.scope)
 
 
-def get_caller(caller: Annotated[Caller | None, Depends(get_optional_caller)]) -> Caller:
+def get_optional_caller(request: Request) -> Caller | None:
+    """The caller of a valid key, everyone when the service runs open, else ``None``.
+
+    For routes open to anyone that tell a key holder more (readiness): it
+    reads the header itself, so the OpenAPI document does not ask for a key.
+    """
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return _caller_of(request, token.strip() if scheme.lower() == "bearer" else None)
+
+
+def get_caller(request: Request, credentials: Annotated[
+        HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Caller:
     """The authenticated caller; 401 without a valid key."""
+    caller = _caller_of(request, credentials.credentials if credentials else None)
     if caller is None:
         raise Unauthorized("send a valid API key as 'Authorization: Bearer KEY' (an operator "
                            "creates one with `krypton keys add NAME`)")
@@ -95,6 +116,19 @@ async def admit_job(request: Request, queue: QueueDep, settings: SettingsDep,
         raise QueueFull(f"{settings.max_queue_length} jobs are waiting or running, the most "
                         "this service queues; try again shortly")
     return caller
+
+
+async def refuse_empty_fields(request: Request, caller: CallerDep) -> None:
+    """A form field sent empty is refused, not read as absent (FastAPI reads it so).
+
+    ``patch_color=`` is a mistake, not a wish for the default grey. Runs after
+    authentication (``caller``): an anonymous request learns nothing of its form.
+    """
+    form = await request.form()  # parsed once already for the route's own fields
+    empty = sorted({name for name, value in form.multi_items() if value == ""})
+    if empty:
+        raise InvalidInput(f"form field(s) {', '.join(empty)} sent empty; leave a field out "
+                           "to get its default")
 
 
 AdmittedDep = Annotated[Caller, Depends(admit_job)]

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton.models import CheckpointError, ModelError
@@ -246,14 +247,14 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http)
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at the request's path (Starlette names one route's)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        pattern, allowed = getattr(route, "path_regex", None), getattr(route, "methods", None)
-        if pattern is not None and allowed and pattern.match(request.url.path):
-            methods |= set(allowed)
-    return sorted(methods)
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+                   for route in request.app.routes)]
 
 
 class BodyLimit:

@@ -2,9 +2,11 @@
 
 FastAPI declares its own validation error (``HTTPValidationError``, as
 ``application/json``) on every route with parameters; the service answers
-every error with an RFC 9457 problem document instead. This module makes the
-document say so: the ``Problem`` schema in the components, and every 4xx and
-5xx response described as ``application/problem+json``.
+every error with an RFC 9457 problem document instead. The routes declare their
+own errors as problem documents (:func:`~krypton.service.errors.problem_responses`);
+this module adds the ``Problem`` schema to the components, turns FastAPI's
+own 422 into a problem document too, and describes optional form fields as
+what they are in a multipart body: left out, never null.
 """
 
 from __future__ import annotations
@@ -39,9 +41,29 @@ def _with_problems(schema: dict[str, Any]) -> dict[str, Any]:
     components["Problem"] = Problem.model_json_schema()
     for name in ("HTTPValidationError", "ValidationError"):
         components.pop(name, None)
+    for name, component in components.items():
+        if name.startswith("Body_"):
+            _form_fields_are_omitted_not_null(component)
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
-            for status, response in operation.get("responses", {}).items():
-                if status[0] in "45":
+            for response in operation.get("responses", {}).values():
+                if "HTTPValidationError" in str(response.get("content", "")):
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": _PROBLEM_REF}}
     return schema
+
+
+def _form_fields_are_omitted_not_null(body: dict[str, Any]) -> None:
+    """An optional form field is left out, never sent as null: multipart has no null.
+
+    FastAPI describes ``int | None`` form fields as ``anyOf: [integer, null]``;
+    a client following that would send the text ``null``.
+    """
+    for field in body.get("properties", {}).values():
+        choices = field.get("anyOf")
+        if choices and {"type": "null"} in choices:
+            kept = [choice for choice in choices if choice != {"type": "null"}]
+            del field["anyOf"]
+            if len(kept) == 1:
+                field.update(kept[0])
+            else:
+                field["anyOf"] = kept

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import io
+from dataclasses import dataclass
 
 from fastapi import UploadFile
-from PIL import Image
 
-from krypton.models import ImageDecodeError, decode_image
+from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
+from krypton.models.images import image_size, reduced_png
+from krypton.service import constants
 from krypton.service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
-__all__ = ["read_image"]
+__all__ = ["Upload", "read_image"]
 
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -25,16 +26,32 @@ CHECK_SIDE = 256
 """Side at which an upload is decoded to check it: every byte is read, few are kept."""
 
 
-async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int
-                     ) -> tuple[bytes, tuple[int, int]]:
-    """The upload's bytes and its ``(height, width)``, or a 413/415/422 problem.
+@dataclass(frozen=True)
+class Upload:
+    """An accepted image: its bytes, upright size, and for a large one a reduced copy."""
+
+    data: bytes
+    size: tuple[int, int]
+    """``(height, width)`` of the upright image."""
+    reduced: bytes | None = None
+    """PNG at most ``MAX_OVERLAY_SIDE`` on its longer side, when the image is larger."""
+
+    @property
+    def stored(self) -> list[bytes]:
+        """What the job keeps: the image, then its reduced copy if it has one."""
+        return [self.data] if self.reduced is None else [self.data, self.reduced]
+
+
+async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int) -> Upload:
+    """The accepted upload, or a 413/415/422 problem.
 
     The type comes from the first bytes, never from the file name or the
     client's Content-Type; the pixel count is read from the header before any
     pixel is decoded, so a decompression bomb costs nothing. The image is
     then decoded once to prove it whole, reduced on the way (JPEG at a lower
-    scale, others in blocks), so the API holds at most the 8-bit image, never
-    its float copy: the worker decodes it again for the model.
+    scale, others in blocks), so the API never holds a float copy at full
+    size. A large image keeps that reduced copy, so overlays never decode
+    the original again.
     """
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -45,19 +62,16 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int
         raise UnsupportedMediaType("the image must be a PNG, JPEG or TIFF file (judged by its "
                                    "content, not its name)")
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            width, height = header.size
-    except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"the image has too many pixels to decode safely: {exc}") from exc
-    except Exception as exc:
-        raise InvalidInput(f"the image cannot be read: {exc}") from exc
-    if width * height > max_pixels:
-        raise PayloadTooLarge(f"the image is {width}x{height} = {width * height} pixels, more "
-                              f"than the limit of {max_pixels}")
-    try:
+        size = image_size(data, max_pixels=max_pixels)
         # Off the event loop: a large photo takes a second to decode.
-        await asyncio.to_thread(decode_image, data, max_pixels=max_pixels,
-                                max_side=CHECK_SIDE)
+        if max(size) <= constants.MAX_OVERLAY_SIDE:
+            await asyncio.to_thread(decode_image, data, max_pixels=max_pixels,
+                                    max_side=CHECK_SIDE)
+            return Upload(data, size)
+        reduced = await asyncio.to_thread(reduced_png, data, max_pixels=max_pixels,
+                                          max_side=constants.MAX_OVERLAY_SIDE)
+    except ImageTooLargeError as exc:
+        raise PayloadTooLarge(str(exc)) from exc
     except ImageDecodeError as exc:
         raise InvalidInput(str(exc)) from exc
-    return data, (height, width)
+    return Upload(data, size, reduced)

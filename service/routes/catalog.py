@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from krypton.models.deployment import DeployedDataset, Deployment
 from krypton.service import constants
@@ -15,6 +15,7 @@ from krypton.service.deps import (
     DeploymentDep,
     QueueDep,
     SettingsDep,
+    refuse_empty_fields,
 )
 from krypton.service.errors import DatasetNotFound, InvalidInput, JobNotFound, problem_responses
 from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE
@@ -82,6 +83,7 @@ async def get_dataset(name: str, deployment: DeploymentDep, queue: QueueDep,
 
 
 @router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView,
+             dependencies=[Depends(refuse_empty_fields)],
              responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 503))
 async def tune_dataset(
     name: str,
@@ -106,7 +108,7 @@ async def tune_dataset(
         raise InvalidInput(f"tuning needs {MIN_TUNING_IMAGES} to {constants.MAX_TUNING_IMAGES} "
                            f"images, got {len(images)}")
     blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
-                               max_pixels=settings.max_pixels))[0] for i in images]
+                               max_pixels=settings.max_pixels)).data for i in images]
     params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
                           stride=stride, target_ssim=target_ssim)
     job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params,

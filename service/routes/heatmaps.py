@@ -7,7 +7,7 @@ import re
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, File, Form, Header, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
 
 from krypton import render
@@ -15,7 +15,14 @@ from krypton.models import DatasetConfig, decode_image
 from krypton.models.deployment import DeployedModel, Deployment
 from krypton.service import constants
 from krypton.service.auth import Caller
-from krypton.service.deps import AdmittedDep, CallerDep, DeploymentDep, QueueDep, SettingsDep
+from krypton.service.deps import (
+    AdmittedDep,
+    CallerDep,
+    DeploymentDep,
+    QueueDep,
+    SettingsDep,
+    refuse_empty_fields,
+)
 from krypton.service.errors import (
     JobNotFound,
     QueueUnavailable,
@@ -43,10 +50,6 @@ _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _POLL_SECONDS = 0.02
 
 ImagePart = Annotated[UploadFile, File(description="PNG, JPEG or TIFF (8/16-bit).")]
-
-OVERLAY_SIDE, MAX_OVERLAY_SIDE = 1024, 2048
-"""Longer side of an overlay by default and at most: a 50-megapixel photograph drawn at
-its own size would cost the API gigabytes."""
 
 _UPLOAD_PROBLEMS = problem_responses(400, 401, 413, 415, 422, 429, 503)
 _JOB_PROBLEMS = problem_responses(401, 404, 422, 503)
@@ -95,6 +98,7 @@ async def _dataset_config(queue: JobQueue, deployment: Deployment,
 
 
 @router.post("/heatmaps", status_code=202, response_model=JobView,
+             dependencies=[Depends(refuse_empty_fields)],
              responses={200: {"model": JobView, "description": "Finished within Prefer: wait"},
                         **_UPLOAD_PROBLEMS})
 async def submit_heatmap(
@@ -129,11 +133,11 @@ async def submit_heatmap(
         config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
         stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
         max_gflop=settings.max_job_gflop)
-    data, size = await read_image(image, max_bytes=settings.max_upload_bytes,
-                                  max_pixels=settings.max_pixels)
+    upload = await read_image(image, max_bytes=settings.max_upload_bytes,
+                              max_pixels=settings.max_pixels)
     job = await queue.submit(Job(
-        id=new_job_id(), params=plan, image_size=size, owner=caller.name,
-        random_weights=deployment.model(plan.model).random_weights), [data])
+        id=new_job_id(), params=plan, image_size=upload.size, owner=caller.name,
+        random_weights=deployment.model(plan.model).random_weights), upload.stored)
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
     job = await wait_for(queue, job, prefer_wait(prefer))
     if job.status.finished:
@@ -188,9 +192,9 @@ View = Annotated[Literal["drop", "probability"], Query(
 async def heatmap_png(
     job_id: str, queue: QueueDep, caller: CallerDep, view_: View = "drop",
     overlay: Annotated[bool, Query(description="Blend over the image")] = False,
-    size: Annotated[int, Query(ge=16, le=MAX_OVERLAY_SIDE, description=(
-        "Longer side of the overlay in pixels; default the image's own, up to "
-        f"{OVERLAY_SIDE}"))] = OVERLAY_SIDE,
+    size: Annotated[int, Query(ge=16, le=constants.MAX_OVERLAY_SIDE, description=(
+        "Longest side of the overlay in pixels, at most the image's own; default "
+        f"{constants.OVERLAY_SIDE}"))] = constants.OVERLAY_SIDE,
 ) -> Response:
     """The colour-mapped heatmap, or with ``overlay=1`` blended over the uploaded image.
 
@@ -201,10 +205,11 @@ async def heatmap_png(
     if not overlay:
         return Response(render.heatmap_png(values, untrained=job.random_weights),
                         media_type="image/png")
-    images = await queue.images(job_id, 1)
+    images = await queue.images(job_id, job.images)
     if images is None:
         raise JobNotFound(f"the image of job {job_id} has expired", job_id=job_id)
-    pixels = await asyncio.to_thread(decode_image, images[0], max_pixels=None, max_side=size)
+    # The reduced copy of a large upload, if it has one: the original would cost gigabytes.
+    pixels = await asyncio.to_thread(decode_image, images[-1], max_pixels=None, max_side=size)
     assert job.run is not None
     geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
                                       job.run.input_size, job.run.input_size)
@@ -238,17 +243,18 @@ async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
 
 
 @router.post("/predict", response_model=PredictResponse, tags=["predict"],
+             dependencies=[Depends(refuse_empty_fields)],
              responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
 async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
                   deployment: DeploymentDep, caller: AdmittedDep,
                   model: Annotated[str | None, Form()] = None) -> PredictResponse:
     """Classify one image now (a worker runs the model; the API waits for it)."""
     deployed: DeployedModel = deployment.model(model) if model else deployment.default_model()
-    data, _ = await read_image(image, max_bytes=settings.max_upload_bytes,
-                               max_pixels=settings.max_pixels)
+    upload = await read_image(image, max_bytes=settings.max_upload_bytes,
+                              max_pixels=settings.max_pixels)
     job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict, owner=caller.name,
                                  random_weights=deployed.random_weights,
-                                 params=PredictParams(model=deployed.name)), [data])
+                                 params=PredictParams(model=deployed.name)), [upload.data])
     try:
         job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS)
     finally:

@@ -40,7 +40,7 @@ BadSubmission = tuple[str, dict[str, str], int, str]
 BAD_SUBMISSIONS = [
     pytest.param("text", {}, 415, "PNG, JPEG or TIFF", id="not-an-image"),
     pytest.param("empty", {}, 422, "empty", id="empty-file"),
-    pytest.param("truncated", {}, 422, "decode", id="truncated-png"),
+    pytest.param("truncated", {}, 422, "truncated", id="truncated-png"),
     pytest.param("good", {"patch_size": "0"}, 422, "patch_size", id="patch-size-0"),
     pytest.param("good", {"patch_size": "65"}, 422, "patch_size",
                  id="patch-larger-than-input"),

@@ -1,0 +1,190 @@
+"""Limits a careless or hostile client meets: rate, queue length, work, time, memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from krypton.render import UNTRAINED_WARNING
+from tests.service import helpers
+from tests.service.conftest import ClientFactory
+from tests.service.helpers import FAST, SLOW
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _big_png(side: int) -> bytes:
+    """A photograph-sized PNG that compresses to almost nothing (a decompression bomb's shape)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (90, 40, 30)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def test_submissions_beyond_the_rate_limit_answer_429_with_retry_after(
+        make_client: ClientFactory, retina_png: bytes) -> None:
+    client = make_client(rate_limit_per_minute=2, embedded_workers=0)
+    for _ in range(2):
+        assert helpers.submit(client, retina_png, **FAST).status_code == 202
+    response = helpers.submit(client, retina_png, **FAST)
+    helpers.assert_problem(response, 429)
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_submission_to_a_full_queue_answers_503_with_retry_after(
+        make_client: ClientFactory, retina_png: bytes) -> None:
+    client = make_client(max_queue_length=2, embedded_workers=0)
+    for _ in range(2):
+        assert helpers.submit(client, retina_png, **FAST).status_code == 202
+    response = helpers.submit(client, retina_png, **FAST)
+    assert "2 jobs" in helpers.assert_problem(response, 503)["detail"]
+    assert int(response.headers["Retry-After"]) > 0
+
+
+def test_heatmap_booking_more_work_than_allowed_is_refused_with_the_stride_that_fits(
+        make_client: ClientFactory, retina_png: bytes) -> None:
+    # ResNet18 at 64 px costs about 0.15 GFLOP an inference; patch 1 stride 1 is 4096 of them.
+    client = make_client(max_job_gflop=100.0, embedded_workers=0)
+    response = helpers.submit(client, retina_png, patch_size="1", stride="1")
+    detail = helpers.assert_problem(response, 422)["detail"]
+    assert "limit of 100 GFLOP" in detail and "stride of at least" in detail
+    stride = int(detail.split("stride of at least ")[1].split(",")[0])
+    assert helpers.submit(client, retina_png, patch_size="1", stride=str(stride)
+                          ).status_code == 202
+
+
+def test_job_running_past_its_deadline_fails_and_frees_the_worker(
+        make_client: ClientFactory, retina_png: bytes) -> None:
+    client = make_client(job_timeout_seconds=0.3)
+    job = helpers.finished(client, retina_png, **SLOW)
+    assert job["status"] == "failed"
+    assert (job["error"]["status"], job["error"]["type"]) == (
+        504, "urn:krypton:problem:job-deadline")
+    assert helpers.finished(client, retina_png, **FAST)["status"] == "succeeded"
+
+
+def test_method_not_allowed_lists_every_method_of_the_path(api: TestClient) -> None:
+    response = api.put("/v1/heatmaps/0123")
+    helpers.assert_problem(response, 405)
+    assert set(response.headers["Allow"].split(", ")) == {"GET", "DELETE"}
+
+
+def test_empty_patch_colour_is_refused(api: TestClient, retina_png: bytes) -> None:
+    response = helpers.submit(api, retina_png, patch_color="", **FAST)
+    assert "patch_color" in helpers.assert_problem(response, 422)["detail"]
+
+
+def test_unreadable_image_detail_names_no_internal_object(api: TestClient) -> None:
+    garbage = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
+    detail = helpers.assert_problem(helpers.submit(api, garbage, **FAST), 422)["detail"]
+    assert "object at 0x" not in detail and "BytesIO" not in detail
+
+
+# ---------------------------------------------------------------- untrained models
+
+
+@pytest.fixture(scope="module")
+def untrained_job(api: TestClient, retina_png: bytes) -> dict[str, Any]:
+    job = helpers.finished(api, retina_png, model=helpers.DEMO_MODEL, **FAST)
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+def test_job_of_an_untrained_model_says_so(untrained_job: dict[str, Any]) -> None:
+    assert untrained_job["random_weights"] is True
+
+
+def test_json_result_of_an_untrained_model_says_so(api: TestClient,
+                                                   untrained_job: dict[str, Any]) -> None:
+    document = api.get(untrained_job["links"]["json"]).json()
+    assert document["random_weights"] is True
+
+
+@pytest.mark.parametrize("overlay", ["0", "1"])
+def test_png_of_an_untrained_model_carries_the_warning(
+        api: TestClient, untrained_job: dict[str, Any], overlay: str) -> None:
+    response = api.get(untrained_job["links"]["png"], params={"overlay": overlay})
+    picture = Image.open(io.BytesIO(response.content))
+    assert picture.text["Warning"] == UNTRAINED_WARNING  # type: ignore[attr-defined]
+    assert picture.getpixel((1, 1)) == (180, 0, 0), "a red warning band across the top"
+
+
+def test_png_of_a_trained_model_carries_no_warning(api: TestClient, retina_png: bytes) -> None:
+    job = helpers.finished(api, retina_png, **FAST)
+    picture = Image.open(io.BytesIO(api.get(job["links"]["png"]).content))
+    assert "Warning" not in picture.text  # type: ignore[attr-defined]
+    assert job["random_weights"] is False
+
+
+# ---------------------------------------------------------------- memory
+
+MEMORY_PROBE = textwrap.dedent("""
+    import io, json, sys
+    import numpy as np
+    from fastapi.testclient import TestClient
+    from krypton.render import heatmap_npy
+    from krypton.service.app import create_app
+    from krypton.service.config import Settings
+    from krypton.service.schemas import JobStatus, Prediction, RunSummary
+
+    def rss(field):
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+        raise LookupError(field)
+
+    image = open(sys.argv[1], "rb").read()
+    app = create_app(Settings(registry=sys.argv[2], embedded_workers=0))
+    with TestClient(app) as client:
+        small = client.post("/v1/heatmaps", files={"image": ("s.png", open(sys.argv[3], "rb"),
+                            "image/png")}, data={"patch_size": "16", "stride": "16"})
+        assert small.status_code == 202, small.text
+        idle = rss("VmRSS")
+        submitted = client.post("/v1/heatmaps", files={"image": ("big.png", image, "image/png")},
+                                data={"patch_size": "16", "stride": "16"})
+        assert submitted.status_code == 202, submitted.text
+        after_submit = rss("VmHWM")
+        # Finish the job as a worker would, through the store's own interface.
+        queue, job_id = app.state.queue, submitted.json()["id"]
+        async def finish():
+            job = await queue.get(job_id)
+            prediction = Prediction(predicted_class=0, predicted_label="a",
+                                    predicted_probability=0.9, target_class=0,
+                                    target_label="a", target_probability=0.9)
+            run = RunSummary(positions=16, input_size=64, heatmap_shape=(4, 4), seconds=0.1,
+                             device="cpu", mode="exact")
+            await queue.put_result(job_id, heatmap_npy(np.random.rand(4, 4)))
+            await queue.save(job.model_copy(update={"status": JobStatus.succeeded,
+                                                     "prediction": prediction, "run": run}))
+        client.portal.call(finish)
+        overlay = client.get(f"/v1/heatmaps/{job_id}/heatmap.png",
+                             params={"overlay": "1", "size": "2048"})
+        assert overlay.status_code == 200, overlay.text
+        after_overlay = rss("VmHWM")
+    print(json.dumps({"idle": idle, "submit": after_submit, "overlay": after_overlay}))
+""")
+MEMORY_BOUND = 300 * 2**20
+"""What the worst accepted upload may add to the API's resident memory (README, Limits)."""
+
+
+def test_api_memory_for_the_largest_accepted_image_stays_under_the_bound(
+        tmp_path: Path, registry: Path, retina_png: bytes) -> None:
+    # 7000 x 7000 = 49 megapixels: just under the default 50-megapixel limit.
+    (tmp_path / "big.png").write_bytes(_big_png(7000))
+    (tmp_path / "small.png").write_bytes(retina_png)
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path / "big.png"), str(registry),
+         str(tmp_path / "small.png")], capture_output=True, text=True, timeout=300, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    peaks = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (tmp_path / "big.png").stat().st_size < 200_000, "the upload itself is small"
+    assert peaks["submit"] - peaks["idle"] < MEMORY_BOUND, peaks
+    assert peaks["overlay"] - peaks["idle"] < MEMORY_BOUND, peaks
