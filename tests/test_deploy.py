@@ -267,6 +267,12 @@ def test_api_and_worker_read_the_same_registry(services: dict[str, dict[str, Any
         assert (ROOT / registry_mount.source).resolve() == REGISTRY, name
 
 
+def test_api_requires_keys_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
+    keys_file = Path(environment(services["api"])["KRYPTON_KEYS_FILE"])
+    mount = mount_at(services["api"], str(keys_file.parent))
+    assert mount.read_only and (ROOT / mount.source).is_dir()
+
+
 def test_only_workers_mount_the_checkpoints(services: dict[str, dict[str, Any]]) -> None:
     assert mount_at(services["worker"], "/models").read_only
     assert "/models" not in {m.target for m in mounts(services["api"])}, (

@@ -155,7 +155,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "Redis-mode service tests", pytrace=False)
     folder = tmp_path_factory.mktemp("redis")
     port = _free_port()
-    log = (folder / "redis.log").open("wb")
+    process = start_redis(binary, folder, port)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop_redis(process)
+
+
+def start_redis(binary: str, folder: Path, port: int) -> subprocess.Popen[bytes]:
+    """``redis-server`` on ``port``, once it answers PING (the test fails if it never does)."""
+    log = (folder / "redis.log").open("ab")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(folder)],
@@ -170,20 +179,22 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                             pytrace=False)
             with contextlib.suppress(redis.ConnectionError):
                 if client.ping():
-                    break
+                    return process
             if time.monotonic() > deadline:
                 pytest.fail("redis-server did not answer PING within 20 s", pytrace=False)
             time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
         log.close()
+
+
+def stop_redis(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
 
 
 @pytest.fixture

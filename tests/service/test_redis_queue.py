@@ -7,8 +7,10 @@ test needs: SIGKILL leaves no chance to clean up.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,8 +26,11 @@ from fastapi.testclient import TestClient
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment
 from krypton.service import constants
+from krypton.service.plans import HeatmapPlan
+from krypton.service.queue import RedisStreamQueue
+from krypton.service.schemas import Job, new_job_id
 from tests.service import helpers
-from tests.service.conftest import ClientFactory
+from tests.service.conftest import ClientFactory, start_redis, stop_redis
 from tests.service.helpers import FAST, SLOW, ThreadedWorker
 
 pytestmark = pytest.mark.redis
@@ -323,3 +328,66 @@ def test_redis_approximate_job_runs_the_knobs_redis_holds(
                                mode="approximate")
     assert job["status"] == "succeeded", job["error"]
     assert job["run"]["tau"] == helpers.TUNED_TAU
+
+
+# ---------------------------------------------------------------- consumers and connections
+
+
+def test_redis_prune_forgets_a_dead_worker_holding_no_job(redis_url: str,
+                                                         redis_client: redis.Redis) -> None:
+    async def scenario() -> tuple[list[str], set[str]]:
+        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
+        try:
+            await queue.submit(Job(id=new_job_id(), params=HeatmapPlan(
+                model="m", patch_size=16, stride=8)), [b"image"])
+            claim = await queue.claim("ghost", 10)  # a worker finishes a job, then dies
+            assert claim is not None
+            await queue.ack(claim)
+            forgotten = await queue.prune()
+            names = {c["name"].decode() for c in redis_client.xinfo_consumers(
+                constants.STREAM, constants.GROUP)}
+            return forgotten, names
+        finally:
+            await queue.close()
+
+    forgotten, remaining = asyncio.run(scenario())
+    assert forgotten == ["ghost"] and "ghost" not in remaining
+
+
+def test_redis_prune_keeps_a_dead_worker_until_its_job_is_reclaimed(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    async def scenario() -> list[str]:
+        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
+        try:
+            await queue.submit(Job(id=new_job_id(), params=HeatmapPlan(
+                model="m", patch_size=16, stride=8)), [b"image"])
+            assert await queue.claim("holder", 10) is not None
+            return await queue.prune()
+        finally:
+            await queue.close()
+
+    assert asyncio.run(scenario()) == []
+
+
+def test_redis_queue_answers_again_once_a_restarted_redis_is_back(
+        tmp_path: Path, unused_port: int) -> None:
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    process = start_redis(binary, tmp_path, unused_port)
+
+    async def scenario() -> tuple[bool, object]:
+        nonlocal process
+        queue = RedisStreamQueue.from_url(f"redis://127.0.0.1:{unused_port}/0", ttl_seconds=60)
+        try:
+            assert await queue.ping()
+            stop_redis(process)
+            process = start_redis(binary, tmp_path, unused_port)
+            # The pooled connection died with the old server: the command must not fail.
+            return await queue.ping(), await queue.get("no-such-job")
+        finally:
+            await queue.close()
+
+    try:
+        assert asyncio.run(scenario()) == (True, None)
+    finally:
+        stop_redis(process)
