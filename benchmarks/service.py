@@ -4,7 +4,9 @@ Run from a second process against a live API (``krypton bench-api``): it
 submits ``jobs`` heatmap jobs, ``concurrency`` at a time, each with
 ``Prefer: wait`` so the latency is submit-to-finished as a client sees it, then
 computes the same heatmap by calling the engine directly in this process to
-measure what the API, queue and worker add per job.
+measure what the API, queue and worker add per job. With ``api_key`` it sends
+``Authorization: Bearer KEY``; with ``api_pid`` (the API's process on this
+machine) it reads the API's resident memory before and after the run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from krypton.service.jobs import explain
 from krypton.service.model_cache import ModelCache
 from krypton.service.plans import resolve_heatmap
 
-__all__ = ["LoadReport", "engine_call", "format_report", "run_load"]
+__all__ = ["LoadReport", "engine_call", "format_report", "resident_bytes", "run_load"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class LoadReport:
     latencies: tuple[float, ...]
     compute_seconds: tuple[float, ...]
     direct_seconds: float | None = None
+    api_rss_before: int | None = None
+    """The API process's VmRSS in bytes before the warm-up job (``api_pid`` given)."""
+    api_rss_after: int | None = None
+    """Its VmRSS once every job has finished."""
+    api_rss_peak: int | None = None
+    """Its VmHWM (peak resident memory since it started) once every job has finished."""
 
     @property
     def throughput(self) -> float:
@@ -57,22 +65,37 @@ class LoadReport:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self) | {"throughput": self.throughput, "p50": self.percentile(50),
                                "p95": self.percentile(95),
+                               "p99": self.percentile(99),
                                "overhead_seconds": self.overhead_seconds}
+
+
+def resident_bytes(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory from ``/proc/PID/status`` (Linux): ``VmRSS`` now,
+    ``VmHWM`` at its peak."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"{field} not in /proc/{pid}/status")
 
 
 def run_load(url: str, image: Path, *, jobs: int, concurrency: int,
              form: dict[str, str], direct: Callable[[], float] | None = None,
-             report: Callable[[str], None] = print) -> LoadReport:
+             report: Callable[[str], None] = print, api_key: str | None = None,
+             api_pid: int | None = None) -> LoadReport:
     """Submit ``jobs`` jobs from ``concurrency`` threads; every job must succeed.
 
     With ``direct`` and one client, each job is paired with a direct engine
     call right after it, so both see the same machine load and their
-    difference is the service's overhead.
+    difference is the service's overhead. ``api_key`` is sent as a bearer
+    key; ``api_pid`` is the API's process, whose memory is read before and
+    after.
     """
     data = image.read_bytes()
-    with httpx.Client(base_url=url, timeout=120) as client:
+    headers = {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+    rss_before = None if api_pid is None else resident_bytes(api_pid)
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         ready = client.get("/readyz").json()
-        workers = len(ready.get("workers", []))
+        workers = int(ready.get("live_workers", 0))  # details are for admin keys only
 
         def one(_: int) -> tuple[float, float]:
             started = time.perf_counter()
@@ -109,7 +132,10 @@ def run_load(url: str, image: Path, *, jobs: int, concurrency: int,
     return LoadReport(url=url, workers=workers, jobs=jobs, concurrency=concurrency,
                       wall_seconds=wall, latencies=tuple(r[0] for r in results),
                       compute_seconds=tuple(r[1] for r in results),
-                      direct_seconds=statistics.fmean(direct_times) if direct_times else None)
+                      direct_seconds=statistics.fmean(direct_times) if direct_times else None,
+                      api_rss_before=rss_before,
+                      api_rss_after=None if api_pid is None else resident_bytes(api_pid),
+                      api_rss_peak=None if api_pid is None else resident_bytes(api_pid, "VmHWM"))
 
 
 def engine_call(image: Path, *, model: str, patch_size: int, stride: int
@@ -128,15 +154,21 @@ def engine_call(image: Path, *, model: str, patch_size: int, stride: int
     return once
 
 
+def _mib(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.0f}"
+
+
 def format_report(reports: list[LoadReport]) -> str:
     lines = ["| workers | concurrency | jobs | throughput (jobs/s) | p50 latency (s) | "
-             "p95 latency (s) | mean compute (s) | overhead vs engine (s) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "p95 latency (s) | p99 latency (s) | mean compute (s) | "
+             "overhead vs engine (s) | API RSS before / after / peak (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         overhead = r.overhead_seconds
         lines.append(
             f"| {r.workers} | {r.concurrency} | {r.jobs} | {r.throughput:.2f} | "
-            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | "
+            f"{r.percentile(50):.2f} | {r.percentile(95):.2f} | {r.percentile(99):.2f} | "
             f"{statistics.fmean(r.compute_seconds):.2f} | "
-            f"{'-' if overhead is None else f'{overhead:.3f}'} |")
+            f"{'-' if overhead is None else f'{overhead:.3f}'} | "
+            f"{_mib(r.api_rss_before)} / {_mib(r.api_rss_after)} / {_mib(r.api_rss_peak)} |")
     return "\n".join(lines)

@@ -4,7 +4,13 @@ Knows nothing of HTTP, Redis or files: tensors in, heatmaps out.
 """
 
 from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
-from krypton.engine.base import OcclusionEngine, Output, ProgressCallback, StopCheck
+from krypton.engine.base import (
+    OcclusionEngine,
+    Output,
+    PartialCallback,
+    ProgressCallback,
+    StopCheck,
+)
 from krypton.engine.drilldown import DrillDown
 from krypton.engine.errors import (
     EngineError,
@@ -31,6 +37,7 @@ __all__ = [
     "OcclusionEngine",
     "OcclusionResult",
     "Output",
+    "PartialCallback",
     "PatchGrid",
     "PatchValue",
     "ProgressCallback",

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
@@ -33,6 +34,7 @@ __all__ = [
     "BatchLoop",
     "OcclusionEngine",
     "Output",
+    "PartialCallback",
     "Prepared",
     "ProgressCallback",
     "Session",
@@ -48,6 +50,10 @@ ProgressCallback = Callable[[int, int], None]
 
 StopCheck = Callable[[], bool]
 """Polled before every batch; ``True`` ends the run with :class:`RunStopped`."""
+
+PartialCallback = Callable[[npt.NDArray[np.float32]], None]
+"""Called after every batch with the heatmap so far (NaN where not computed yet), so a
+viewer can draw it while the run goes on."""
 
 Output = Literal["logits", "probabilities"]
 """What the model returns: logits (softmax applied by the engine) or probabilities."""
@@ -120,8 +126,13 @@ class BatchLoop:
         self._counted = True
 
     def occlude(self, session: Session, positions: Tensor, target: int,
-                to_probabilities: Callable[[Tensor], Tensor]) -> Tensor:
-        """Probabilities of ``target`` with the patch at each of ``positions``."""
+                to_probabilities: Callable[[Tensor], Tensor],
+                on_batch: Callable[[Tensor, int], None] | None = None) -> Tensor:
+        """Probabilities of ``target`` with the patch at each of ``positions``.
+
+        ``on_batch`` is called after every batch with the output so far and
+        how many of its leading entries are filled.
+        """
         size = self.batch_size or _default_batch_size(
             session.bytes_per_position(), self.device, positions.numel())
         self.batch_size = self.batch_size or size
@@ -134,6 +145,8 @@ class BatchLoop:
             out[start : start + chunk.numel()] = to_probabilities(outputs)[:, target]
             self.done += chunk.numel()
             self.batches += 1
+            if on_batch is not None:
+                on_batch(out, start + chunk.numel())
             if self.progress is not None:
                 self.progress(self.done, max(self.total, self.done))
         flops = session.flops_per_position()
@@ -213,16 +226,18 @@ class OcclusionEngine(ABC):
         )
 
     def occlude(self, prepared: Prepared, grid: PatchGrid, loop: BatchLoop, *,
-                positions: Tensor | None = None, tau: float = 1.0) -> Tensor:
+                positions: Tensor | None = None, tau: float = 1.0,
+                on_batch: Callable[[Tensor, int], None] | None = None) -> Tensor:
         """Probabilities of the target with the patch at ``positions`` of ``grid`` (default all).
 
-        Positions are flat indices into the grid, row-major.
+        Positions are flat indices into the grid, row-major; ``on_batch`` as
+        :meth:`BatchLoop.occlude`.
         """
         check_tau(tau)
         if positions is None:
             positions = torch.arange(grid.size, device=self.device)
         session = self._session(prepared.state, grid, prepared.patch, tau)
-        return loop.occlude(session, positions, prepared.target, self.probabilities)
+        return loop.occlude(session, positions, prepared.target, self.probabilities, on_batch)
 
     def attribute(
         self,
@@ -235,6 +250,7 @@ class OcclusionEngine(ABC):
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        partial: PartialCallback | None = None,
         tau: float = 1.0,
     ) -> OcclusionResult:
         """Occlusion heatmap of ``image`` for class ``target``.
@@ -249,6 +265,8 @@ class OcclusionEngine(ABC):
             batch_size: positions per batch; default what fits a memory budget.
             progress: called after every batch with ``(done, total)``.
             should_stop: polled before every batch; ``True`` ends the run.
+            partial: called after every batch with the heatmap so far: the
+                rows finished, NaN below them.
             tau: projective-field threshold in (0, 1] (incremental engine
                 only); 1 is exact.
 
@@ -261,7 +279,8 @@ class OcclusionEngine(ABC):
             prepared = self.prepare(image, patch_value=patch_value, target=target)
             grid = PatchGrid(prepared.height, prepared.width, patch_size, stride)
             loop.total = grid.size
-            heatmap = self.occlude(prepared, grid, loop, tau=tau).view(grid.shape)
+            heatmap = self.occlude(prepared, grid, loop, tau=tau,
+                                   on_batch=_so_far(partial, grid.shape)).view(grid.shape)
         return self.result(prepared, grid, heatmap, loop, tau=tau)
 
     def result(self, prepared: Prepared, grid: PatchGrid, heatmap: Tensor, loop: BatchLoop, *,
@@ -297,6 +316,20 @@ class OcclusionEngine(ABC):
                 refined_positions=refined,
             ),
         )
+
+
+def _so_far(partial: PartialCallback | None, shape: tuple[int, int]
+            ) -> Callable[[Tensor, int], None] | None:
+    """An ``on_batch`` that hands ``partial`` the heatmap's leading cells, NaN after them."""
+    if partial is None:
+        return None
+
+    def report(out: Tensor, filled: int) -> None:
+        heatmap = np.full(shape[0] * shape[1], np.nan, dtype=np.float32)
+        heatmap[:filled] = out[:filled].cpu().numpy()
+        partial(heatmap.reshape(shape))
+
+    return report
 
 
 def check_tau(tau: float) -> None:

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from krypton.engine.base import BatchLoop, OcclusionEngine, ProgressCallback, StopCheck
+from krypton.engine.base import (
+    BatchLoop,
+    OcclusionEngine,
+    PartialCallback,
+    ProgressCallback,
+    StopCheck,
+)
 from krypton.engine.errors import InvalidParamsError
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.result import OcclusionResult
@@ -55,9 +61,15 @@ class DrillDown:
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
+        partial: PartialCallback | None = None,
         tau: float = 1.0,
     ) -> OcclusionResult:
-        """The drilled-down heatmap; arguments as :meth:`OcclusionEngine.attribute`."""
+        """The drilled-down heatmap; arguments as :meth:`OcclusionEngine.attribute`.
+
+        ``partial`` first gets the interpolated coarse map, as soon as the
+        coarse stage ends, then that map with the refined cells filled in
+        after every batch of the fine stage.
+        """
         engine = self.engine
         loop = BatchLoop(batch_size, engine.device, progress, should_stop)
         with torch.inference_mode():
@@ -69,8 +81,17 @@ class DrillDown:
             coarse_map = engine.occlude(prepared, coarse, loop, tau=tau).view(coarse.shape)
             heatmap = interpolate_coarse(coarse_map, coarse, fine)
             chosen = top_drop(heatmap, self.ratio)
+            if partial is not None:
+                partial(heatmap.cpu().numpy().astype(np.float32))
+
+            def refined_so_far(out: Tensor, filled: int) -> None:
+                if partial is not None:
+                    so_far = heatmap.clone()
+                    so_far.view(-1)[chosen[:filled]] = out[:filled]
+                    partial(so_far.cpu().numpy().astype(np.float32))
+
             heatmap.view(-1)[chosen] = engine.occlude(prepared, fine, loop, positions=chosen,
-                                                      tau=tau)
+                                                      tau=tau, on_batch=refined_so_far)
         return engine.result(prepared, fine, heatmap, loop, tau=tau,
                              drilldown_ratio=self.ratio, coarse_stride=self.coarse_stride,
                              refined=refined)

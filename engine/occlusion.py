@@ -18,7 +18,13 @@ import torch
 from torch import Tensor, nn
 
 from krypton.engine.approximation import Approximation
-from krypton.engine.base import OcclusionEngine, Output, ProgressCallback, StopCheck
+from krypton.engine.base import (
+    OcclusionEngine,
+    Output,
+    PartialCallback,
+    ProgressCallback,
+    StopCheck,
+)
 from krypton.engine.errors import InvalidParamsError
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.patches import PatchValue
@@ -64,6 +70,7 @@ def occlusion(
     device: torch.device | str | None = None,
     progress: ProgressCallback | None = None,
     should_stop: StopCheck | None = None,
+    partial: PartialCallback | None = None,
     tau: float | None = None,
     drilldown_ratio: float | None = None,
     coarse_stride: int | None = None,
@@ -87,6 +94,8 @@ def occlusion(
         progress: called after every batch with ``(done, total)``.
         should_stop: polled before every batch; ``True`` ends the run with
             :class:`~krypton.engine.errors.RunStopped`.
+        partial: called after every batch with the heatmap so far (NaN where
+            not computed yet; a drill-down's coarse map first).
         tau: projective-field threshold in (0, 1], approximate mode only.
         drilldown_ratio: fraction of fine positions recomputed after a coarse
             pass at ``coarse_stride``; approximate mode only.
@@ -119,7 +128,7 @@ def occlusion(
     engine = _engine(model, mode, device, output)
     return approximation.attribute(
         engine, image, patch_size, stride, patch_value=patch_value, target=target,
-        batch_size=batch_size, progress=progress, should_stop=should_stop,
+        batch_size=batch_size, progress=progress, should_stop=should_stop, partial=partial,
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from krypton.models.dicom import decode_dicom, dicom_header, is_dicom
 from krypton.models.errors import ImageDecodeError, ImageTooLargeError, InvalidArgumentError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "INFERENCE_SIDE", "SUPPORTED_FORMATS", "decode_image",
@@ -58,8 +59,11 @@ def image_size(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> t
 
     Raises:
         ImageTooLargeError: more pixels than ``max_pixels`` (or Pillow's bomb limit).
-        ImageDecodeError: not a readable PNG, JPEG or TIFF header.
+        ImageDecodeError: not a readable PNG, JPEG, TIFF or DICOM header.
     """
+    if is_dicom(data):
+        dicom = dicom_header(data, max_pixels=max_pixels)
+        return dicom.rows, dicom.columns
     try:
         with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as header:
             width, height = header.size
@@ -92,6 +96,7 @@ def decode_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_side: int | None = None,
+    frame: int | None = None,
 ) -> npt.NDArray[np.float32]:
     """Decode an uploaded or on-disk image to float RGB in ``[0, 1]``.
 
@@ -109,6 +114,8 @@ def decode_image(
             pixels) until its longer side is at most this, before it becomes
             floats: JPEG decodes at the reduced scale directly, others reduce
             the 8- or 16-bit image. ``None`` keeps the full size.
+        frame: Which frame of a multi-frame DICOM file (1-based); DICOM data
+            is recognised by its content (:mod:`krypton.models.dicom`).
 
     Returns:
         ``(H, W, 3)`` float32 array in ``[0, 1]``.
@@ -118,28 +125,39 @@ def decode_image(
             truncated, has an unsupported pixel format, or is too large.
         InvalidArgumentError: ``max_pixels`` is not a positive integer or None.
     """
+    if isinstance(data, str | os.PathLike) and is_dicom(_head(data)):
+        data = _read_file(data)
+    if isinstance(data, bytes | bytearray | memoryview) and is_dicom(bytes(data[:132])):
+        return _reduce_array(decode_dicom(data, frame=frame, max_pixels=max_pixels), max_side)
+    if frame not in (None, 1):
+        raise ImageDecodeError(f"frame {frame} was asked for, but only DICOM files have frames")
     with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
         array = _to_float_rgb(image, tiff_tags, source)
     logger.debug("decoded %s: %dx%d", source, array.shape[1], array.shape[0])
     return array
 
 
-def reduced_png(data: bytes, *, max_side: int,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+def reduced_png(data: bytes, *, max_side: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                frame: int | None = None) -> bytes:
     """The image reduced as :func:`decode_image` reduces it, as an 8-bit RGB PNG.
 
-    8-bit images go straight from Pillow's buffer to the PNG, with no float
-    copy; deeper ones are scaled to 8 bits by their own range on the way.
+    8-bit PNG, JPEG and TIFF images go straight from Pillow's buffer to the
+    PNG, with no float copy; deeper ones and DICOM are scaled to 8 bits on
+    the way.
 
     Raises:
         ImageDecodeError: as :func:`decode_image`.
     """
-    with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
-        if image.mode in _EIGHT_BIT_MODES:
-            rgb = image.convert("RGB")
-        else:
-            pixels = _to_float_rgb(image, tiff_tags, source)
-            rgb = Image.fromarray((pixels * 255.0).round().astype(np.uint8))
+    if is_dicom(data):
+        pixels = decode_image(data, max_pixels=max_pixels, max_side=max_side, frame=frame)
+        rgb = Image.fromarray((pixels * 255.0).round().astype(np.uint8))
+    else:
+        with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
+            if image.mode in _EIGHT_BIT_MODES:
+                rgb = image.convert("RGB")
+            else:
+                pixels = _to_float_rgb(image, tiff_tags, source)
+                rgb = Image.fromarray((pixels * 255.0).round().astype(np.uint8))
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -192,6 +210,40 @@ def _upright(data: bytes | str | os.PathLike[str], max_pixels: int | None,
         # Pillow's decoders raise a zoo of types on hostile or truncated input
         # (OSError, SyntaxError, struct.error, zlib.error, IndexError, ...).
         raise ImageDecodeError(f"cannot decode {source}: {_reason(exc)}") from exc
+
+
+def _head(path: str | os.PathLike[str]) -> bytes:
+    """The first bytes of a file, enough to recognise DICOM; empty if it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)
+    except OSError:
+        return b""
+
+
+def _read_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(f"image file {os.fspath(path)!r} does not exist") from exc
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read image file {os.fspath(path)!r}: {exc}") from exc
+
+
+def _reduce_array(pixels: npt.NDArray[np.float32], max_side: int | None
+                  ) -> npt.NDArray[np.float32]:
+    """``pixels`` averaged in blocks so the longer side fits ``max_side`` (as Pillow's reduce)."""
+    longest = max(pixels.shape[:2])
+    if max_side is None or longest <= max_side:
+        return pixels
+    factor = math.ceil(longest / max_side)
+    height, width = (-(-side // factor) * factor for side in pixels.shape[:2])
+    padded = np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1]), (0, 0)),
+                    mode="edge")
+    blocks = padded.reshape(height // factor, factor, width // factor, factor, 3)
+    reduced: npt.NDArray[np.float32] = blocks.mean(axis=(1, 3), dtype=np.float32)
+    return reduced
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,11 +1,21 @@
 """What people open: a heatmap as PNG, overlay PNG, JSON or NPY. Pure functions.
 
+DICOM output (a Parametric Map and a Secondary Capture in the source study)
+is in :mod:`krypton.render.dicom`, imported where it is needed.
+
 Used by the command line and by the service alike; knows nothing of how the
 heatmap was computed. Heatmap cell ``(i, j)`` describes the patch whose
 top-left corner is at model-input pixel ``(i * S, j * S)``.
 """
 
-from krypton.render.arrays import View, heatmap_json, heatmap_npy, read_npy, view_values
+from krypton.render.arrays import (
+    View,
+    heatmap_json,
+    heatmap_npy,
+    read_npy,
+    shrink,
+    view_values,
+)
 from krypton.render.images import (
     COLORMAP,
     UNTRAINED_WARNING,
@@ -13,6 +23,7 @@ from krypton.render.images import (
     colorize,
     heatmap_png,
     overlay_png,
+    overlay_rgb,
     resample_to_image,
 )
 
@@ -26,7 +37,9 @@ __all__ = [
     "heatmap_npy",
     "heatmap_png",
     "overlay_png",
+    "overlay_rgb",
     "read_npy",
     "resample_to_image",
+    "shrink",
     "view_values",
 ]

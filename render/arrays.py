@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["View", "heatmap_json", "heatmap_npy", "read_npy", "view_values"]
+__all__ = ["View", "heatmap_json", "heatmap_npy", "read_npy", "shrink", "view_values"]
 
 View = Literal["drop", "probability"]
 
@@ -49,3 +49,23 @@ def heatmap_json(heatmap: FloatArray, metadata: dict[str, Any]) -> str:
         **metadata,
     }
     return json.dumps(document)
+
+
+def shrink(values: FloatArray, max_side: int) -> npt.NDArray[np.float32]:
+    """``values`` averaged in whole blocks until both sides are at most ``max_side``.
+
+    NaN cells (not computed yet) are left out of their block's mean; a block
+    of NaN only stays NaN.
+    """
+    array = np.asarray(values, dtype=np.float32)
+    factor = -(-max(array.shape) // max_side)
+    if factor <= 1:
+        return array
+    rows, cols = (-(-side // factor) * factor for side in array.shape)
+    padded = np.full((rows, cols), np.nan, dtype=np.float32)
+    padded[: array.shape[0], : array.shape[1]] = array
+    blocks = padded.reshape(rows // factor, factor, cols // factor, factor)
+    counts = np.sum(~np.isnan(blocks), axis=(1, 3))
+    sums = np.nansum(blocks, axis=(1, 3))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan).astype(np.float32)

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 __all__ = ["COLORMAP", "UNTRAINED_WARNING", "HeatmapGeometry", "colorize", "heatmap_png",
-           "overlay_png", "resample_to_image"]
+           "overlay_png", "overlay_rgb", "resample_to_image"]
 
 COLORMAP = "inferno"
 """Perceptually uniform, readable in grayscale print, and colour-blind safe."""
@@ -82,11 +82,23 @@ def heatmap_png(values: FloatArray, *, cell_pixels: int = 8, untrained: bool = F
 def overlay_png(values: FloatArray, image: FloatArray, geometry: HeatmapGeometry, *,
                 alpha: float = 0.5, untrained: bool = False) -> bytes:
     """The heatmap blended over ``image`` (``(H, W, 3)`` in [0, 1]) at the image's size."""
+    return _png(overlay_rgb(values, image, geometry, alpha=alpha), untrained)
+
+
+def overlay_rgb(values: FloatArray, image: FloatArray, geometry: HeatmapGeometry, *,
+                alpha: float = 0.5, untrained: bool = False) -> npt.NDArray[np.uint8]:
+    """The overlay's pixels, ``(H, W, 3)`` uint8, with the untrained-model band if asked."""
     height, width = image.shape[:2]
     colours = colorize(resample_to_image(values, geometry, height, width))
     blended = np.clip(image[..., :3], 0.0, 1.0, dtype=np.float32) * ((1.0 - alpha) * 255.0)
     blended += colours * np.float32(alpha)
-    return _png(blended.round().astype(np.uint8), untrained)
+    rgb: npt.NDArray[np.uint8] = blended.round().astype(np.uint8)
+    if not untrained:
+        return rgb
+    picture = Image.fromarray(rgb)
+    _banner(picture, UNTRAINED_WARNING)
+    marked: npt.NDArray[np.uint8] = np.asarray(picture)
+    return marked
 
 
 def resample_to_image(values: FloatArray, geometry: HeatmapGeometry, height: int,
@@ -123,6 +135,7 @@ def _linear_weights(positions: npt.NDArray[np.float64], cells: int) -> npt.NDArr
 
 
 def _png(rgb: npt.NDArray[np.uint8], untrained: bool = False) -> bytes:
+    """PNG with Krypton's text chunks; an untrained model's gets the warning (and band)."""
     picture = Image.fromarray(rgb)
     metadata = PngInfo()
     metadata.add_text("Software", "Krypton occlusion heatmap")

@@ -89,15 +89,22 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
                     logger.info("imported tuned configs for %s", ", ".join(imported))
         workers = []
         if settings.embedded and settings.embedded_workers:
-            from krypton.service.worker import Worker  # loads torch: embedded mode only
+            # Imported here: they load torch, which only the embedded mode needs.
+            from krypton.service.model_cache import ModelCache
+            from krypton.service.worker import Worker
 
+            cache = ModelCache(deployment, settings.device)  # one copy of each model
             workers = [Worker(app.state.queue, deployment, device=settings.device,
                               name=f"embedded-{i}", max_pixels=settings.max_pixels,
-                              job_timeout_seconds=settings.job_timeout_seconds)
+                              job_timeout_seconds=settings.job_timeout_seconds, cache=cache)
                        for i in range(settings.embedded_workers)]
             logger.info("embedded mode: in-process queue and %d worker(s); set "
                         "KRYPTON_REDIS_URL to scale out", len(workers))
-        tasks = [asyncio.create_task(w.run()) for w in workers]
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(w.run()) for w in workers]
+        if workers and settings.preload_models:
+            # In the background: the service answers at once, the first job does not
+            # pay for loading and tracing its model.
+            tasks.append(asyncio.create_task(asyncio.to_thread(cache.preload)))
         try:
             yield
         finally:

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
     embedded_workers: int = Field(default=1, ge=0, description="Workers in embedded mode.")
+    preload_models: bool = Field(default=True, description="Embedded mode: load and trace "
+                                 "every deployed model in the background at start.")
     claim_idle_ms: int = Field(default=constants.CLAIM_IDLE_MS, ge=1)
     heartbeat_ttl_seconds: int = Field(default=constants.HEARTBEAT_TTL_SECONDS, ge=1)
     log_level: str = "INFO"

@@ -6,6 +6,7 @@ Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
 - ``krypton:job:{id}`` - the job document (JSON), with the job's TTL
 - ``krypton:image:{id}:{n}`` - the uploaded image(s) (patient data), same TTL
 - ``krypton:result:{id}`` - the heatmap as ``.npy`` bytes, same TTL
+- ``krypton:partial:{id}`` - the heatmap so far while the job runs (``.npy``), same TTL
 - ``krypton:worker:{name}`` - a worker's heartbeat, expiring when it stops beating
 - ``krypton:workers`` - sorted set of worker names by last heartbeat time
 - ``krypton:dataset:{name}`` - a dataset's tuned approximation config (JSON), no expiry
@@ -20,6 +21,7 @@ GROUP = "workers"
 JOB_KEY = f"{KEY_PREFIX}:job:{{}}"
 IMAGE_KEY = f"{KEY_PREFIX}:image:{{}}"
 RESULT_KEY = f"{KEY_PREFIX}:result:{{}}"
+PARTIAL_KEY = f"{KEY_PREFIX}:partial:{{}}"
 WORKER_KEY = f"{KEY_PREFIX}:worker:{{}}"
 WORKERS_KEY = f"{KEY_PREFIX}:workers"
 DATASET_KEY = f"{KEY_PREFIX}:dataset:{{}}"
@@ -52,5 +54,7 @@ MAX_ATTEMPTS = 3
 """A job that killed this many workers is failed rather than handed to another."""
 PRUNE_EVERY_BEATS = 15
 """Workers forget dead workers' entries in the consumer group every 15 heartbeats (30 s)."""
+PARTIAL_SIDE = 128
+"""Heatmaps so far are stored (and streamed) at most this many cells a side."""
 PROGRESS_INTERVAL_SECONDS = 0.5
 """Workers write progress at most this often (the claim is refreshed separately)."""

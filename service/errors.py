@@ -36,6 +36,7 @@ __all__ = [
     "DatasetNotFound",
     "InvalidInput",
     "JobNotFound",
+    "NotForThisInput",
     "PayloadTooLarge",
     "QueueUnavailable",
     "ResultNotReady",
@@ -112,6 +113,10 @@ class DatasetNotFound(ServiceError):
 
 class ResultNotReady(ServiceError):
     status, slug, title = 409, "result-not-ready", "Result not ready"
+
+
+class NotForThisInput(ServiceError):
+    status, slug, title = 409, "not-for-this-input", "Not available for this input"
 
 
 class QueueUnavailable(ServiceError):

@@ -27,6 +27,7 @@ from krypton.engine import (
     EngineError,
     IncrementalOcclusion,
     OcclusionResult,
+    PartialCallback,
     ProgressCallback,
     StopCheck,
     tune,
@@ -58,6 +59,7 @@ class JobContext:
     max_pixels: int
     progress: ProgressCallback
     should_stop: StopCheck
+    partial: PartialCallback | None = None
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,8 @@ def failure(exc: BaseException) -> dict[str, Any]:
 
 
 def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floating], *,
-            progress: ProgressCallback | None = None,
-            should_stop: StopCheck | None = None) -> OcclusionResult:
+            progress: ProgressCallback | None = None, should_stop: StopCheck | None = None,
+            partial: PartialCallback | None = None) -> OcclusionResult:
     """The heatmap ``plan`` asks for, of an image decoded to pixels.
 
     Raises:
@@ -109,14 +111,15 @@ def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floatin
     return approximation.attribute(
         cache.engine(plan.model, plan.mode), loaded.model_input(pixels),
         plan.patch_size, plan.stride, patch_value=patch_value(plan.patch_color, preprocessing),
-        target=plan.target_class, progress=progress, should_stop=should_stop)
+        target=plan.target_class, progress=progress, should_stop=should_stop, partial=partial)
 
 
 @job_body(JobKind.heatmap)
 def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outcome:
-    pixels = decode_image(images[0], max_pixels=context.max_pixels, max_side=INFERENCE_SIDE)
+    pixels = decode_image(images[0], max_pixels=context.max_pixels, max_side=INFERENCE_SIDE,
+                          frame=plan.frame)
     result = explain(context.cache, plan, pixels, progress=context.progress,
-                     should_stop=context.should_stop)
+                     should_stop=context.should_stop, partial=context.partial)
     loaded = context.cache.get(plan.model)
     labels, stats = loaded.deployed.labels, result.stats
     return Outcome(updates={
@@ -137,7 +140,7 @@ def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outc
 def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> Outcome:
     loaded = context.cache.get(params.model)
     tensor = loaded.model_input(decode_image(images[0], max_pixels=context.max_pixels,
-                                             max_side=INFERENCE_SIDE))
+                                             max_side=INFERENCE_SIDE, frame=params.frame))
     with torch.inference_mode():
         logits = loaded.network(tensor.unsqueeze(0).to(context.cache.device))
     probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()

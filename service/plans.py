@@ -69,6 +69,8 @@ class HeatmapPlan(BaseModel):
     coarse_stride: int | None = None
     tuned_for: str | None = Field(
         default=None, description="Identity of the weights the dataset's config was tuned on.")
+    frame: int | None = Field(
+        default=None, description="Which frame of a multi-frame DICOM image (1-based).")
 
     def check_weights(self, weights_id: str) -> None:
         """Refuse to run a dataset's tuned knobs on weights they were not tuned on.
@@ -97,6 +99,7 @@ def resolve_heatmap(
     drilldown_ratio: float | None = None,
     coarse_stride: int | None = None,
     max_gflop: float | None = None,
+    frame: int | None = None,
 ) -> HeatmapPlan:
     """The validated plan for one heatmap request.
 
@@ -114,6 +117,7 @@ def resolve_heatmap(
             dataset (the command line's hand-set knobs).
         max_gflop: refuse a plan whose :func:`work` is larger (the service's
             bound on one job); ``None`` sets no bound.
+        frame: the frame of a multi-frame DICOM image to explain (1-based).
 
     Raises:
         DatasetConfigError: unknown dataset, untuned dataset in approximate
@@ -137,9 +141,11 @@ def resolve_heatmap(
         raise InvalidArgumentError(
             f"target_class must be between 0 and {deployed.num_classes - 1} for model "
             f"{deployed.name!r}, got {target_class}")
+    if frame is not None and frame < 1:
+        raise InvalidArgumentError(f"frame counts from 1, as DICOM numbers frames; got {frame}")
     plan = HeatmapPlan(model=deployed.name, dataset=dataset, patch_size=patch_size,
                        stride=stride, patch_color=patch_color, target_class=target_class,
-                       mode=mode)
+                       mode=mode, frame=frame)
     knobs = (tau, drilldown_ratio, coarse_stride)
     if mode != "approximate":
         if any(k is not None for k in knobs):

@@ -4,8 +4,8 @@ The API calls :meth:`JobQueue.submit`, ``get`` and ``delete``; workers call
 ``claim``, ``touch``, ``save``, ``put_result`` and ``ack``. Both
 implementations keep the same promises:
 
-- a job, its images and its result share one expiry (patient data), and
-  ``delete`` removes all three at once;
+- a job, its images, its result and its heatmap so far share one expiry
+  (patient data), and ``delete`` removes them all at once;
 - tuned dataset configs are kept without expiry, so that the API and the
   workers share them through the store and nothing else;
 - ``save`` never brings back a deleted or expired job: it returns ``False``
@@ -95,6 +95,14 @@ class JobQueue(ABC):
     @abstractmethod
     async def result(self, job_id: str) -> bytes | None:
         """The stored result, or ``None``."""
+
+    @abstractmethod
+    async def put_partial(self, job_id: str, data: bytes) -> bool:
+        """Store the heatmap so far (replacing the last one) with the job's expiry."""
+
+    @abstractmethod
+    async def partial(self, job_id: str) -> bytes | None:
+        """The last heatmap so far a worker stored, or ``None``."""
 
     @abstractmethod
     async def delete(self, job_id: str) -> bool:
@@ -251,20 +259,30 @@ class InMemoryQueue(JobQueue):
         return None if any(f is None for f in found) else found
 
     async def put_result(self, job_id: str, data: bytes) -> bool:
-        key = constants.JOB_KEY.format(job_id)
-        if self._live(key) is None:
-            return False
-        expires = self._memory.entries[key].expires
-        self._memory.entries[constants.RESULT_KEY.format(job_id)] = _Entry(data, expires)
-        return True
+        return self._put_beside_job(job_id, constants.RESULT_KEY.format(job_id), data)
 
     async def result(self, job_id: str) -> bytes | None:
         data: bytes | None = self._live(constants.RESULT_KEY.format(job_id))
         return data
 
+    async def put_partial(self, job_id: str, data: bytes) -> bool:
+        return self._put_beside_job(job_id, constants.PARTIAL_KEY.format(job_id), data)
+
+    async def partial(self, job_id: str) -> bytes | None:
+        data: bytes | None = self._live(constants.PARTIAL_KEY.format(job_id))
+        return data
+
+    def _put_beside_job(self, job_id: str, key: str, data: bytes) -> bool:
+        job_key = constants.JOB_KEY.format(job_id)
+        if self._live(job_key) is None:
+            return False
+        self._memory.entries[key] = _Entry(data, self._memory.entries[job_key].expires)
+        return True
+
     async def delete(self, job_id: str) -> bool:
         existed = self._live(constants.JOB_KEY.format(job_id)) is not None
-        doomed = (constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id))
+        doomed = (constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
+                  constants.PARTIAL_KEY.format(job_id))
         images = constants.IMAGE_KEY.format(job_id) + ":"
         for key in [k for k in self._memory.entries if k in doomed or k.startswith(images)]:
             del self._memory.entries[key]
@@ -401,20 +419,30 @@ class RedisStreamQueue(JobQueue):
         return None if any(f is None for f in found) else list(found)
 
     async def put_result(self, job_id: str, data: bytes) -> bool:
-        # One script, so a DELETE cannot slip between reading the TTL and writing.
-        stored = await self.client.eval(
-            _PUT_RESULT, 2, constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
-            data)
-        return bool(stored)
+        return await self._put_beside_job(job_id, constants.RESULT_KEY.format(job_id), data)
 
     async def result(self, job_id: str) -> bytes | None:
         data: bytes | None = await self.client.get(constants.RESULT_KEY.format(job_id))
         return data
 
+    async def put_partial(self, job_id: str, data: bytes) -> bool:
+        return await self._put_beside_job(job_id, constants.PARTIAL_KEY.format(job_id), data)
+
+    async def partial(self, job_id: str) -> bytes | None:
+        data: bytes | None = await self.client.get(constants.PARTIAL_KEY.format(job_id))
+        return data
+
+    async def _put_beside_job(self, job_id: str, key: str, data: bytes) -> bool:
+        # One script, so a DELETE cannot slip between reading the TTL and writing.
+        stored = await self.client.eval(_PUT_BESIDE_JOB, 2, constants.JOB_KEY.format(job_id),
+                                        key, data)
+        return bool(stored)
+
     async def delete(self, job_id: str) -> bool:
         job = await self.get(job_id)
         images = 1 if job is None else job.images
         keys = [constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
+                constants.PARTIAL_KEY.format(job_id),
                 *(_image_key(job_id, i) for i in range(max(images, 1)))]
         removed = await self.client.delete(*keys)
         return bool(removed) and job is not None
@@ -544,7 +572,7 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
 return 1
 """
 
-_PUT_RESULT = """
+_PUT_BESIDE_JOB = """
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl <= 0 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)

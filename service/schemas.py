@@ -59,6 +59,7 @@ class JobKind(StrEnum):
 class PredictParams(BaseModel):
     kind: Literal["predict"] = "predict"
     model: str
+    frame: int | None = None
 
 
 class TuningParams(BaseModel):
@@ -129,6 +130,8 @@ class Job(BaseModel):
     images: int = Field(default=1, description="How many images the job was given.")
     image_size: tuple[int, int] | None = Field(
         default=None, description="Uploaded image height and width, in pixels.")
+    dicom: bool = Field(default=False, description="The upload was a DICOM file: the "
+                        "heatmap is also offered as DICOM in its study.")
     timings: Timings = Field(default_factory=lambda: Timings(created_at=utcnow()))
     prediction: Prediction | None = None
     probabilities: list[float] | None = None
@@ -165,6 +168,7 @@ class JobView(BaseModel):
     queue_wait_seconds: float | None
     compute_seconds: float | None
     expires_at: dt.datetime | None
+    dicom: bool
     random_weights: bool
     images: int
     attempts: int
@@ -179,7 +183,7 @@ class JobView(BaseModel):
                    error=job.error, created_at=t.created_at, started_at=t.started_at,
                    finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
                    compute_seconds=t.compute_seconds, expires_at=job.expires_at,
-                   random_weights=job.random_weights, images=job.images,
+                   dicom=job.dicom, random_weights=job.random_weights, images=job.images,
                    attempts=job.attempts, worker=job.worker, links=links)
 
 

@@ -1,4 +1,8 @@
-"""Checks on uploaded images before they are stored: type by content, bytes, pixels."""
+"""Checks on uploaded images before they are stored: type by content, bytes, pixels.
+
+PNG, JPEG, TIFF and DICOM (recognised by the ``DICM`` marker of a Part 10
+file) are accepted; the type comes from the bytes, never from a file name.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 from fastapi import UploadFile
 
 from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
+from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom
 from krypton.models.images import image_size, reduced_png
 from krypton.service import constants
 from krypton.service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
@@ -33,6 +38,7 @@ class Upload:
     data: bytes
     size: tuple[int, int]
     """``(height, width)`` of the upright image."""
+    dicom: bool = False
     reduced: bytes | None = None
     """PNG at most ``MAX_OVERLAY_SIDE`` on its longer side, when the image is larger."""
 
@@ -42,7 +48,8 @@ class Upload:
         return [self.data] if self.reduced is None else [self.data, self.reduced]
 
 
-async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int) -> Upload:
+async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
+                     frame: int | None = None) -> Upload:
     """The accepted upload, or a 413/415/422 problem.
 
     The type comes from the first bytes, never from the file name or the
@@ -58,20 +65,23 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int) -> 
         raise PayloadTooLarge(f"the image is larger than the limit of {max_bytes} bytes")
     if not data:
         raise InvalidInput("the image part is empty")
-    if not any(data.startswith(signature) for signature in _SIGNATURES):
-        raise UnsupportedMediaType("the image must be a PNG, JPEG or TIFF file (judged by its "
-                                   "content, not its name)")
+    dicom = is_dicom(data)
+    if not dicom and not any(data.startswith(signature) for signature in _SIGNATURES):
+        raise UnsupportedMediaType("the image must be a PNG, JPEG, TIFF or DICOM file (judged "
+                                   "by its content, not its name)")
     try:
         size = image_size(data, max_pixels=max_pixels)
         # Off the event loop: a large photo takes a second to decode.
         if max(size) <= constants.MAX_OVERLAY_SIDE:
             await asyncio.to_thread(decode_image, data, max_pixels=max_pixels,
-                                    max_side=CHECK_SIDE)
-            return Upload(data, size)
+                                    max_side=CHECK_SIDE, frame=frame)
+            return Upload(data, size, dicom=dicom)
         reduced = await asyncio.to_thread(reduced_png, data, max_pixels=max_pixels,
-                                          max_side=constants.MAX_OVERLAY_SIDE)
+                                          max_side=constants.MAX_OVERLAY_SIDE, frame=frame)
+    except UnsupportedTransferSyntaxError as exc:
+        raise UnsupportedMediaType(str(exc)) from exc
     except ImageTooLargeError as exc:
         raise PayloadTooLarge(str(exc)) from exc
     except ImageDecodeError as exc:
         raise InvalidInput(str(exc)) from exc
-    return Upload(data, size, reduced)
+    return Upload(data, size, dicom=dicom, reduced=reduced)

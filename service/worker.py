@@ -23,12 +23,15 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
+import numpy.typing as npt
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from krypton.engine import RunStopped
 from krypton.models import DEFAULT_MAX_PIXELS
 from krypton.models.deployment import Deployment
+from krypton.render import heatmap_npy, shrink
 from krypton.service import constants
 from krypton.service.errors import problem
 from krypton.service.jobs import JobContext, Outcome, failure, run_body
@@ -50,9 +53,14 @@ class _Running:
     done: int = 0
     total: int = 0
     gone: threading.Event = field(default_factory=threading.Event)
+    partial: npt.NDArray[np.float32] | None = None
+    """The heatmap so far, as the engine last reported it."""
 
     def report(self, done: int, total: int) -> None:
         self.done, self.total = done, total
+
+    def report_partial(self, heatmap: npt.NDArray[np.float32]) -> None:
+        self.partial = heatmap
 
     @property
     def fraction(self) -> float:
@@ -280,6 +288,7 @@ class Worker:
             raise RunStopped(f"the images of job {job.id} are gone")
         context = JobContext(
             cache=self.cache, max_pixels=self.max_pixels, progress=running.report,
+            partial=running.report_partial,
             should_stop=lambda: (self._stopping.is_set() or running.gone.is_set()
                                  or time.monotonic() > running.deadline))
 
@@ -290,12 +299,16 @@ class Worker:
         return await asyncio.to_thread(compute)
 
     async def _write_progress(self, job: Job, running: _Running) -> None:
-        """Save the running job's progress now and then; notice when it is deleted.
+        """Save the running job's progress and heatmap so far now and then; notice
+        when it is deleted.
 
-        A deleted job (or one another worker took over) sets ``running.gone``,
-        which the engine sees before its next batch.
+        At most one write of each every ``PROGRESS_INTERVAL_SECONDS``, the map
+        shrunk to ``PARTIAL_SIDE`` cells a side. A deleted job (or one another
+        worker took over) sets ``running.gone``, which the engine sees before
+        its next batch.
         """
         written = 0.0
+        shown: npt.NDArray[np.float32] | None = None
         while True:
             await asyncio.sleep(constants.PROGRESS_INTERVAL_SECONDS)
             try:
@@ -303,6 +316,11 @@ class Worker:
                 if current is None or current.worker != self.name or current.status.finished:
                     running.gone.set()
                     return
+                partial = running.partial
+                if partial is not None and partial is not shown:
+                    shown = partial
+                    await self.queue.put_partial(job.id, heatmap_npy(
+                        shrink(partial, constants.PARTIAL_SIDE)))
                 if running.fraction > written:
                     written = running.fraction
                     if not await self.queue.save(

@@ -47,7 +47,7 @@ class ViewChoice(StrEnum):
 
 
 OUTPUT_SUFFIXES = (".npy", ".json", ".png")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm")
 
 Registry = Annotated[Path | None, typer.Option(
     envvar="KRYPTON_REGISTRY", help="Deployment registry (as the service reads): --model then "
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
 
 
 def explain(
-    image: Annotated[Path, typer.Argument(help="PNG, JPEG or TIFF image.")],
+    image: Annotated[Path, typer.Argument(help="PNG, JPEG, TIFF or DICOM image.")],
     output: Annotated[Path, typer.Option(
         "--output", "-o", help="Where to write: .npy, .json or .png (.png also writes "
         "NAME.overlay.png, the heatmap over the image at its own size).")],
@@ -110,6 +110,8 @@ def explain(
         help="drop = p(class) - p(class | patch), high where evidence is; probability = "
         "p(class | patch). Default: drop for .png, probability for .npy/.json.")] = None,
     seed: Seed = 0,
+    frame: Annotated[int | None, typer.Option(
+        help="Which frame of a multi-frame DICOM image (1-based).")] = None,
 ) -> None:
     """Compute the occlusion heatmap of IMAGE and write it to OUTPUT."""
     from krypton.engine import EngineError
@@ -126,9 +128,9 @@ def explain(
             config=DatasetStore(deployment.datasets_dir).find(dataset) if dataset else None,
             patch_size=patch, stride=stride, patch_color=color, target_class=target,
             mode=mode.value, tau=tau, drilldown_ratio=drilldown_ratio,
-            coarse_stride=coarse_stride)
+            coarse_stride=coarse_stride, frame=frame)
         deployed = deployment.model(plan.model)
-        pixels = decode_image(image, max_side=INFERENCE_SIDE)
+        pixels = decode_image(image, max_side=INFERENCE_SIDE, frame=frame)
         with tqdm(total=None, unit="pos", disable=not sys.stderr.isatty(),
                   desc=f"{mode.value} occlusion") as bar:
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
 from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydicom.dataset import Dataset
 
 from krypton import render
 from krypton.models import DatasetConfig, decode_image
 from krypton.models.deployment import DeployedModel, Deployment
+from krypton.models.dicom import read_dicom
+from krypton.render import dicom as dicom_render
 from krypton.service import constants
 from krypton.service.auth import Caller
 from krypton.service.deps import (
@@ -25,10 +30,12 @@ from krypton.service.deps import (
 )
 from krypton.service.errors import (
     JobNotFound,
+    NotForThisInput,
     QueueUnavailable,
     ResultNotReady,
     problem_responses,
 )
+from krypton.service.events import job_events
 from krypton.service.plans import HeatmapPlan, Mode, resolve_heatmap
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
@@ -46,10 +53,14 @@ from krypton.service.uploads import read_image
 
 router = APIRouter(prefix="/v1", tags=["heatmaps"])
 
+DICOM_MEDIA_TYPE = "application/dicom"
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
 _POLL_SECONDS = 0.02
 
-ImagePart = Annotated[UploadFile, File(description="PNG, JPEG or TIFF (8/16-bit).")]
+ImagePart = Annotated[UploadFile, File(description=(
+    "PNG, JPEG or TIFF (8/16-bit), or DICOM (judged by content)."))]
+FramePart = Annotated[int | None, Form(ge=1, description=(
+    "Which frame of a multi-frame DICOM image to explain (1-based); needed for those."))]
 
 _UPLOAD_PROBLEMS = problem_responses(400, 401, 413, 415, 422, 429, 503)
 _JOB_PROBLEMS = problem_responses(401, 404, 422, 503)
@@ -62,8 +73,12 @@ def job_links(job: Job) -> dict[str, str]:
         assert isinstance(job.params, TuningParams)
         return {"self": f"/v1/datasets/{job.params.dataset}/tuning/{job.id}"}
     links = {"self": base}
+    if job.kind is JobKind.heatmap:
+        links["events"] = f"{base}/events"
     if job.status is JobStatus.succeeded and job.kind is JobKind.heatmap:
         links |= {fmt: f"{base}/heatmap.{fmt}" for fmt in ("png", "json", "npy")}
+        if job.dicom:
+            links |= {"dcm": f"{base}/heatmap.dcm", "overlay_dcm": f"{base}/overlay.dcm"}
     return links
 
 
@@ -119,6 +134,7 @@ async def submit_heatmap(
     target_class: Annotated[int | None, Form(description="Default: the predicted class.")
                             ] = None,
     mode: Annotated[Mode, Form()] = "exact",
+    frame: FramePart = None,
     prefer: Annotated[str | None, Header(description="wait=N: answer 200 if done in N s")
                       ] = None,
 ) -> JobView:
@@ -132,12 +148,13 @@ async def submit_heatmap(
         deployment, model=model, dataset=dataset,
         config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
         stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
-        max_gflop=settings.max_job_gflop)
+        max_gflop=settings.max_job_gflop, frame=frame)
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
-                              max_pixels=settings.max_pixels)
+                              max_pixels=settings.max_pixels, frame=frame)
     job = await queue.submit(Job(
         id=new_job_id(), params=plan, image_size=upload.size, owner=caller.name,
-        random_weights=deployment.model(plan.model).random_weights), upload.stored)
+        dicom=upload.dicom, random_weights=deployment.model(plan.model).random_weights),
+        upload.stored)
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
     job = await wait_for(queue, job, prefer_wait(prefer))
     if job.status.finished:
@@ -158,6 +175,25 @@ async def _job(queue: JobQueue, job_id: str, caller: Caller) -> Job:
 async def get_heatmap(job_id: str, queue: QueueDep, caller: CallerDep) -> JobView:
     """Status, progress, prediction, timings or error of a heatmap job."""
     return view(await _job(queue, job_id, caller))
+
+
+async def _visible_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
+    return await _job(queue, job_id, caller)
+
+
+@router.get("/heatmaps/{job_id}/events", response_class=EventSourceResponse,
+            responses=_JOB_PROBLEMS)
+async def heatmap_events(job: Annotated[Job, Depends(_visible_job)],
+                         queue: QueueDep) -> AsyncIterator[ServerSentEvent]:
+    """The job as Server-Sent Events, until it has finished.
+
+    ``progress`` (status and fraction done), ``partial`` (the heatmap so far:
+    ``heatmap`` rows with ``null`` where not computed yet; for approximate
+    mode the coarse map first), then ``succeeded`` or ``failed`` with the job
+    document. Probabilities, as ``view=probability``.
+    """
+    async for event in job_events(queue, job, view):
+        yield event
 
 
 @router.delete("/heatmaps/{job_id}", status_code=204, responses=_JOB_PROBLEMS)
@@ -201,21 +237,85 @@ async def heatmap_png(
     Pictures of a model with untrained weights carry a red warning band.
     """
     job, values = await _result(queue, job_id, caller, view_)
-    assert isinstance(job.params, HeatmapPlan)
     if not overlay:
         return Response(render.heatmap_png(values, untrained=job.random_weights),
                         media_type="image/png")
-    images = await queue.images(job_id, job.images)
-    if images is None:
-        raise JobNotFound(f"the image of job {job_id} has expired", job_id=job_id)
-    # The reduced copy of a large upload, if it has one: the original would cost gigabytes.
-    pixels = await asyncio.to_thread(decode_image, images[-1], max_pixels=None, max_side=size)
-    assert job.run is not None
-    geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
-                                      job.run.input_size, job.run.input_size)
+    pixels, geometry = await _overlay_inputs(queue, job, size)
     png = await asyncio.to_thread(render.overlay_png, values, pixels, geometry,
                                   untrained=job.random_weights)
     return Response(png, media_type="image/png")
+
+
+async def _images(queue: JobQueue, job: Job) -> list[bytes]:
+    images = await queue.images(job.id, job.images)
+    if images is None:
+        raise JobNotFound(f"the image of job {job.id} has expired", job_id=job.id)
+    return images
+
+
+async def _overlay_inputs(queue: JobQueue, job: Job, size: int
+                          ) -> tuple[np.ndarray, render.HeatmapGeometry]:
+    """The uploaded image to draw over, at most ``size`` on its longer side, and where
+    the heatmap's cells sit on the model input."""
+    assert isinstance(job.params, HeatmapPlan) and job.run is not None
+    images = await _images(queue, job)
+    # The reduced copy of a large upload, if it has one: the original would cost gigabytes.
+    pixels = await asyncio.to_thread(decode_image, images[-1], max_pixels=None, max_side=size,
+                                     frame=job.params.frame if len(images) == 1 else None)
+    geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
+                                      job.run.input_size, job.run.input_size)
+    return pixels, geometry
+
+
+async def _dicom_job(queue: JobQueue, job_id: str, caller: Caller, view: render.View
+                     ) -> tuple[Job, np.ndarray, Dataset]:
+    """A succeeded job made from a single-frame DICOM image, its values, the source header."""
+    job, values = await _result(queue, job_id, caller, view)
+    if not job.dicom:
+        raise NotForThisInput(f"job {job_id} was made from a PNG, JPEG or TIFF image; DICOM "
+                              "results exist for DICOM input only", job_id=job_id)
+    source = read_dicom((await _images(queue, job))[0], pixels=False)
+    if int(source.get("NumberOfFrames") or 1) > 1:
+        raise NotForThisInput(f"job {job_id} explains one frame of a multi-frame image; "
+                              "DICOM results are made for single-frame images", job_id=job_id)
+    return job, values, source
+
+
+@router.get("/heatmaps/{job_id}/heatmap.dcm", response_class=Response,
+            responses={200: {"content": {DICOM_MEDIA_TYPE: {}}}, **_RESULT_PROBLEMS})
+async def heatmap_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
+                      view_: View = "drop") -> Response:
+    """A DICOM Parametric Map of the heatmap on the source image's pixel grid, in its study.
+
+    For DICOM input only (409 otherwise). Float values, windowed to their
+    range; a PACS viewer can blend it over the image it references.
+    """
+    job, values, source = await _dicom_job(queue, job_id, caller, view_)
+    assert isinstance(job.params, HeatmapPlan) and job.run is not None
+    geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
+                                      job.run.input_size, job.run.input_size)
+    grid = await asyncio.to_thread(render.resample_to_image, values, geometry,
+                                   int(source.Rows), int(source.Columns))
+    what = ("drop of p(class) with the patch" if view_ == "drop"
+            else "p(class) with the patch")
+    document = await asyncio.to_thread(dicom_render.parametric_map, source, grid,
+                                       label=view_.upper(), explanation=f"Occlusion: {what}")
+    return Response(document, media_type=DICOM_MEDIA_TYPE,
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}.dcm"'})
+
+
+@router.get("/heatmaps/{job_id}/overlay.dcm", response_class=Response,
+            responses={200: {"content": {DICOM_MEDIA_TYPE: {}}}, **_RESULT_PROBLEMS})
+async def overlay_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
+                      view_: View = "drop") -> Response:
+    """The colour overlay as a DICOM Secondary Capture in the source study (DICOM input only)."""
+    job, values, source = await _dicom_job(queue, job_id, caller, view_)
+    pixels, geometry = await _overlay_inputs(queue, job, constants.MAX_OVERLAY_SIDE)
+    rgb = await asyncio.to_thread(render.overlay_rgb, values, pixels, geometry,
+                                  untrained=job.random_weights)
+    document = await asyncio.to_thread(dicom_render.secondary_capture, source, rgb)
+    return Response(document, media_type=DICOM_MEDIA_TYPE,
+                    headers={"Content-Disposition": f'attachment; filename="{job_id}-overlay.dcm"'})
 
 
 @router.get("/heatmaps/{job_id}/heatmap.json", responses=_RESULT_PROBLEMS)
@@ -247,14 +347,16 @@ async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
              responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
 async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
                   deployment: DeploymentDep, caller: AdmittedDep,
-                  model: Annotated[str | None, Form()] = None) -> PredictResponse:
+                  model: Annotated[str | None, Form()] = None,
+                  frame: FramePart = None) -> PredictResponse:
     """Classify one image now (a worker runs the model; the API waits for it)."""
     deployed: DeployedModel = deployment.model(model) if model else deployment.default_model()
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
-                              max_pixels=settings.max_pixels)
+                              max_pixels=settings.max_pixels, frame=frame)
     job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict, owner=caller.name,
                                  random_weights=deployed.random_weights,
-                                 params=PredictParams(model=deployed.name)), [upload.data])
+                                 params=PredictParams(model=deployed.name, frame=frame)),
+                             [upload.data])
     try:
         job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS)
     finally:

@@ -57,7 +57,8 @@ def test_submit_heatmap_answers_202_with_location_and_queued_job(
     body = response.json()
     assert response.headers["Location"] == f"/v1/heatmaps/{body['id']}"
     assert body["status"] == "queued"
-    assert body["links"] == {"self": f"/v1/heatmaps/{body['id']}"}
+    base = f"/v1/heatmaps/{body['id']}"
+    assert body["links"] == {"self": base, "events": f"{base}/events"}
     helpers.wait_for_job(api, response.headers["Location"])
 
 
@@ -89,7 +90,8 @@ def test_get_heatmap_of_finished_job_reports_run_and_timings(job: dict[str, Any]
 
 def test_get_heatmap_of_finished_job_links_every_result_format(job: dict[str, Any]) -> None:
     base = f"/v1/heatmaps/{job['id']}"
-    assert job["links"] == {"self": base, "png": f"{base}/heatmap.png",
+    assert job["links"] == {"self": base, "events": f"{base}/events",
+                            "png": f"{base}/heatmap.png",
                             "json": f"{base}/heatmap.json", "npy": f"{base}/heatmap.npy"}
 
 

@@ -38,7 +38,7 @@ def _image(kind: str, retina_png: bytes) -> bytes:
 BadSubmission = tuple[str, dict[str, str], int, str]
 
 BAD_SUBMISSIONS = [
-    pytest.param("text", {}, 415, "PNG, JPEG or TIFF", id="not-an-image"),
+    pytest.param("text", {}, 415, "PNG, JPEG, TIFF or DICOM", id="not-an-image"),
     pytest.param("empty", {}, 422, "empty", id="empty-file"),
     pytest.param("truncated", {}, 422, "truncated", id="truncated-png"),
     pytest.param("good", {"patch_size": "0"}, 422, "patch_size", id="patch-size-0"),
@@ -219,7 +219,8 @@ def queued(idle_api: TestClient, retina_png: bytes) -> str:
 def test_queued_job_reports_queued_and_zero_progress(idle_api: TestClient, queued: str) -> None:
     document = idle_api.get(f"/v1/heatmaps/{queued}").json()
     assert (document["status"], document["progress"]) == ("queued", 0.0)
-    assert document["links"] == {"self": f"/v1/heatmaps/{queued}"}
+    assert document["links"] == {"self": f"/v1/heatmaps/{queued}",
+                                 "events": f"/v1/heatmaps/{queued}/events"}
 
 
 @pytest.mark.parametrize("result", ["heatmap.png", "heatmap.json", "heatmap.npy"])

@@ -1,0 +1,131 @@
+"""Heatmaps as DICOM in the source image's study, made with highdicom.
+
+* :func:`parametric_map`: the heatmap's float values on the source image's
+  pixel grid (Parametric Map Storage): a PACS viewer windows it and blends it
+  over the image it references.
+* :func:`secondary_capture`: the colour overlay as a picture (Secondary
+  Capture Image Storage), which every viewer displays.
+
+Both keep the source's patient and study (same Study Instance UID), start a
+new series with new UIDs, and reference the source SOP instance. Pure
+functions of their inputs: no patient data is logged or kept.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import numpy.typing as npt
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from krypton import __version__
+
+__all__ = ["PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "parametric_map",
+           "secondary_capture"]
+
+PARAMETRIC_MAP_SERIES = 9101
+SECONDARY_CAPTURE_SERIES = 9102
+_MANUFACTURER = "Krypton"
+_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+           "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
+"""Attributes highdicom copies from the source; the standard lets them be empty."""
+_AXES = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: str,
+                   explanation: str) -> bytes:
+    """``values`` (``(Rows, Columns)`` of the source) as a Parametric Map, encoded.
+
+    A source without a patient coordinate system (a photograph, a secondary
+    capture) is given one for its pixel grid (a new frame of reference, axial,
+    spacing from the source or 1 mm), as the Parametric Map IOD needs one.
+    """
+    reference = _completed(source)
+    low, high = float(np.min(values)), float(np.max(values))
+    width = max(high - low, 1e-6)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=label[:16], lut_explanation=explanation[:64], unit=codes.UCUM.NoUnits,
+        value_range=(low, high), intercept=0, slope=1)
+    document = hd.pm.ParametricMap(
+        [reference], np.asarray(values, dtype=np.float32), generate_uid(),
+        PARAMETRIC_MAP_SERIES, generate_uid(), 1, _MANUFACTURER, "krypton occlusion",
+        __version__, "none", contains_recognizable_visual_features=False,
+        real_world_value_mappings=[mapping], content_label="OCCLUSION",
+        content_description=explanation[:64],
+        voi_lut_transformations=[hd.VOILUTTransformation(
+            window_center=low + width / 2, window_width=width)])
+    return _encoded(document)
+
+
+def secondary_capture(source: Dataset, rgb: npt.NDArray[np.uint8]) -> bytes:
+    """The overlay picture (``(H, W, 3)`` uint8) as a Secondary Capture in the source study."""
+    reference = _completed(source)
+    orientation = _patient_orientation(source)
+    document = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=reference, pixel_array=rgb, photometric_interpretation="RGB",
+        bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=generate_uid(),
+        series_number=SECONDARY_CAPTURE_SERIES, sop_instance_uid=generate_uid(),
+        instance_number=1, manufacturer=_MANUFACTURER,
+        patient_orientation=orientation or ("L", "P"))
+    if orientation is None:
+        # Unknown for a photograph: the standard allows it empty (type 2C).
+        document.PatientOrientation = []
+    document.SeriesDescription = "Krypton occlusion overlay"
+    document.ReferencedImageSequence = [_reference_to(source)]
+    return _encoded(document)
+
+
+def _completed(source: Dataset) -> Dataset:
+    """A copy of the source header with what highdicom reads filled in where missing."""
+    reference = Dataset()
+    reference.update({element.tag: element for element in source
+                      if element.tag != 0x7FE00010})  # no pixel data
+    reference.file_meta = source.file_meta
+    for name in _TYPE_2:
+        if name not in reference:
+            setattr(reference, name, "")
+    geometry = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")
+    if not all(name in reference for name in geometry):
+        reference.FrameOfReferenceUID = generate_uid()
+        reference.ImagePositionPatient = [0.0, 0.0, 0.0]
+        reference.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    if "PixelSpacing" not in reference:
+        spacing = source.get("ImagerPixelSpacing") or source.get("NominalScannedPixelSpacing")
+        reference.PixelSpacing = list(spacing) if spacing else [1.0, 1.0]
+    if "SliceThickness" not in reference or not reference.SliceThickness:
+        reference.SliceThickness = 1.0
+    return reference
+
+
+def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
+    """The source's row and column directions as patient letters, if it says them."""
+    stated = source.get("PatientOrientation")
+    if stated and len(stated) == 2 and all(stated):
+        return str(stated[0]), str(stated[1])
+    cosines = source.get("ImageOrientationPatient")
+    if not cosines or len(cosines) != 6:
+        return None
+    return _letter([float(c) for c in cosines[:3]]), _letter([float(c) for c in cosines[3:]])
+
+
+def _letter(direction: list[float]) -> str:
+    axis = int(np.argmax(np.abs(direction)))
+    return _AXES[axis][0 if direction[axis] > 0 else 1]
+
+
+def _reference_to(source: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    return item
+
+
+def _encoded(document: Any) -> bytes:
+    buffer = io.BytesIO()
+    document.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
