@@ -106,8 +106,9 @@ def decode_dicom(data: bytes, *, frame: int | None = None,
     except (NotImplementedError, RuntimeError, ValueError) as exc:
         if dataset.file_meta.TransferSyntaxUID.is_compressed:
             raise UnsupportedTransferSyntaxError(
-                f"DICOM transfer syntax {header.transfer_syntax} cannot be decoded here; send "
-                "it uncompressed or as JPEG, JPEG-LS, JPEG 2000 or RLE") from exc
+                f"DICOM transfer syntax {header.transfer_syntax} cannot be decoded by this "
+                "service's decoders; send the image uncompressed, or as JPEG baseline, "
+                "JPEG-LS, JPEG 2000 or RLE") from exc
         raise ImageDecodeError(f"the DICOM pixel data cannot be read: {exc}") from exc
     photometric = str(dataset.get("PhotometricInterpretation", ""))
     if photometric in _MONOCHROME:

@@ -58,7 +58,9 @@ def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: 
         real_world_value_mappings=[mapping], content_label="OCCLUSION",
         content_description=explanation[:64],
         voi_lut_transformations=[hd.VOILUTTransformation(
-            window_center=low + width / 2, window_width=width)])
+            window_center=low + width / 2, window_width=width,
+            voi_lut_function="LINEAR_EXACT")])  # probabilities: a window under 1 wide
+    _state_laterality(document, source)
     return _encoded(document)
 
 
@@ -77,7 +79,13 @@ def secondary_capture(source: Dataset, rgb: npt.NDArray[np.uint8]) -> bytes:
         document.PatientOrientation = []
     document.SeriesDescription = "Krypton occlusion overlay"
     document.ReferencedImageSequence = [_reference_to(source)]
+    _state_laterality(document, source)
     return _encoded(document)
+
+
+def _state_laterality(document: Dataset, source: Dataset) -> None:
+    """The source series' laterality, or empty: unknown (type 2C, the body part unsaid)."""
+    document.Laterality = source.get("Laterality", "")
 
 
 def _completed(source: Dataset) -> Dataset:

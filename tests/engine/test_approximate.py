@@ -215,3 +215,16 @@ def test_engine_plans_each_grid_once_across_calls_with_the_same_settings(
     second = engine.attribute(image, 12, 12, tau=0.7)
     assert planned > 0 and len(calls) == planned
     np.testing.assert_array_equal(first.heatmap, second.heatmap)
+
+
+def test_drilldown_shows_the_interpolated_coarse_map_first(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    seen: list[np.ndarray] = []
+    result = occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.2,
+                       coarse_stride=18, batch_size=8,
+                       partial=lambda heatmap: seen.append(heatmap.copy()))
+    assert not np.isnan(seen[0]).any(), "the coarse map covers every cell at once"
+    assert np.abs(seen[0] - result.heatmap).max() > TOLERANCE, "refinement changes it"
+    np.testing.assert_array_equal(seen[-1], result.heatmap)

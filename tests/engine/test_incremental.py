@@ -217,3 +217,12 @@ def test_exact_on_cuda_equals_naive_on_cpu(name: str) -> None:
     exact = occlusion(model, image, 10, 5, mode="exact", device="cuda")
     assert exact.stats.device.startswith("cuda")
     np.testing.assert_allclose(exact.heatmap, naive.heatmap, rtol=0, atol=TOLERANCE)
+
+
+def test_partial_maps_fill_row_by_row_and_end_as_the_heatmap(tiny_cnn: nn.Module) -> None:
+    seen: list[np.ndarray] = []
+    result = occlusion(tiny_cnn, torch.randn(3, 16, 16), 4, 2, batch_size=10,
+                       partial=lambda heatmap: seen.append(heatmap.copy()))
+    unknown = [int(np.isnan(heatmap).sum()) for heatmap in seen]
+    assert unknown == [39, 29, 19, 9, 0]
+    np.testing.assert_array_equal(seen[-1], result.heatmap)

@@ -1,0 +1,160 @@
+"""DICOM through the API: in as an upload, out as a Parametric Map and a Secondary Capture."""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from krypton import render
+from tests import dicom_files as files
+from tests.service import helpers
+from tests.service.helpers import FAST
+
+
+def _submit(client: TestClient, data: bytes, **fields: str) -> Any:
+    return client.post("/v1/heatmaps", files={"image": ("scan.dcm", data, "application/dicom")},
+                       data={**FAST, **fields})
+
+
+def _finished(client: TestClient, data: bytes, **fields: str) -> dict[str, Any]:
+    response = _submit(client, data, **fields)
+    assert response.status_code == 202, response.text
+    job = helpers.wait_for_job(client, response.headers["Location"])
+    assert job["status"] == "succeeded", job["error"]
+    return job
+
+
+@pytest.fixture(scope="module")
+def rgb_pixels() -> np.ndarray:
+    return files.example_pixels()
+
+
+@pytest.fixture(scope="module")
+def dicom_job(api: TestClient, rgb_pixels: np.ndarray) -> dict[str, Any]:
+    return _finished(api, files.build(rgb_pixels, "RGB"))
+
+
+def _npy(client: TestClient, job: dict[str, Any]) -> np.ndarray:
+    return np.load(io.BytesIO(client.get(job["links"]["npy"]).content))
+
+
+def _dataset(client: TestClient, url: str) -> pydicom.Dataset:
+    response = client.get(url)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    return pydicom.dcmread(io.BytesIO(response.content))
+
+
+# ---------------------------------------------------------------- in
+
+
+def test_heatmap_of_a_dicom_equals_the_heatmap_of_the_same_pixels_as_png(
+        api: TestClient, dicom_job: dict[str, Any], rgb_pixels: np.ndarray) -> None:
+    png_job = helpers.finished(api, files.png_of(rgb_pixels), **FAST)
+    np.testing.assert_array_equal(_npy(api, dicom_job), _npy(api, png_job))
+    assert dicom_job["dicom"] is True and png_job["dicom"] is False
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small_jpeg_ls_lossless.dcm",
+                                  "SC_rgb_jpeg_dcmtk.dcm"])
+def test_shipped_dicom_files_get_a_heatmap(api: TestClient, name: str) -> None:
+    _finished(api, files.shipped(name))
+
+
+def test_multi_frame_dicom_without_a_frame_is_refused(api: TestClient) -> None:
+    response = _submit(api, files.shipped("examples_ybr_color.dcm"))
+    assert "frame=1..30" in helpers.assert_problem(response, 422)["detail"]
+
+
+def test_multi_frame_dicom_with_a_frame_gets_a_heatmap(api: TestClient) -> None:
+    job = _finished(api, files.shipped("examples_ybr_color.dcm"), frame="3")
+    assert job["params"]["frame"] == 3
+
+
+def test_dicom_in_a_transfer_syntax_nothing_decodes_answers_415_naming_it(
+        api: TestClient) -> None:
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    data = files.with_transfer_syntax(files.shipped("MR_small_RLE.dcm"), mpeg2)
+    assert mpeg2 in helpers.assert_problem(_submit(api, data), 415)["detail"]
+
+
+def test_patient_data_stays_out_of_job_results_and_logs(
+        api: TestClient, rgb_pixels: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    job = _finished(api, files.build(rgb_pixels, "RGB"))
+    seen = [api.get(job["links"]["self"]).text, api.get(job["links"]["json"]).text,
+            caplog.text]
+    for text in seen:
+        assert files.PATIENT_ID not in text and "Doe" not in text
+
+
+# ---------------------------------------------------------------- out
+
+
+def test_parametric_map_holds_the_heatmap_on_the_source_grid_in_its_study(
+        api: TestClient, dicom_job: dict[str, Any], rgb_pixels: np.ndarray) -> None:
+    source = pydicom.dcmread(io.BytesIO(files.build(rgb_pixels, "RGB")))
+    parametric = _dataset(api, dicom_job["links"]["dcm"])
+    assert parametric.SOPClassUID.name == "Parametric Map Storage"
+    assert (parametric.Rows, parametric.Columns) == rgb_pixels.shape[:2]
+    assert (parametric.PatientID, str(parametric.PatientName)) == (
+        files.PATIENT_ID, files.PATIENT_NAME)
+    values = hd.pm.ParametricMap.from_dataset(parametric).pixel_array
+    drop = np.load(io.BytesIO(api.get(dicom_job["links"]["npy"],
+                                      params={"view": "drop"}).content))
+    geometry = render.HeatmapGeometry(16, 16, 64, 64)
+    expected = render.resample_to_image(drop, geometry, *rgb_pixels.shape[:2])
+    np.testing.assert_allclose(np.squeeze(values), expected, atol=1e-6)
+    assert parametric.SeriesInstanceUID != source.SeriesInstanceUID
+
+
+def test_dicom_results_stay_in_the_source_study_with_new_uids(
+        api: TestClient, rgb_pixels: np.ndarray) -> None:
+    data = files.build(rgb_pixels, "RGB")
+    source = pydicom.dcmread(io.BytesIO(data))
+    job = _finished(api, data)
+    for url in (job["links"]["dcm"], job["links"]["overlay_dcm"]):
+        document = _dataset(api, url)
+        assert document.StudyInstanceUID == source.StudyInstanceUID
+        assert document.SeriesInstanceUID != source.SeriesInstanceUID
+        assert document.SOPInstanceUID != source.SOPInstanceUID
+        assert source.SOPInstanceUID in str(document), "references the source image"
+
+
+def test_overlay_is_a_colour_secondary_capture(api: TestClient,
+                                               dicom_job: dict[str, Any]) -> None:
+    capture = _dataset(api, dicom_job["links"]["overlay_dcm"])
+    assert capture.SOPClassUID.name == "Secondary Capture Image Storage"
+    assert capture.PhotometricInterpretation == "RGB"
+    assert capture.pixel_array.shape[2] == 3 and np.ptp(capture.pixel_array) > 0
+
+
+@pytest.mark.parametrize("route", ["heatmap.dcm", "overlay.dcm"])
+def test_dicom_results_of_non_dicom_input_answer_409_saying_why(
+        api: TestClient, retina_png: bytes, route: str) -> None:
+    job = helpers.finished(api, retina_png, **FAST)
+    problem = helpers.assert_problem(api.get(f"/v1/heatmaps/{job['id']}/{route}"), 409)
+    assert "DICOM input only" in problem["detail"]
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                    reason="dciodvfy (Debian's dicom3tools) is installed by the test command")
+@pytest.mark.parametrize("link", ["dcm", "overlay_dcm"])
+def test_dicom_results_pass_the_dciodvfy_iod_validator(
+        api: TestClient, dicom_job: dict[str, Any], tmp_path: Path, link: str) -> None:
+    path = tmp_path / "result.dcm"
+    path.write_bytes(api.get(dicom_job["links"][link]).content)
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (report.stdout + report.stderr).splitlines()
+              if line.startswith("Error")]
+    assert errors == [], "\n".join(errors)
