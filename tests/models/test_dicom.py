@@ -20,7 +20,7 @@ from tests import dicom_files as files
 def test_shipped_dicom_file_decodes_to_rgb_in_the_unit_range(name: str) -> None:
     pixels = decode_image(files.shipped(name))
     assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype == np.float32
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0 and np.ptp(pixels) > 0
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0 and np.ptp(pixels) > 0
 
 
 def test_dicom_is_recognised_by_content_not_by_name() -> None:
