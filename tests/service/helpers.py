@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -289,3 +295,43 @@ class ThreadedWorker:
             await self.worker.run(block_ms=100)
         finally:
             await queue.close()
+
+
+# ---------------------------------------------------------------- a real server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def serving(registry: Path, **environment: str) -> Iterator[str]:
+    """``krypton serve`` as a user starts it (embedded, on a free port); its URL once ready.
+
+    ``environment`` adds ``KRYPTON_*`` settings (none of the test run's own leak in).
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KRYPTON_")
+           and k != "REDIS_URL"} | {"KRYPTON_REGISTRY": str(registry)} | environment
+    krypton = Path(sys.executable).with_name("krypton")
+    process = subprocess.Popen([str(krypton), "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError), urllib.request.urlopen(
+                    f"{url}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"krypton serve did not start: "
+                                     f"{process.stderr.read().decode() if process.stderr else ''}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,41 +18,20 @@ from tests.service import helpers
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def served(registry: Path) -> Iterator[str]:
-    """A real uvicorn process in embedded mode (no Redis) on a free port."""
-    port = _free_port()
-    environment = {k: v for k, v in os.environ.items()
-                   if not k.startswith("KRYPTON_") and k != "REDIS_URL"}
-    environment["KRYPTON_REGISTRY"] = str(registry)
-    krypton = Path(sys.executable).with_name("krypton")
-    process = subprocess.Popen([str(krypton), "serve", "--port", str(port)], env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"krypton serve did not become ready: "
-                            f"{process.stderr.read().decode() if process.stderr else ''}")
-            time.sleep(0.2)
+    """A real uvicorn process in embedded mode (no Redis), once a worker is ready."""
+    with helpers.serving(registry) as url:
+        helpers.wait_until(lambda: _ready(url), what="krypton serve to be ready")
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="examples/heatmap.sh uses curl")

@@ -1,0 +1,263 @@
+"""A small client for the Krypton service, on httpx: submit, wait, fetch, predict, delete.
+
+Example::
+
+    from krypton.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key=KEY) as krypton:
+        job = krypton.submit("retina.jpg", model="resnet18", stride=8, wait=10)
+        job = krypton.wait(job)            # follows the job's events if not done yet
+        png = krypton.heatmap(job, "png")               # or "json", "npy", "dcm"
+        print(job["prediction"]["predicted_label"])
+
+:class:`AsyncClient` has the same methods, awaited. Every error answer
+raises :class:`KryptonError`, which carries the service's problem document.
+Loads nothing of the engine: it needs httpx alone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+__all__ = ["AsyncClient", "Client", "Event", "KryptonError"]
+
+Job = dict[str, Any]
+Event = tuple[str, Any]
+"""A Server-Sent Event: its name (``progress``, ``partial``, ``succeeded``, ``failed``)
+and its decoded data."""
+Format = Literal["png", "json", "npy", "dcm", "overlay.png", "overlay.dcm"]
+
+_FINISHED = ("succeeded", "failed")
+
+
+class KryptonError(Exception):
+    """An error answer of the service, with its RFC 9457 problem document."""
+
+    def __init__(self, problem: Mapping[str, Any], status: int) -> None:
+        self.problem = dict(problem)
+        self.status = status
+        self.type = str(problem.get("type", ""))
+        self.retry_after: int | None = None
+        super().__init__(f"{status} {problem.get('title', '')}: {problem.get('detail', '')}")
+
+
+ImageSource = str | os.PathLike[str] | bytes
+
+
+class _Requests:
+    """What both clients share: the request each method sends and how answers are read."""
+
+    def __init__(self, api_key: str | None) -> None:
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    @staticmethod
+    def upload(image: ImageSource, fields: Mapping[str, Any]) -> dict[str, Any]:
+        if isinstance(image, bytes):
+            name, data = "image", image
+        else:
+            path = Path(image)
+            name, data = path.name, path.read_bytes()
+        form = {key: str(value) for key, value in fields.items() if value is not None}
+        return {"files": {"image": (name, io.BytesIO(data), "application/octet-stream")},
+                "data": form}
+
+    @staticmethod
+    def prefer(wait: int) -> dict[str, str]:
+        return {"Prefer": f"wait={wait}"} if wait > 0 else {}
+
+    @staticmethod
+    def result_url(job: Job | str, fmt: Format) -> str:
+        base = f"/v1/heatmaps/{_job_id(job)}"
+        if fmt == "overlay.png":
+            return f"{base}/heatmap.png?overlay=1"
+        if fmt == "overlay.dcm":
+            return f"{base}/overlay.dcm"
+        return f"{base}/heatmap.{fmt}"
+
+    @staticmethod
+    def checked(response: httpx.Response) -> httpx.Response:
+        if response.status_code < 400:
+            return response
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = {"title": response.reason_phrase, "detail": response.text[:200]}
+        error = KryptonError(problem, response.status_code)
+        if "Retry-After" in response.headers and response.headers["Retry-After"].isdigit():
+            error.retry_after = int(response.headers["Retry-After"])
+        raise error
+
+
+class Client(_Requests):
+    """A synchronous client of one service.
+
+    Args:
+        url: where the service answers, e.g. ``http://127.0.0.1:8000``.
+        api_key: sent as ``Authorization: Bearer KEY`` (none when it runs open).
+        timeout: seconds for one HTTP exchange.
+    """
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 90.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(api_key)
+        self.http = httpx.Client(base_url=url, headers=self.headers, timeout=timeout,
+                                 transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def submit(self, image: ImageSource, *, wait: int = 0, **fields: Any) -> Job:
+        """Queue a heatmap (form fields as keywords: ``model``, ``stride``, ``mode``...).
+
+        ``wait`` seconds (at most 60) asks the service to answer with the
+        finished job if it finishes by then (``Prefer: wait``).
+        """
+        response = self.http.post("/v1/heatmaps", **self.upload(image, fields),
+                                  headers=self.prefer(wait))
+        job: Job = self.checked(response).json()
+        return job
+
+    def job(self, job: Job | str) -> Job:
+        document: Job = self.checked(self.http.get(f"/v1/heatmaps/{_job_id(job)}")).json()
+        return document
+
+    def events(self, job: Job | str, *, timeout: float | None = None) -> Iterator[Event]:
+        """The job's Server-Sent Events until it has finished."""
+        parser = _Events()
+        with self.http.stream("GET", f"/v1/heatmaps/{_job_id(job)}/events",
+                              timeout=timeout) as response:
+            self.checked(response)
+            for line in response.iter_lines():
+                if (event := parser.feed(line)) is not None:
+                    yield event
+
+    def wait(self, job: Job | str, *, timeout: float = 600.0) -> Job:
+        """The finished job, followed on its events stream (no polling)."""
+        if self.job(job)["status"] not in _FINISHED:
+            for name, _ in self.events(job, timeout=timeout):
+                if name in _FINISHED:
+                    break
+        return self.job(job)
+
+    def heatmap(self, job: Job | str, fmt: Format = "png", **query: Any) -> bytes:
+        """A result's bytes (``view="drop"`` or ``"probability"`` as keyword)."""
+        response = self.http.get(self.result_url(job, fmt), params=query)
+        return self.checked(response).content
+
+    def predict(self, image: ImageSource, **fields: Any) -> dict[str, Any]:
+        answer: dict[str, Any] = self.checked(self.http.post(
+            "/v1/predict", **self.upload(image, fields))).json()
+        return answer
+
+    def delete(self, job: Job | str) -> None:
+        self.checked(self.http.delete(f"/v1/heatmaps/{_job_id(job)}"))
+
+    def models(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.checked(self.http.get("/v1/models")).json()
+        return found
+
+    def datasets(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.checked(self.http.get("/v1/datasets")).json()
+        return found
+
+
+class AsyncClient(_Requests):
+    """The asynchronous twin of :class:`Client`: the same methods, awaited."""
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 90.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        super().__init__(api_key)
+        self.http = httpx.AsyncClient(base_url=url, headers=self.headers, timeout=timeout,
+                                      transport=transport)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def submit(self, image: ImageSource, *, wait: int = 0, **fields: Any) -> Job:
+        response = await self.http.post("/v1/heatmaps", **self.upload(image, fields),
+                                        headers=self.prefer(wait))
+        job: Job = self.checked(response).json()
+        return job
+
+    async def job(self, job: Job | str) -> Job:
+        document: Job = self.checked(await self.http.get(f"/v1/heatmaps/{_job_id(job)}")).json()
+        return document
+
+    async def events(self, job: Job | str, *, timeout: float | None = None
+                     ) -> AsyncIterator[Event]:
+        parser = _Events()
+        async with self.http.stream("GET", f"/v1/heatmaps/{_job_id(job)}/events",
+                                    timeout=timeout) as response:
+            self.checked(response)
+            async for line in response.aiter_lines():
+                if (event := parser.feed(line)) is not None:
+                    yield event
+
+    async def wait(self, job: Job | str, *, timeout: float = 600.0) -> Job:
+        if (await self.job(job))["status"] not in _FINISHED:
+            async for name, _ in self.events(job, timeout=timeout):
+                if name in _FINISHED:
+                    break
+        return await self.job(job)
+
+    async def heatmap(self, job: Job | str, fmt: Format = "png", **query: Any) -> bytes:
+        response = await self.http.get(self.result_url(job, fmt), params=query)
+        return self.checked(response).content
+
+    async def predict(self, image: ImageSource, **fields: Any) -> dict[str, Any]:
+        response = await self.http.post("/v1/predict", **self.upload(image, fields))
+        answer: dict[str, Any] = self.checked(response).json()
+        return answer
+
+    async def delete(self, job: Job | str) -> None:
+        self.checked(await self.http.delete(f"/v1/heatmaps/{_job_id(job)}"))
+
+    async def models(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.checked(await self.http.get("/v1/models")).json()
+        return found
+
+    async def datasets(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.checked(await self.http.get("/v1/datasets")).json()
+        return found
+
+
+def _job_id(job: Job | str) -> str:
+    return job if isinstance(job, str) else str(job["id"])
+
+
+class _Events:
+    """Server-Sent Events from text lines: ``event:`` then ``data:``; a blank line ends one."""
+
+    def __init__(self) -> None:
+        self.name = "message"
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> Event | None:
+        if line.startswith("event:"):
+            self.name = line.partition(":")[2].strip()
+        elif line.startswith("data:"):
+            self.data.append(line.partition(":")[2].lstrip())
+        elif not line and self.data:
+            event = self.name, json.loads("\n".join(self.data))
+            self.name, self.data = "message", []
+            return event
+        return None
