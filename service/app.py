@@ -27,6 +27,7 @@ from krypton.service.config import Settings, get_settings
 from krypton.service.errors import BodyLimit, install_handlers
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
+from krypton.service.pages import install_pages
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
 
@@ -116,7 +117,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
             await app.state.queue.close()
 
     app = FastAPI(title="Krypton", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     # Refuse an oversized body from its Content-Length, before it is spooled to disk;
     # read_image then holds each image to max_upload_bytes.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes
@@ -130,6 +131,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     for module in (heatmaps, catalog, health):
         app.include_router(module.router)
     install_openapi(app)
+    install_pages(app)
     return app
 
 

@@ -231,6 +231,8 @@ async def heatmap_png(
     size: Annotated[int, Query(ge=16, le=constants.MAX_OVERLAY_SIDE, description=(
         "Longest side of the overlay in pixels, at most the image's own; default "
         f"{constants.OVERLAY_SIDE}"))] = constants.OVERLAY_SIDE,
+    alpha: Annotated[float, Query(ge=0.0, le=1.0, description=(
+        "Opacity of the heatmap over the image"))] = 0.5,
 ) -> Response:
     """The colour-mapped heatmap, or with ``overlay=1`` blended over the uploaded image.
 
@@ -241,7 +243,7 @@ async def heatmap_png(
         return Response(render.heatmap_png(values, untrained=job.random_weights),
                         media_type="image/png")
     pixels, geometry = await _overlay_inputs(queue, job, size)
-    png = await asyncio.to_thread(render.overlay_png, values, pixels, geometry,
+    png = await asyncio.to_thread(render.overlay_png, values, pixels, geometry, alpha=alpha,
                                   untrained=job.random_weights)
     return Response(png, media_type="image/png")
 
