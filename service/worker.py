@@ -188,15 +188,17 @@ class Worker:
         logger.info("job %s: %s on %s started (attempt %d)", job.id, job.kind.value,
                     job.params.model, job.attempts)
         running = _Running(deadline=time.monotonic() + self.job_timeout_seconds)
-        watchers = [asyncio.create_task(self._keep_claim(claim)),
-                    asyncio.create_task(self._write_progress(job, running))]
+        keeping = asyncio.create_task(self._keep_claim(claim))
+        writing = asyncio.create_task(self._write_progress(job, running))
         try:
             outcome = await self._compute(job, running)
         except RunStopped:
             if self._stopping.is_set():
+                keeping.cancel()
                 await self._hand_back(claim, job)
                 return
             if running.gone.is_set():
+                keeping.cancel()
                 logger.info("job %s: deleted or taken over while running; dropped", job.id)
                 await self._let_go(claim)
                 return
@@ -213,12 +215,33 @@ class Worker:
                 logger.info("job %s: refused: %s", job.id, document["detail"])
             outcome = Outcome(updates={"status": JobStatus.failed, "error": document})
         finally:
-            for watcher in watchers:
-                watcher.cancel()
-        await self._finish(claim, job, outcome)
+            writing.cancel()
+        try:
+            await self._finish_when_reachable(claim, job, outcome)
+        finally:
+            keeping.cancel()
         logger.info("job %s: %s on %s %s in %.3f s", job.id, job.kind.value, job.params.model,
                     outcome.updates.get("status", JobStatus.succeeded).value,
                     time.perf_counter() - started)
+
+    async def _finish_when_reachable(self, claim: Claim, job: Job, outcome: Outcome) -> None:
+        """Store a finished job's outcome, waiting out a Redis outage.
+
+        Dropping the outcome would have the job reclaimed and computed again, and
+        each such rerun would count towards the crash limit though no worker
+        crashed. The claim is still refreshed meanwhile, so once Redis answers
+        this worker, not another, stores the outcome. A worker told to stop
+        gives up and leaves the claim to be reclaimed.
+        """
+        while True:
+            try:
+                await self._finish(claim, job, outcome)
+                return
+            except (RedisError, OSError):
+                if self._stopping.is_set():
+                    raise
+                logger.warning("job %s: queue unreachable; holding its outcome", job.id)
+                await asyncio.sleep(constants.HEARTBEAT_SECONDS)
 
     async def _finish(self, claim: Claim, job: Job, outcome: Outcome) -> None:
         current = await self.queue.get(job.id)

@@ -291,6 +291,33 @@ def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
     assert finished is not None and finished.status is JobStatus.succeeded, finished
 
 
+class _OutageAtTheEndQueue(InMemoryQueue):
+    """An in-memory queue that cannot store a finished job once, as if Redis were down
+    when the job finished."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.failures = 1
+
+    async def put_result(self, job_id: str, data: bytes) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise redis.ConnectionError("Connection refused")
+        return await super().put_result(job_id, data)
+
+
+def test_worker_holds_a_finished_outcome_until_the_queue_answers_again(
+        deployment: Deployment, cache: ModelCache, retina_png: bytes) -> None:
+    queue = _OutageAtTheEndQueue(ttl_seconds=60)
+    job = asyncio.run(queue.submit(_job(), [retina_png]))
+    worker = _burst(queue, deployment, cache)
+    done = asyncio.run(queue.get(job.id))
+    assert queue.failures == 0
+    assert done is not None and done.status is JobStatus.succeeded, done
+    assert (done.attempts, worker.jobs_done) == (1, 1)
+    assert _heatmap(queue, job.id) is not None
+
+
 class _CorruptQueue(InMemoryQueue):
     """An in-memory queue whose stored job document is unreadable (another version's)."""
 
