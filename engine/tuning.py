@@ -114,7 +114,8 @@ def tune(
             :class:`~krypton.engine.errors.RunStopped`.
 
     Raises:
-        InvalidParamsError: fewer than two images, or a target outside (0, 1].
+        InvalidParamsError: fewer than two images, a target outside (0, 1], or a
+            heatmap smaller than 3x3.
     """
     if not 0.0 < target_ssim <= 1.0:
         raise InvalidParamsError(f"target_ssim must be in (0, 1], got {target_ssim!r}")
@@ -125,6 +126,14 @@ def tune(
         raise InvalidParamsError(
             f"holdout must leave at least one image on each side, got {holdout} of {len(images)}"
         )
+    side = min(images[0].shape[-2:])
+    grid = (side - patch_size) // stride + 1 if 1 <= patch_size <= side and stride >= 1 else 0
+    if grid < 3:
+        # Checked before any heatmap is computed, not when the first SSIM fails.
+        raise InvalidParamsError(
+            f"patch_size {patch_size} and stride {stride} on a {side}-pixel input give "
+            f"{max(grid, 0)}x{max(grid, 0)} positions; tuning scores heatmaps by SSIM, which "
+            "needs at least 3x3")
     say = report or (lambda line: None)
     search = _Search(engine, images, patch_size, stride, patch_value, batch_size, should_stop)
     tuning, held_out = list(range(len(images) - held)), list(range(len(images) - held,

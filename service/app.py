@@ -21,13 +21,13 @@ from fastapi import FastAPI
 from krypton import __version__
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
-from krypton.service import constants
 from krypton.service.auth import KeyStore
 from krypton.service.config import Settings, get_settings
 from krypton.service.errors import BodyLimit, install_handlers
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
 from krypton.service.pages import install_pages
+from krypton.service.plans import MAX_TUNING_IMAGES
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
 
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     # Refuse an oversized body from its Content-Length, before it is spooled to disk;
     # read_image then holds each image to max_upload_bytes.
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes
-                       * constants.MAX_TUNING_IMAGES + 1024 * 1024)
+                       * MAX_TUNING_IMAGES + 1024 * 1024)
     app.state.settings = settings
     app.state.deployment = deployment
     app.state.keys = None if settings.keys_file is None else _keys(settings.keys_file)

@@ -36,8 +36,6 @@ DEFAULT_MAX_JOB_GFLOP = 200_000.0
 stride 1 (89,000 positions, an hour of one worker) books 2.5 times as much."""
 DEFAULT_JOB_TIMEOUT_SECONDS = 900.0
 RATE_WINDOW_SECONDS = 60
-MAX_TUNING_IMAGES = 16
-"""Sample images one tuning request may carry; it bounds the request body too."""
 OVERLAY_SIDE, MAX_OVERLAY_SIDE = 1024, 2048
 """Longer side of an overlay by default and at most: a 50-megapixel photograph drawn at
 its own size would cost the API gigabytes. An upload larger than the most is kept

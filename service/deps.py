@@ -29,7 +29,7 @@ __all__ = [
     "QueueDep",
     "SettingsDep",
     "admit_job",
-    "refuse_empty_fields",
+    "refuse_ambiguous_fields",
 ]
 
 
@@ -118,17 +118,24 @@ async def admit_job(request: Request, queue: QueueDep, settings: SettingsDep,
     return caller
 
 
-async def refuse_empty_fields(request: Request, caller: CallerDep) -> None:
-    """A form field sent empty is refused, not read as absent (FastAPI reads it so).
+async def refuse_ambiguous_fields(request: Request, caller: CallerDep) -> None:
+    """A form field sent empty or twice is refused, not read as absent or as its last value.
 
-    ``patch_color=`` is a mistake, not a wish for the default grey. Runs after
-    authentication (``caller``): an anonymous request learns nothing of its form.
+    FastAPI reads ``patch_color=`` as absent and ``model=a&model=b`` as ``b``;
+    both are mistakes, not a wish for the default or for the second model.
+    Only ``images`` (tuning's samples) may repeat. Runs after authentication
+    (``caller``): an anonymous request learns nothing of its form.
     """
     form = await request.form()  # parsed once already for the route's own fields
+    names = [name for name, _ in form.multi_items()]
     empty = sorted({name for name, value in form.multi_items() if value == ""})
     if empty:
         raise InvalidInput(f"form field(s) {', '.join(empty)} sent empty; leave a field out "
                            "to get its default")
+    repeated = sorted({name for name in names if names.count(name) > 1} - {"images"})
+    if repeated:
+        raise InvalidInput(f"form field(s) {', '.join(repeated)} sent more than once; send "
+                           "each once")
 
 
 AdmittedDep = Annotated[Caller, Depends(admit_job)]

@@ -37,13 +37,12 @@ from krypton.models.images import INFERENCE_SIDE
 from krypton.render import heatmap_npy
 from krypton.service.errors import invalid_input, problem_for
 from krypton.service.model_cache import ModelCache
-from krypton.service.plans import HeatmapPlan
+from krypton.service.plans import HeatmapPlan, TuningPlan
 from krypton.service.schemas import (
     JobKind,
     Prediction,
     PredictParams,
     RunSummary,
-    TuningParams,
 )
 
 __all__ = ["JobContext", "Outcome", "explain", "failure", "job_body", "run_body"]
@@ -156,7 +155,7 @@ def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> 
 
 
 @job_body(JobKind.tuning)
-def tuning(context: JobContext, params: TuningParams, images: list[bytes]) -> Outcome:
+def tuning(context: JobContext, params: TuningPlan, images: list[bytes]) -> Outcome:
     loaded = context.cache.get(params.model)
     tensors = [loaded.model_input(decode_image(i, max_pixels=context.max_pixels,
                                                max_side=INFERENCE_SIDE)) for i in images]

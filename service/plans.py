@@ -1,4 +1,4 @@
-"""One heatmap request, resolved: what the engine runs, decided in one place.
+"""Heatmap and tuning requests, resolved: what the engine runs, decided in one place.
 
 The API's routes, the worker, ``krypton explain`` and the benchmarks all turn
 (model, dataset, patch size, stride, colour, target, mode) into a
@@ -32,10 +32,14 @@ __all__ = [
     "DEFAULT_PATCH_SIZE",
     "DEFAULT_STRIDE",
     "HeatmapPlan",
+    "MAX_TUNING_IMAGES",
+    "MIN_TUNING_IMAGES",
     "Mode",
+    "TuningPlan",
     "WorkTooLargeError",
     "positions",
     "resolve_heatmap",
+    "resolve_tuning",
     "work",
 ]
 
@@ -43,6 +47,13 @@ DEFAULT_PATCH_SIZE = 16
 """Patch side in model-input pixels when neither the request nor a tuned dataset says."""
 DEFAULT_STRIDE = 8
 """Stride in model-input pixels when neither the request nor a tuned dataset says."""
+
+MIN_TUNING_IMAGES = 2
+"""One to tune on and one held out to check the chosen setting."""
+MAX_TUNING_IMAGES = 16
+"""Sample images one tuning request may carry; it bounds the request body too."""
+MIN_TUNING_GRID = 3
+"""Positions a side: tuning scores heatmaps by SSIM, whose window needs 3x3."""
 
 Mode = Literal["exact", "approximate", "naive"]
 
@@ -82,6 +93,19 @@ class HeatmapPlan(BaseModel):
             raise DatasetConfigError(
                 f"dataset {self.dataset!r} was tuned for checkpoint {self.tuned_for[:16]}..., "
                 f"not {weights_id[:16]}...; tune it again for this checkpoint")
+
+
+class TuningPlan(BaseModel):
+    """A tuning job: which dataset's approximation to tune, for which heatmap geometry."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["tuning"] = "tuning"
+    model: str
+    dataset: str
+    patch_size: int
+    stride: int
+    target_ssim: float
 
 
 def resolve_heatmap(
@@ -163,6 +187,55 @@ def resolve_heatmap(
                                                    stride))
     if max_gflop is not None:
         _check_work(deployed, plan, max_gflop)
+    return plan
+
+
+def resolve_tuning(
+    deployment: Deployment,
+    dataset: str,
+    *,
+    images: int,
+    patch_size: int = DEFAULT_PATCH_SIZE,
+    stride: int = DEFAULT_STRIDE,
+    target_ssim: float = 0.9,
+    max_gflop: float | None = None,
+) -> TuningPlan:
+    """The validated plan for tuning ``dataset`` on ``images`` sample images.
+
+    Refuses up front what the tuner would refuse only after loading the model:
+    a heatmap too small to score, or more work than one job may book. Tuning
+    books its exact reference heatmaps, the least it computes; each setting it
+    tries on top costs less than one of them and the job deadline bounds the rest.
+
+    Raises:
+        DatasetConfigError: unknown dataset.
+        InvalidArgumentError: a bad image count, geometry or target, named with
+            what to change (:class:`WorkTooLargeError` for too much work).
+    """
+    deployed = deployment.model(deployment.dataset(dataset).model)
+    _check_geometry(deployed, patch_size, stride)
+    if not MIN_TUNING_IMAGES <= images <= MAX_TUNING_IMAGES:
+        raise InvalidArgumentError(f"tuning needs {MIN_TUNING_IMAGES} to {MAX_TUNING_IMAGES} "
+                                   f"images, got {images}")
+    if not 0.0 < target_ssim <= 1.0:
+        raise InvalidArgumentError(f"target_ssim must be in (0, 1], got {target_ssim}")
+    side = deployed.preprocessing.size
+    grid = (side - patch_size) // stride + 1
+    if grid < MIN_TUNING_GRID:
+        raise InvalidArgumentError(
+            f"patch_size {patch_size} and stride {stride} give a {grid}x{grid} heatmap on "
+            f"{deployed.name!r}'s {side}-pixel input; tuning scores heatmaps by SSIM, which "
+            f"needs at least {MIN_TUNING_GRID}x{MIN_TUNING_GRID}: use a smaller patch or stride")
+    plan = TuningPlan(model=deployed.name, dataset=dataset, patch_size=patch_size,
+                      stride=stride, target_ssim=target_ssim)
+    if max_gflop is not None:
+        exact = HeatmapPlan(model=deployed.name, patch_size=patch_size, stride=stride)
+        booked = images * work(deployed, exact)
+        if booked > max_gflop:
+            raise WorkTooLargeError(
+                f"tuning on {images} images books about {booked:,.0f} GFLOP for their exact "
+                f"heatmaps alone, more than this service's limit of {max_gflop:,.0f} GFLOP "
+                "per job; use fewer images or a larger stride")
     return plan
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from krypton.service.plans import HeatmapPlan
+from krypton.service.plans import HeatmapPlan, TuningPlan
 
 __all__ = [
     "DatasetInfo",
@@ -25,7 +25,6 @@ __all__ = [
     "ClassProbability",
     "RunSummary",
     "Timings",
-    "TuningParams",
     "WorkerInfo",
     "new_job_id",
     "utcnow",
@@ -60,15 +59,6 @@ class PredictParams(BaseModel):
     kind: Literal["predict"] = "predict"
     model: str
     frame: int | None = None
-
-
-class TuningParams(BaseModel):
-    kind: Literal["tuning"] = "tuning"
-    model: str
-    dataset: str
-    patch_size: int
-    stride: int
-    target_ssim: float
 
 
 class Prediction(BaseModel):
@@ -125,7 +115,7 @@ class Job(BaseModel):
     kind: JobKind = JobKind.heatmap
     status: JobStatus = JobStatus.queued
     progress: float = Field(default=0.0, ge=0.0, le=1.0)
-    params: Annotated[HeatmapPlan | PredictParams | TuningParams,
+    params: Annotated[HeatmapPlan | PredictParams | TuningPlan,
                       Field(discriminator="kind")]
     images: int = Field(default=1, description="How many images the job was given.")
     image_size: tuple[int, int] | None = Field(
@@ -157,7 +147,7 @@ class JobView(BaseModel):
     kind: JobKind
     status: JobStatus
     progress: float
-    params: HeatmapPlan | PredictParams | TuningParams
+    params: HeatmapPlan | PredictParams | TuningPlan
     prediction: Prediction | None
     run: RunSummary | None
     tuned: dict[str, Any] | None

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from krypton.models.deployment import DeployedDataset, Deployment
-from krypton.service import constants
 from krypton.service.deps import (
     AdminDep,
     AdmittedDep,
@@ -15,10 +14,15 @@ from krypton.service.deps import (
     DeploymentDep,
     QueueDep,
     SettingsDep,
-    refuse_empty_fields,
+    refuse_ambiguous_fields,
 )
-from krypton.service.errors import DatasetNotFound, InvalidInput, JobNotFound, problem_responses
-from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE
+from krypton.service.errors import DatasetNotFound, JobNotFound, problem_responses
+from krypton.service.plans import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_STRIDE,
+    TuningPlan,
+    resolve_tuning,
+)
 from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view
 from krypton.service.schemas import (
@@ -27,15 +31,11 @@ from krypton.service.schemas import (
     JobKind,
     JobView,
     ModelInfo,
-    TuningParams,
     new_job_id,
 )
 from krypton.service.uploads import read_image
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
-
-MIN_TUNING_IMAGES = 2
-"""One to tune on and one held out to check the chosen setting."""
 
 
 @router.get("/models", response_model=list[ModelInfo], responses=problem_responses(401))
@@ -83,7 +83,7 @@ async def get_dataset(name: str, deployment: DeploymentDep, queue: QueueDep,
 
 
 @router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView,
-             dependencies=[Depends(refuse_empty_fields)],
+             dependencies=[Depends(refuse_ambiguous_fields)],
              responses=problem_responses(400, 401, 403, 404, 413, 415, 422, 429, 503))
 async def tune_dataset(
     name: str,
@@ -100,17 +100,12 @@ async def tune_dataset(
     stride: Annotated[int, Form(ge=1)] = DEFAULT_STRIDE,
 ) -> JobView:
     """Queue a tuning job: find the fastest approximation meeting ``target_ssim`` (admin)."""
-    dataset = _deployed_dataset(deployment, name)
-    size = deployment.model(dataset.model).preprocessing.size
-    if patch_size > size:
-        raise InvalidInput(f"patch_size must be at most the model's input size {size}")
-    if not MIN_TUNING_IMAGES <= len(images) <= constants.MAX_TUNING_IMAGES:
-        raise InvalidInput(f"tuning needs {MIN_TUNING_IMAGES} to {constants.MAX_TUNING_IMAGES} "
-                           f"images, got {len(images)}")
+    _deployed_dataset(deployment, name)
+    params = resolve_tuning(deployment, name, images=len(images), patch_size=patch_size,
+                            stride=stride, target_ssim=target_ssim,
+                            max_gflop=settings.max_job_gflop)
     blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels)).data for i in images]
-    params = TuningParams(model=dataset.model, dataset=name, patch_size=patch_size,
-                          stride=stride, target_ssim=target_ssim)
     job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params,
                                  owner=caller.name), blobs)
     response.headers["Location"] = f"/v1/datasets/{name}/tuning/{job.id}"
@@ -119,7 +114,7 @@ async def tune_dataset(
 
 async def _tuning_job(queue: JobQueue, name: str, job_id: str) -> Job:
     job = await queue.get(job_id)
-    if (job is None or not isinstance(job.params, TuningParams)
+    if (job is None or not isinstance(job.params, TuningPlan)
             or job.params.dataset != name):
         raise JobNotFound(f"no tuning job {job_id!r} for dataset {name!r}", job_id=job_id)
     return job

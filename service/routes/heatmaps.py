@@ -26,7 +26,7 @@ from krypton.service.deps import (
     DeploymentDep,
     QueueDep,
     SettingsDep,
-    refuse_empty_fields,
+    refuse_ambiguous_fields,
 )
 from krypton.service.errors import (
     JobNotFound,
@@ -36,7 +36,7 @@ from krypton.service.errors import (
     problem_responses,
 )
 from krypton.service.events import job_events
-from krypton.service.plans import HeatmapPlan, Mode, resolve_heatmap
+from krypton.service.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
     ClassProbability,
@@ -46,7 +46,6 @@ from krypton.service.schemas import (
     JobView,
     PredictParams,
     PredictResponse,
-    TuningParams,
     new_job_id,
 )
 from krypton.service.uploads import read_image
@@ -70,7 +69,7 @@ _RESULT_PROBLEMS = problem_responses(401, 404, 409, 422, 503)
 def job_links(job: Job) -> dict[str, str]:
     base = f"/v1/heatmaps/{job.id}"
     if job.kind is JobKind.tuning:
-        assert isinstance(job.params, TuningParams)
+        assert isinstance(job.params, TuningPlan)
         return {"self": f"/v1/datasets/{job.params.dataset}/tuning/{job.id}"}
     links = {"self": base}
     if job.kind is JobKind.heatmap:
@@ -113,7 +112,7 @@ async def _dataset_config(queue: JobQueue, deployment: Deployment,
 
 
 @router.post("/heatmaps", status_code=202, response_model=JobView,
-             dependencies=[Depends(refuse_empty_fields)],
+             dependencies=[Depends(refuse_ambiguous_fields)],
              responses={200: {"model": JobView, "description": "Finished within Prefer: wait"},
                         **_UPLOAD_PROBLEMS})
 async def submit_heatmap(
@@ -345,7 +344,7 @@ async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
 
 
 @router.post("/predict", response_model=PredictResponse, tags=["predict"],
-             dependencies=[Depends(refuse_empty_fields)],
+             dependencies=[Depends(refuse_ambiguous_fields)],
              responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
 async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
                   deployment: DeploymentDep, caller: AdmittedDep,

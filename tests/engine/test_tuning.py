@@ -93,3 +93,11 @@ def test_tuning_with_target_outside_unit_interval_raises(target: float) -> None:
     engine = IncrementalOcclusion(architecture("resnet18"))
     with pytest.raises(InvalidParamsError, match="target_ssim"):
         tune(engine, _retina_samples(2), PATCH, STRIDE, target_ssim=target)
+
+
+def test_tuning_a_heatmap_smaller_than_3x3_raises_before_running_anything() -> None:
+    engine = IncrementalOcclusion(architecture("resnet18"))
+    calls = []
+    with pytest.raises(InvalidParamsError, match="3x3"):
+        tune(engine, _retina_samples(2), 60, 8, should_stop=lambda: calls.append(1) or False)
+    assert calls == []

@@ -13,7 +13,7 @@ from PIL import Image
 
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment
-from krypton.service import constants
+from krypton.service.plans import MAX_TUNING_IMAGES
 from tests.service import helpers
 from tests.service.helpers import (
     DEMO_MODEL,
@@ -254,7 +254,7 @@ def test_delete_tuning_job_purges_it(api: TestClient, retina_png: bytes) -> None
 
 def test_tuning_with_more_than_the_maximum_images_answers_422(api: TestClient,
                                                               retina_png: bytes) -> None:
-    response = _post_tuning(api, retina_png, constants.MAX_TUNING_IMAGES + 1, UNTUNED_DATASET)
+    response = _post_tuning(api, retina_png, MAX_TUNING_IMAGES + 1, UNTUNED_DATASET)
     helpers.assert_problem(response, 422)
 
 
@@ -270,6 +270,7 @@ def test_tuning_with_fewer_than_two_images_answers_422(api: TestClient, retina_p
     pytest.param({"patch_size": "0"}, id="patch-0"),
     pytest.param({"patch_size": "65"}, id="patch-over-input"),
     pytest.param({"stride": "0"}, id="stride-0"),
+    pytest.param({"patch_size": "60", "stride": "8"}, id="heatmap-under-3x3"),
 ])
 def test_tuning_with_bad_parameters_answers_422(api: TestClient, retina_png: bytes,
                                                 fields: dict[str, str]) -> None:

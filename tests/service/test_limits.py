@@ -61,6 +61,15 @@ def test_heatmap_booking_more_work_than_allowed_is_refused_with_the_stride_that_
                           ).status_code == 202
 
 
+def test_tuning_booking_more_work_than_allowed_is_refused(make_client: ClientFactory,
+                                                         retina_png: bytes) -> None:
+    client = make_client(max_job_gflop=100.0, embedded_workers=0)
+    images = [("images", (f"sample-{i}.png", retina_png, "image/png")) for i in range(2)]
+    response = client.post(f"/v1/datasets/{helpers.UNTUNED_DATASET}/tuning", files=images,
+                           data={"patch_size": "1", "stride": "1"})
+    assert "limit of 100 GFLOP" in helpers.assert_problem(response, 422)["detail"]
+
+
 def test_job_running_past_its_deadline_fails_and_frees_the_worker(
         make_client: ClientFactory, retina_png: bytes) -> None:
     client = make_client(job_timeout_seconds=0.3)
@@ -80,6 +89,13 @@ def test_method_not_allowed_lists_every_method_of_the_path(api: TestClient) -> N
 def test_empty_patch_colour_is_refused(api: TestClient, retina_png: bytes) -> None:
     response = helpers.submit(api, retina_png, patch_color="", **FAST)
     assert "patch_color" in helpers.assert_problem(response, 422)["detail"]
+
+
+def test_a_form_field_sent_twice_is_refused_not_read_as_its_last_value(
+        api: TestClient, retina_png: bytes) -> None:
+    response = api.post("/v1/heatmaps", files={"image": ("retina.png", retina_png, "image/png")},
+                        data={"model": [helpers.MODEL, helpers.DEMO_MODEL], **FAST})
+    assert "model" in helpers.assert_problem(response, 422)["detail"]
 
 
 def test_unreadable_image_detail_names_no_internal_object(api: TestClient) -> None:
