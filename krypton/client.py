@@ -12,19 +12,19 @@ Example::
 
 :class:`AsyncClient` has the same methods, awaited. Every error answer
 raises :class:`KryptonError`, which carries the service's problem document.
-Loads nothing of the engine: it needs httpx alone.
+Loads nothing of the engine: it needs httpx and httpx-sse alone.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+from httpx_sse import aconnect_sse, connect_sse
 
 __all__ = ["AsyncClient", "Client", "Event", "KryptonError"]
 
@@ -136,13 +136,11 @@ class Client(_Requests):
 
     def events(self, job: Job | str, *, timeout: float | None = None) -> Iterator[Event]:
         """The job's Server-Sent Events until it has finished."""
-        parser = _Events()
-        with self.http.stream("GET", f"/v1/heatmaps/{_job_id(job)}/events",
-                              timeout=timeout) as response:
-            self.checked(response)
-            for line in response.iter_lines():
-                if (event := parser.feed(line)) is not None:
-                    yield event
+        with connect_sse(self.http, "GET", f"/v1/heatmaps/{_job_id(job)}/events",
+                         timeout=timeout) as source:
+            self.checked(source.response)
+            for event in source.iter_sse():
+                yield event.event, event.json()
 
     def wait(self, job: Job | str, *, timeout: float = 600.0) -> Job:
         """The finished job, followed on its events stream (no polling)."""
@@ -204,13 +202,11 @@ class AsyncClient(_Requests):
 
     async def events(self, job: Job | str, *, timeout: float | None = None
                      ) -> AsyncIterator[Event]:
-        parser = _Events()
-        async with self.http.stream("GET", f"/v1/heatmaps/{_job_id(job)}/events",
-                                    timeout=timeout) as response:
-            self.checked(response)
-            async for line in response.aiter_lines():
-                if (event := parser.feed(line)) is not None:
-                    yield event
+        async with aconnect_sse(self.http, "GET", f"/v1/heatmaps/{_job_id(job)}/events",
+                                timeout=timeout) as source:
+            self.checked(source.response)
+            async for event in source.aiter_sse():
+                yield event.event, event.json()
 
     async def wait(self, job: Job | str, *, timeout: float = 600.0) -> Job:
         if (await self.job(job))["status"] not in _FINISHED:
@@ -242,22 +238,3 @@ class AsyncClient(_Requests):
 
 def _job_id(job: Job | str) -> str:
     return job if isinstance(job, str) else str(job["id"])
-
-
-class _Events:
-    """Server-Sent Events from text lines: ``event:`` then ``data:``; a blank line ends one."""
-
-    def __init__(self) -> None:
-        self.name = "message"
-        self.data: list[str] = []
-
-    def feed(self, line: str) -> Event | None:
-        if line.startswith("event:"):
-            self.name = line.partition(":")[2].strip()
-        elif line.startswith("data:"):
-            self.data.append(line.partition(":")[2].lstrip())
-        elif not line and self.data:
-            event = self.name, json.loads("\n".join(self.data))
-            self.name, self.data = "message", []
-            return event
-        return None
