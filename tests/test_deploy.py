@@ -1,4 +1,4 @@
-"""The container deployment: docker-compose.yml, docker/Dockerfile.*, deploy/registry.toml.
+"""The deployment: docker-compose.yml, docker/Dockerfile.*, deploy/registry.toml, CI.
 
 No Docker engine is needed: these read the files and check that they agree
 with each other and with the package (its console script, CLI commands, torch
@@ -403,3 +403,12 @@ def test_demo_registry_serves_what_krypton_demo_train_writes() -> None:
         expected = demo_checkpoint(ROOT / "checkpoints", model.architecture)
         assert Path(model.checkpoint).resolve() == expected.resolve()
     assert {m.architecture for m in deployment.models.values()} == {"resnet18", "inception_v3"}
+
+
+# --- README and CI -----------------------------------------------------------------
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci_command.endswith(".venv/bin/python -m pytest")
+    assert f"\n{ci_command}\n" in (ROOT / "README.md").read_text()
