@@ -27,6 +27,7 @@ from krypton.engine import (
     IncrementalOcclusion,
     ReferenceOcclusion,
     heatmap_ssim,
+    points_at,
     tune,
 )
 from krypton.engine.patches import PatchGrid
@@ -37,6 +38,7 @@ from krypton.service.plans import resolve_heatmap
 
 __all__ = [
     "ApproximateRow",
+    "QualityCheck",
     "BenchRow",
     "format_approximate_table",
     "format_table",
@@ -307,6 +309,64 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+POINTING_TOLERANCE = 0.5
+"""Pointing game tolerance, in patches: a strongest position whose patch centre
+is within half a patch of the lesion's box still hides part of the lesion."""
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    """Per-image quality of approximate maps on images tuning never saw."""
+
+    ssim: tuple[float, ...]
+    """SSIM of each approximate map against its exact map."""
+    exact_hits: tuple[bool, ...]
+    """Whether each exact map's strongest position falls on the lesion (pointing game)."""
+    approximate_hits: tuple[bool, ...]
+
+    @property
+    def images(self) -> int:
+        return len(self.ssim)
+
+    @property
+    def ssim_mean(self) -> float:
+        return float(np.mean(self.ssim))
+
+    @property
+    def ssim_p10(self) -> float:
+        return float(np.percentile(self.ssim, 10))
+
+    @property
+    def ssim_min(self) -> float:
+        return float(np.min(self.ssim))
+
+    @property
+    def pointing_exact(self) -> float:
+        return float(np.mean(self.exact_hits))
+
+    @property
+    def pointing_approximate(self) -> float:
+        return float(np.mean(self.approximate_hits))
+
+    @property
+    def pointing_agreement(self) -> float:
+        """Share of images where the approximate map's verdict equals the exact map's."""
+        return float(np.mean([a == e for a, e in zip(self.approximate_hits, self.exact_hits,
+                                                       strict=True)]))
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ssim_mean": self.ssim_mean, "ssim_p10": self.ssim_p10,
+                "ssim_min": self.ssim_min, "pointing_exact": self.pointing_exact,
+                "pointing_approximate": self.pointing_approximate,
+                "pointing_agreement": self.pointing_agreement}
+
+    def summary(self) -> str:
+        return (f"SSIM mean {self.ssim_mean:.3f}, p10 {self.ssim_p10:.3f}, min "
+                f"{self.ssim_min:.3f}; pointing exact {self.pointing_exact:.0%}, approximate "
+                f"{self.pointing_approximate:.0%}, agree {self.pointing_agreement:.0%} "
+                f"({self.images} images)")
+
+
 @dataclass(frozen=True)
 class ApproximateRow:
     """Approximate vs exact vs naive on held-out images, after tuning on the others."""
@@ -329,10 +389,8 @@ class ApproximateRow:
     """Mean max - min of the held-out exact heatmaps: near 0, SSIM says little."""
     frontier: tuple[tuple[float, float | None, int | None, float, float], ...]
     """(tau, r, coarse stride, speedup over exact, SSIM) of every setting tuning tried."""
-    check_images: int = 0
-    check_ssim: float | None = None
-    """Mean SSIM of the chosen setting on ``check_images`` further images (not timed)."""
-    min_check_ssim: float | None = None
+    check: QualityCheck | None = None
+    """The chosen setting on further images, per image (not timed)."""
 
     @property
     def naive_seconds(self) -> float:
@@ -348,7 +406,8 @@ class ApproximateRow:
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "naive_seconds": self.naive_seconds,
-                "speedup_naive": self.speedup_naive, "speedup_exact": self.speedup_exact}
+                "speedup_naive": self.speedup_naive, "speedup_exact": self.speedup_exact,
+                "check": None if self.check is None else self.check.as_dict()}
 
 
 def sample_images(count: int) -> list[np.ndarray]:
@@ -474,8 +533,8 @@ def run_approximate_benchmark(
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         chosen: Approximation = tuning.approximation
-        checked = (_check_ssim(exact, loaded.deployed.preprocessing, check, patch, stride,
-                               chosen, report) if check else [])
+        checked = (_check_quality(exact, loaded.deployed.preprocessing, check, patch, stride,
+                                  chosen, report) if check else None)
         rows.append(ApproximateRow(
             model=name, input_size=size, patch=patch, stride=stride,
             positions=PatchGrid(size, size, patch, stride).size,
@@ -489,35 +548,47 @@ def run_approximate_benchmark(
             frontier=tuple((p.approximation.tau, p.approximation.drilldown_ratio,
                             p.approximation.coarse_stride, p.speedup, p.ssim)
                            for p in tuning.frontier),
-            check_images=check,
-            check_ssim=float(np.mean(checked)) if checked else None,
-            min_check_ssim=float(np.min(checked)) if checked else None,
+            check=checked,
         ))
         report(f"  held out: {rows[-1].speedup_naive:.1f}x over naive, "
                f"{rows[-1].speedup_exact:.1f}x over exact, SSIM {rows[-1].holdout_ssim:.3f}")
     return rows
 
 
-def _check_ssim(engine: IncrementalOcclusion, preprocessing: Preprocessing, count: int,
-                patch: int, stride: int, approximation: Approximation,
-                report: Callable[[str], None]) -> list[float]:
-    """SSIM against exact of ``approximation`` on ``count`` fresh demo lesion images."""
-    from krypton.demo import SAMPLE_SEED
+def _check_quality(engine: IncrementalOcclusion, preprocessing: Preprocessing, count: int,
+                   patch: int, stride: int, approximation: Approximation,
+                   report: Callable[[str], None]) -> QualityCheck:
+    """``approximation`` against exact on ``count`` fresh demo lesion images: SSIM and
+    the pointing game of both maps."""
+    from krypton.demo import SAMPLE_SEED, lesion_batch
 
-    scores = []
-    for image in _demo_inputs(preprocessing, count, seed=SAMPLE_SEED + 1):
+    batch = lesion_batch(preprocessing.size, count, seed=SAMPLE_SEED + 1)
+    tolerance = POINTING_TOLERANCE * patch
+    scores, exact_hits, approximate_hits = [], [], []
+    for index in range(count):
+        image = to_model_input(batch.pixels(index), preprocessing)
+        box = tuple(int(v) for v in batch.boxes[index])
+        assert len(box) == 4
         reference = engine.attribute(image, patch, stride)
         result = approximation.attribute(engine, image, patch, stride, target=reference.target)
         scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
-    report(f"  check on {count} more images: SSIM {np.mean(scores):.3f} "
-           f"(min {np.min(scores):.3f})")
-    return scores
+        exact_hits.append(points_at(reference.heatmap, box, patch, stride, tolerance=tolerance))
+        approximate_hits.append(points_at(result.heatmap, box, patch, stride,
+                                          tolerance=tolerance))
+        report(f"  check image {index + 1}/{count}: SSIM {scores[-1]:.3f}, pointing exact "
+               f"{exact_hits[-1]}, approximate {approximate_hits[-1]}")
+    checked = QualityCheck(tuple(scores), tuple(exact_hits), tuple(approximate_hits))
+    report(f"  check: {checked.summary()}")
+    return checked
 
 
 def _check_cell(row: ApproximateRow) -> str:
-    if row.check_ssim is None or row.min_check_ssim is None:
-        return "-"
-    return f"{row.check_ssim:.3f} ({row.min_check_ssim:.3f}), {row.check_images} images"
+    if row.check is None:
+        return "- | - | -"
+    c = row.check
+    return (f"{c.ssim_mean:.3f} / {c.ssim_p10:.3f} / {c.ssim_min:.3f} | "
+            f"{c.pointing_exact:.0%} / {c.pointing_approximate:.0%} / "
+            f"{c.pointing_agreement:.0%} | {c.images}")
 
 
 def format_approximate_table(rows: Sequence[ApproximateRow]) -> str:
@@ -525,8 +596,9 @@ def format_approximate_table(rows: Sequence[ApproximateRow]) -> str:
     lines = [
         "| model | input | positions | naive s/image | exact s/image | approx s/image "
         "| approx / naive | approx / exact | tau | r | coarse stride | held-out SSIM (min) "
-        "| exact map range | SSIM on more images (min) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| exact map range | unseen: SSIM mean / p10 / min | pointing exact / approx / agree "
+        "| unseen images |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(

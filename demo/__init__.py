@@ -20,6 +20,7 @@ from krypton.demo.lesions import (
     VALIDATION_SEED,
     FundusLesions,
     LesionBatch,
+    lesion_batch,
     lesion_samples,
 )
 from krypton.demo.training import (
@@ -37,6 +38,7 @@ __all__ = [
     "LesionBatch",
     "TrainingReport",
     "demo_checkpoint",
+    "lesion_batch",
     "lesion_samples",
     "save_checkpoint",
     "train_demo_model",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["LABELS", "SAMPLE_SEED", "VALIDATION_SEED", "FundusLesions", "LesionBatch",
-           "lesion_samples"]
+           "lesion_batch", "lesion_samples"]
 
 LABELS: tuple[str, ...] = ("NORMAL", "HEMORRHAGE", "EXUDATES", "MICROANEURYSMS")
 """Class names, in the order of the trained models' outputs."""
@@ -212,15 +212,20 @@ class FundusLesions:
         return int(torch.randint(low, high, (1,), generator=self._rng))
 
 
-def lesion_samples(size: int, count: int, *, seed: int = SAMPLE_SEED
-                   ) -> list[npt.NDArray[np.float32]]:
-    """``count`` images with a lesion each (the kinds in turn), as ``(S, S, 3)`` arrays.
+def lesion_batch(size: int, count: int, *, seed: int = SAMPLE_SEED) -> LesionBatch:
+    """``count`` images with a lesion each (the kinds in turn), with their boxes.
 
     What a clinician asks to have explained: images with a finding. The
     default seed is one the training never draws from.
     """
     labels = [1 + i % (len(LABELS) - 1) for i in range(count)]
-    batch = FundusLesions(size, seed=seed).batch(count, labels)
+    return FundusLesions(size, seed=seed).batch(count, labels)
+
+
+def lesion_samples(size: int, count: int, *, seed: int = SAMPLE_SEED
+                   ) -> list[npt.NDArray[np.float32]]:
+    """The images of :func:`lesion_batch` as ``(S, S, 3)`` arrays."""
+    batch = lesion_batch(size, count, seed=seed)
     return [batch.pixels(i) for i in range(count)]
 
 

@@ -21,7 +21,7 @@ from krypton.engine.errors import (
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.occlusion import MODES, make_engine, occlusion
 from krypton.engine.patches import PatchGrid, PatchValue
-from krypton.engine.quality import heatmap_ssim
+from krypton.engine.quality import heatmap_ssim, points_at
 from krypton.engine.reference import ReferenceOcclusion
 from krypton.engine.result import OcclusionResult, RunStats
 from krypton.engine.tuning import FrontierPoint, TuningResult, tune
@@ -49,6 +49,7 @@ __all__ = [
     "UnsupportedModelError",
     "coarse_stride_for_speedup",
     "heatmap_ssim",
+    "points_at",
     "make_engine",
     "occlusion",
     "tune",

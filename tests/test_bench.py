@@ -6,6 +6,7 @@ import pytest
 
 from krypton.benchmarks.engine import (
     ApproximateRow,
+    QualityCheck,
     format_approximate_table,
     run_approximate_benchmark,
 )
@@ -29,15 +30,36 @@ def test_speedups_are_ratios_of_the_measured_times() -> None:
     assert row.speedup_exact == pytest.approx(10.0)
 
 
-def test_the_table_shows_the_check_ssim_when_measured() -> None:
-    table = format_approximate_table([_row(check_images=6, check_ssim=0.93,
-                                           min_check_ssim=0.88)])
-    assert "0.930 (0.880), 6 images" in table
+def _check() -> QualityCheck:
+    ssim = (0.95, 0.93, 0.90, 0.97, 0.60, 0.92, 0.94, 0.96, 0.91, 0.99)
+    exact = (True,) * 9 + (False,)
+    approximate = (True,) * 8 + (False, False)
+    return QualityCheck(ssim, exact, approximate)
+
+
+def test_the_quality_check_reports_the_low_tail_not_only_the_mean() -> None:
+    check = _check()
+    assert check.ssim_min == 0.60
+    assert check.ssim_p10 == pytest.approx(0.60 + 0.9 * (0.90 - 0.60))
+    assert check.ssim_mean == pytest.approx(sum(check.ssim) / 10)
+
+
+def test_the_pointing_game_counts_hits_and_where_approximate_agrees_with_exact() -> None:
+    check = _check()
+    assert (check.pointing_exact, check.pointing_approximate) == (0.9, 0.8)
+    assert check.pointing_agreement == 0.9  # image 9 lost its hit; image 10 missed in both
+
+
+def test_the_table_shows_the_quality_check_when_measured() -> None:
+    table = format_approximate_table([_row(check=_check())])
+    assert "| 0.907 / 0.870 / 0.600 | 90% / 80% / 90% | 10 |" in table
     assert "28.1x" in table  # 56.18 s naive / 2 s approximate
 
 
-def test_the_table_marks_a_missing_check_with_a_dash() -> None:
-    assert format_approximate_table([_row()]).splitlines()[-1].endswith("| - |")
+def test_the_table_marks_a_missing_check_with_dashes() -> None:
+    line = format_approximate_table([_row()]).splitlines()[-1]
+    assert line.endswith("| - | - | - |")
+    assert line.count("|") == format_approximate_table([]).splitlines()[0].count("|")
 
 
 def test_check_images_without_the_demo_models_raise() -> None:
