@@ -11,6 +11,7 @@ positions keep the interpolated value.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
@@ -66,9 +67,11 @@ class DrillDown:
     ) -> OcclusionResult:
         """The drilled-down heatmap; arguments as :meth:`OcclusionEngine.attribute`.
 
-        ``partial`` first gets the interpolated coarse map, as soon as the
-        coarse stage ends, then that map with the refined cells filled in
-        after every batch of the fine stage.
+        ``partial`` gets, after every batch of the coarse stage, the coarse
+        values so far, each on the fine cells nearest it (NaN where none is
+        done yet): the coarse stage is most of the work, and a clinician sees
+        the map form from the first batch. Then the interpolated coarse map,
+        then that map with the refined cells filled in after every fine batch.
         """
         engine = self.engine
         loop = BatchLoop(batch_size, engine.device, progress, should_stop)
@@ -78,7 +81,10 @@ class DrillDown:
             coarse = PatchGrid(prepared.height, prepared.width, patch_size, self.coarse_stride)
             refined = drilldown_count(fine.size, self.ratio)
             loop.total = coarse.size + refined
-            coarse_map = engine.occlude(prepared, coarse, loop, tau=tau).view(coarse.shape)
+            coarse_map = engine.occlude(
+                prepared, coarse, loop, tau=tau,
+                on_batch=None if partial is None else _coarse_so_far(partial, coarse, fine),
+            ).view(coarse.shape)
             heatmap = interpolate_coarse(coarse_map, coarse, fine)
             chosen = top_drop(heatmap, self.ratio)
             if partial is not None:
@@ -95,6 +101,26 @@ class DrillDown:
         return engine.result(prepared, fine, heatmap, loop, tau=tau,
                              drilldown_ratio=self.ratio, coarse_stride=self.coarse_stride,
                              refined=refined)
+
+
+def _coarse_so_far(partial: PartialCallback, coarse: PatchGrid, fine: PatchGrid
+                   ) -> Callable[[Tensor, int], None]:
+    """An ``on_batch`` for the coarse stage: its values so far on the fine grid, nearest cell."""
+    rows = _nearest(fine.rows, coarse.rows)
+    cols = _nearest(fine.cols, coarse.cols)
+
+    def report(out: Tensor, filled: int) -> None:
+        so_far = np.full(coarse.size, np.nan, dtype=np.float32)
+        so_far[:filled] = out[:filled].cpu().numpy()
+        partial(so_far.reshape(coarse.shape)[np.ix_(rows, cols)])
+
+    return report
+
+
+def _nearest(fine: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """For each fine position, the index of the coarse position nearest it."""
+    nearest: npt.NDArray[np.intp] = np.abs(fine[:, None] - coarse[None, :]).argmin(axis=1)
+    return nearest
 
 
 def check_drilldown(ratio: float, coarse_stride: int) -> None:

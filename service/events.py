@@ -6,8 +6,9 @@ sends only what changed:
 
 * ``progress``: ``{"status", "progress"}``;
 * ``partial``: the heatmap so far, ``{"shape", "heatmap"}`` with ``null`` in
-  cells not computed yet (for approximate mode, first the coarse map
-  interpolated), at most ``PARTIAL_SIDE`` cells a side and a few a second;
+  cells not computed yet (for approximate mode, the coarse stage row by row,
+  then its interpolation, then the refined cells), at most ``PARTIAL_SIDE``
+  cells a side and a few a second;
 * ``succeeded`` or ``failed``: the job document, and the stream ends.
 
 A client that goes away ends the generator at its next wait: nothing keeps

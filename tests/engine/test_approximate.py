@@ -217,14 +217,40 @@ def test_engine_plans_each_grid_once_across_calls_with_the_same_settings(
     np.testing.assert_array_equal(first.heatmap, second.heatmap)
 
 
-def test_drilldown_shows_the_interpolated_coarse_map_first(
-    resnet_case: tuple[nn.Module, torch.Tensor],
-) -> None:
+def _drilldown_partials(resnet_case: tuple[nn.Module, torch.Tensor]
+                        ) -> tuple[list[np.ndarray], np.ndarray]:
     model, image = resnet_case
     seen: list[np.ndarray] = []
     result = occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.2,
-                       coarse_stride=18, batch_size=8,
+                       coarse_stride=18, batch_size=2,
                        partial=lambda heatmap: seen.append(heatmap.copy()))
-    assert not np.isnan(seen[0]).any(), "the coarse map covers every cell at once"
-    assert np.abs(seen[0] - result.heatmap).max() > TOLERANCE, "refinement changes it"
-    np.testing.assert_array_equal(seen[-1], result.heatmap)
+    return seen, result.heatmap
+
+
+def test_drilldown_shows_the_coarse_stage_as_it_goes(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    seen, heatmap = _drilldown_partials(resnet_case)
+    first = seen[0]
+    assert first.shape == heatmap.shape
+    assert 0 < np.count_nonzero(~np.isnan(first)) < first.size, "a few coarse cells, then more"
+    assert not np.isnan(first[0, 0]) and np.isnan(first[-1, -1]), "filled from the top row"
+
+
+def test_drilldown_shows_the_interpolated_coarse_map_before_refining(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    seen, heatmap = _drilldown_partials(resnet_case)
+    coarse = occlusion(model, image, 12, 18).heatmap
+    size = image.shape[-1]
+    interpolated = interpolate_coarse(torch.from_numpy(coarse), PatchGrid(size, size, 12, 18),
+                                      PatchGrid(size, size, 12, 6)).numpy()
+    shown = [i for i, m in enumerate(seen) if np.allclose(m, interpolated, atol=TOLERANCE)]
+    assert shown, "the interpolated coarse map is shown once the coarse stage ends"
+    for before in seen[: shown[0]]:
+        done = before[~np.isnan(before)]
+        distance = np.abs(done[:, None] - coarse.ravel()[None, :]).min(axis=1)
+        assert (distance <= TOLERANCE).all(), "before it, only coarse values, cell by cell"
+    assert np.abs(interpolated - heatmap).max() > TOLERANCE, "refinement changes it"
+    np.testing.assert_array_equal(seen[-1], heatmap)
