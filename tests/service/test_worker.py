@@ -268,22 +268,29 @@ def test_worker_keeps_its_claim_when_claim_idle_is_shorter_than_the_heartbeat(
 
 
 class _FlakyQueue(InMemoryQueue):
-    """An in-memory queue whose first claim fails as if Redis were restarting."""
+    """An in-memory queue whose ``failing`` call fails once, as if Redis were restarting."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, failing: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.failures = 1
+        self.failing, self.failures = failing, 1
 
-    async def claim(self, consumer: str, block_ms: int) -> Any:
-        if self.failures:
+    def _fail_once(self, call: str) -> None:
+        if call == self.failing and self.failures:
             self.failures -= 1
             raise redis.ConnectionError("Connection refused")
+
+    async def claim(self, consumer: str, block_ms: int) -> Any:
+        self._fail_once("claim")
         return await super().claim(consumer, block_ms)
+
+    async def put_result(self, job_id: str, data: bytes) -> bool:
+        self._fail_once("put_result")
+        return await super().put_result(job_id, data)
 
 
 def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
         deployment: Deployment, cache: ModelCache) -> None:
-    queue = _FlakyQueue(ttl_seconds=60)
+    queue = _FlakyQueue("claim", ttl_seconds=60)
     job = asyncio.run(queue.submit(_job(), [helpers.encode(helpers.retina_image(), "PNG")]))
     _burst(queue, deployment, cache)
     assert queue.failures == 0
@@ -291,24 +298,9 @@ def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
     assert finished is not None and finished.status is JobStatus.succeeded, finished
 
 
-class _OutageAtTheEndQueue(InMemoryQueue):
-    """An in-memory queue that cannot store a finished job once, as if Redis were down
-    when the job finished."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.failures = 1
-
-    async def put_result(self, job_id: str, data: bytes) -> bool:
-        if self.failures:
-            self.failures -= 1
-            raise redis.ConnectionError("Connection refused")
-        return await super().put_result(job_id, data)
-
-
 def test_worker_holds_a_finished_outcome_until_the_queue_answers_again(
         deployment: Deployment, cache: ModelCache, retina_png: bytes) -> None:
-    queue = _OutageAtTheEndQueue(ttl_seconds=60)
+    queue = _FlakyQueue("put_result", ttl_seconds=60)  # Redis away as the job finishes
     job = asyncio.run(queue.submit(_job(), [retina_png]))
     worker = _burst(queue, deployment, cache)
     done = asyncio.run(queue.get(job.id))
