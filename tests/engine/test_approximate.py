@@ -170,8 +170,14 @@ def test_top_drop_picks_the_lowest_probabilities() -> None:
 
 
 def test_coarse_stride_for_speedup_follows_the_design_formula() -> None:
-    # S1 = S2 * sqrt(t / (1 - r t)) = 4 * sqrt(5 / 0.5) = 12.6
-    assert coarse_stride_for_speedup(4, 0.1, 5.0) == 13
+    # S1 = S2 * sqrt(t / (1 - r t)) = 4 * sqrt(5 / 0.5) = 4 * 3.16: the nearest multiple is 12
+    assert coarse_stride_for_speedup(4, 0.1, 5.0) == 12
+
+
+@pytest.mark.parametrize(("ratio", "speedup"), [(0.05, 2.0), (0.05, 8.0), (0.1, 5.0),
+                                                 (0.2, 3.0), (0.05, 16.0)])
+def test_coarse_strides_are_multiples_of_the_fine_stride(ratio: float, speedup: float) -> None:
+    assert coarse_stride_for_speedup(4, ratio, speedup) % 4 == 0
 
 
 def test_coarse_stride_for_unreachable_speedup_raises() -> None:
