@@ -31,6 +31,7 @@ from krypton.engine import (
     tune,
 )
 from krypton.engine.patches import PatchGrid
+from krypton.engine.tuning import Score
 from krypton.models import Preprocessing, classifier_head, to_model_input
 from krypton.models.deployment import DEMO_LABELS, DeployedModel, Deployment
 from krypton.service.model_cache import ModelCache
@@ -475,6 +476,7 @@ def run_approximate_benchmark(
     stride: int = 8,
     samples: int = 4,
     target_ssim: float = 0.9,
+    tuning_score: Score = "mean",
     device: str = "cpu",
     demo_weights: str | os.PathLike[str] | None = None,
     check: int = 0,
@@ -511,7 +513,8 @@ def run_approximate_benchmark(
         report(f"{name}: naive batch {naive_batch}; tuning on {samples // 2 + samples % 2}"
                f" images")
         tuning, tuning_seconds = _timed(functools.partial(
-            tune, exact, images, patch, stride, target_ssim=target_ssim, holdout=samples // 2,
+            tune, exact, images, patch, stride, target_ssim=target_ssim, score=tuning_score,
+            holdout=samples // 2,
             report=lambda line: report(f"  {line}")), device)
         held_out = images[tuning.tuning_images :]
         exact_seconds, approximate_seconds, naive_rates, scores, ranges = 0.0, 0.0, [], [], []

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 from torch import Tensor
@@ -36,7 +37,7 @@ from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.patches import PatchValue
 from krypton.engine.quality import heatmap_ssim
 
-__all__ = ["TAUS", "FrontierPoint", "HoldoutCheck", "TuningResult", "tune"]
+__all__ = ["TAUS", "FrontierPoint", "HoldoutCheck", "Score", "TuningResult", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +47,14 @@ SPEEDUPS = (2.0, 3.0, 5.0, 8.0, 12.0, 16.0)
 TAU_BASES = 2
 """How many of the fastest passing drill-down settings get a ``tau`` sweep."""
 
+Score = Literal["mean", "min"]
+"""How a setting's SSIMs over several images become one score: their mean, or
+their worst, so that a setting passes only if every image keeps the target."""
+
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """One setting tried: its mean time per image and mean SSIM on the tuning images."""
+    """One setting tried: its mean time per image and its SSIM score on the tuning images."""
 
     approximation: Approximation
     seconds: float
@@ -94,19 +99,22 @@ def tune(
     *,
     target_ssim: float = 0.90,
     patch_value: PatchValue = 0.0,
+    score: Score = "mean",
     holdout: int | None = None,
     batch_size: int | None = None,
     report: ProgressReport | None = None,
     should_stop: StopCheck | None = None,
 ) -> TuningResult:
-    """Find the fastest approximation whose mean SSIM meets ``target_ssim``.
+    """Find the fastest approximation whose SSIM score meets ``target_ssim``.
 
     Args:
         engine: the incremental engine of the model being tuned.
         images (Sequence[Tensor[C, H, W]]): preprocessed samples of one use case.
         patch_size, stride: the heatmap being tuned for, in input pixels.
-        target_ssim: mean SSIM against exact heatmaps to keep, in (0, 1].
+        target_ssim: SSIM against exact heatmaps to keep, in (0, 1].
         patch_value: patch colour in model-input space.
+        score: ``"mean"`` holds the mean SSIM of the images to the target;
+            ``"min"`` holds every image to it (the worst image decides).
         holdout: how many images to hold out for the final check; default half.
         batch_size: positions per batch; default the engine's.
         report: called with a line of text as the search goes.
@@ -135,7 +143,10 @@ def tune(
             f"{max(grid, 0)}x{max(grid, 0)} positions; tuning scores heatmaps by SSIM, which "
             "needs at least 3x3")
     say = report or (lambda line: None)
-    search = _Search(engine, images, patch_size, stride, patch_value, batch_size, should_stop)
+    if score not in ("mean", "min"):
+        raise InvalidParamsError(f"score must be 'mean' or 'min', got {score!r}")
+    search = _Search(engine, images, patch_size, stride, patch_value, batch_size, should_stop,
+                     np.mean if score == "mean" else np.min)
     tuning, held_out = list(range(len(images) - held)), list(range(len(images) - held,
                                                                    len(images)))
 
@@ -202,12 +213,14 @@ class _Search:
 
     def __init__(self, engine: IncrementalOcclusion, images: Sequence[Tensor], patch_size: int,
                  stride: int, patch_value: PatchValue, batch_size: int | None,
-                 should_stop: StopCheck | None) -> None:
+                 should_stop: StopCheck | None,
+                 combine: Callable[[list[float]], np.floating[Any]]) -> None:
         self._engine = engine
         self._should_stop = should_stop
         self._images = images
         self._patch, self._stride = patch_size, stride
         self._value, self._batch = patch_value, batch_size
+        self._combine = combine
         self._exact: dict[int, np.ndarray] = {}
         self._targets: dict[int, int] = {}
 
@@ -232,13 +245,13 @@ class _Search:
 
     def evaluate(self, approximation: Approximation, indices: Sequence[int]
                  ) -> tuple[float, float]:
-        """Mean seconds per image and mean SSIM against exact over ``indices``."""
+        """Mean seconds per image and the SSIM score against exact over ``indices``."""
         seconds, scores = [], []
         for index in indices:
             heatmap, elapsed = self._run(index, approximation)
             seconds.append(elapsed)
             scores.append(heatmap_ssim(heatmap, self._exact[index]))
-        return float(np.mean(seconds)), float(np.mean(scores))
+        return float(np.mean(seconds)), float(self._combine(scores))
 
 
 def _describe(approximation: Approximation) -> str:

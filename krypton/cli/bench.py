@@ -35,6 +35,9 @@ def bench(
         "images, then time approximate vs exact vs naive on the other half.")] = False,
     samples: Annotated[int, typer.Option(help="Sample images for --approximate.")] = 4,
     target_ssim: Annotated[float, typer.Option(help="SSIM target for --approximate.")] = 0.9,
+    tuning_score: Annotated[str, typer.Option(
+        help="For --approximate: tune by the images' mean SSIM, or by the worst (min).")
+    ] = "mean",
     demo_weights: Annotated[Path | None, typer.Option(
         help="The folder of `krypton demo train` checkpoints: explain demo lesion images with "
         "the trained models instead of untrained ones.")] = None,
@@ -66,6 +69,7 @@ def bench(
         try:
             approximate_rows = run_approximate_benchmark(
                 names, patch=patch, stride=stride, samples=samples, target_ssim=target_ssim,
+                tuning_score=tuning_score,  # type: ignore[arg-type]  # tune() refuses others
                 device=device.value, demo_weights=demo_weights, check=check,
                 report=lambda line: typer.echo(line, err=True))
         except (EngineError, ModelError, ValueError, OSError) as exc:

@@ -254,7 +254,10 @@ def tune_dataset(
     weights: Weights = None,
     num_classes: NumClasses = None,
     target_ssim: Annotated[float, typer.Option(
-        help="Mean SSIM against exact heatmaps to keep, on held-out images.")] = 0.90,
+        help="SSIM against exact heatmaps to keep, on held-out images.")] = 0.90,
+    score: Annotated[str, typer.Option(
+        help="mean: the images' mean SSIM meets the target; min: every image's does.")
+    ] = "mean",
     patch: Annotated[int, typer.Option(help="Patch side in input pixels.")
                      ] = DEFAULT_PATCH_SIZE,
     stride: Annotated[int, typer.Option(help="Stride in input pixels.")] = DEFAULT_STRIDE,
@@ -285,6 +288,7 @@ def tune_dataset(
                    f"stride {stride}, target SSIM {target_ssim}", err=True)
         result = tune(
             engine, samples, patch, stride, target_ssim=target_ssim,
+            score=score,  # type: ignore[arg-type]  # tune() refuses anything else
             patch_value=patch_value(color, loaded.deployed.preprocessing), holdout=holdout,
             report=lambda line: typer.echo(f"  {line}", err=True))
         config = DatasetConfig.from_tuning(

@@ -82,6 +82,26 @@ def test_tuning_reports_the_frontier_it_explored(tuned: tuple) -> None:  # type:
     assert all(point.seconds > 0.0 and -1.0 <= point.ssim <= 1.0 for point in result.frontier)
 
 
+def test_tuning_by_the_worst_image_holds_every_held_out_image_to_the_target(
+        tuned: tuple) -> None:  # type: ignore[type-arg]
+    engine, samples, _ = tuned
+    result = tune(engine, samples, PATCH, STRIDE, target_ssim=0.9, score="min")
+    scores = []
+    for image in samples[result.tuning_images :]:
+        exact = engine.attribute(image, PATCH, STRIDE)
+        approximate = result.approximation.attribute(engine, image, PATCH, STRIDE,
+                                                     target=exact.target)
+        scores.append(heatmap_ssim(approximate.heatmap, exact.heatmap))
+    assert result.holdout_ssim == pytest.approx(min(scores), abs=1e-6)
+    assert min(scores) >= 0.9
+
+
+def test_tuning_with_an_unknown_score_raises() -> None:
+    engine = IncrementalOcclusion(architecture("resnet18"))
+    with pytest.raises(InvalidParamsError, match="score"):
+        tune(engine, _retina_samples(2), PATCH, STRIDE, score="median")  # type: ignore[arg-type]
+
+
 def test_tuning_with_one_image_raises_invalid_params() -> None:
     engine = IncrementalOcclusion(architecture("resnet18"))
     with pytest.raises(InvalidParamsError, match="two"):
