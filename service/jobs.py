@@ -169,7 +169,8 @@ def tuning(context: JobContext, params: TuningPlan, images: list[bytes]) -> Outc
     engine = context.cache.engine(params.model, "exact")
     assert isinstance(engine, IncrementalOcclusion)
     result = tune(engine, tensors, params.patch_size, params.stride,
-                  target_ssim=params.target_ssim, holdout=max(1, len(tensors) // 2),
+                  target_ssim=params.target_ssim, score=params.score,
+                  holdout=max(1, len(tensors) // 2),
                   patch_value=patch_value("gray", loaded.deployed.preprocessing),
                   report=report, should_stop=context.should_stop)
     config = DatasetConfig.from_tuning(

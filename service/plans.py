@@ -106,6 +106,8 @@ class TuningPlan(BaseModel):
     patch_size: int
     stride: int
     target_ssim: float
+    score: Literal["mean", "min"] = Field(
+        default="mean", description="Hold the images' mean SSIM to the target, or each image's.")
 
 
 def resolve_heatmap(
@@ -198,6 +200,7 @@ def resolve_tuning(
     patch_size: int = DEFAULT_PATCH_SIZE,
     stride: int = DEFAULT_STRIDE,
     target_ssim: float = 0.9,
+    score: Literal["mean", "min"] = "mean",
     max_gflop: float | None = None,
 ) -> TuningPlan:
     """The validated plan for tuning ``dataset`` on ``images`` sample images.
@@ -227,7 +230,7 @@ def resolve_tuning(
             f"{deployed.name!r}'s {side}-pixel input; tuning scores heatmaps by SSIM, which "
             f"needs at least {MIN_TUNING_GRID}x{MIN_TUNING_GRID}: use a smaller patch or stride")
     plan = TuningPlan(model=deployed.name, dataset=dataset, patch_size=patch_size,
-                      stride=stride, target_ssim=target_ssim)
+                      stride=stride, target_ssim=target_ssim, score=score)
     if max_gflop is not None:
         exact = HeatmapPlan(model=deployed.name, patch_size=patch_size, stride=stride)
         booked = images * work(deployed, exact)

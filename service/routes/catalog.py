@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
@@ -98,11 +98,14 @@ async def tune_dataset(
     target_ssim: Annotated[float, Form(gt=0, le=1)] = 0.9,
     patch_size: Annotated[int, Form(ge=1)] = DEFAULT_PATCH_SIZE,
     stride: Annotated[int, Form(ge=1)] = DEFAULT_STRIDE,
+    score: Annotated[Literal["mean", "min"], Form(
+        description="mean: the images' mean SSIM meets target_ssim; min: every image's does."
+    )] = "mean",
 ) -> JobView:
     """Queue a tuning job: find the fastest approximation meeting ``target_ssim`` (admin)."""
     _deployed_dataset(deployment, name)
     params = resolve_tuning(deployment, name, images=len(images), patch_size=patch_size,
-                            stride=stride, target_ssim=target_ssim,
+                            stride=stride, target_ssim=target_ssim, score=score,
                             max_gflop=settings.max_job_gflop)
     blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels)).data for i in images]

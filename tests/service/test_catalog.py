@@ -271,6 +271,7 @@ def test_tuning_with_fewer_than_two_images_answers_422(api: TestClient, retina_p
     pytest.param({"patch_size": "65"}, id="patch-over-input"),
     pytest.param({"stride": "0"}, id="stride-0"),
     pytest.param({"patch_size": "60", "stride": "8"}, id="heatmap-under-3x3"),
+    pytest.param({"score": "median"}, id="unknown-score"),
 ])
 def test_tuning_with_bad_parameters_answers_422(api: TestClient, retina_png: bytes,
                                                 fields: dict[str, str]) -> None:
@@ -278,6 +279,15 @@ def test_tuning_with_bad_parameters_answers_422(api: TestClient, retina_png: byt
                         files=_tuning_images(retina_png, 2), data=fields)
     helpers.assert_problem(response, 422)
     assert api.get(f"/v1/datasets/{UNTUNED_DATASET}").json()["tuned"] is None
+
+
+def test_tuning_by_the_worst_image_is_queued_with_that_score(api: TestClient,
+                                                            retina_png: bytes) -> None:
+    response = api.post(f"/v1/datasets/{UNTUNED_DATASET}/tuning",
+                        files=_tuning_images(retina_png, 2), data={"score": "min"})
+    assert response.status_code == 202, response.text
+    assert response.json()["params"]["score"] == "min"
+    assert api.delete(response.headers["Location"]).status_code == 204
 
 
 def test_tuning_with_a_file_that_is_not_an_image_answers_415(api: TestClient,
