@@ -383,13 +383,15 @@ class ApproximateRow:
     tau: float
     drilldown_ratio: float | None
     coarse_stride: int | None
+    drilldown_tolerance: float | None
     holdout_ssim: float
     min_holdout_ssim: float
     tuning_seconds: float
     exact_range: float
     """Mean max - min of the held-out exact heatmaps: near 0, SSIM says little."""
-    frontier: tuple[tuple[float, float | None, int | None, float, float], ...]
-    """(tau, r, coarse stride, speedup over exact, SSIM) of every setting tuning tried."""
+    frontier: tuple[tuple[float, float | None, int | None, float | None, float, float], ...]
+    """(tau, r, coarse stride, bisection tolerance, speedup over exact, SSIM) of every
+    setting tuning tried."""
     check: QualityCheck | None = None
     """The chosen setting on further images, per image (not timed)."""
 
@@ -545,11 +547,13 @@ def run_approximate_benchmark(
             exact_seconds=exact_seconds / len(held_out),
             approximate_seconds=approximate_seconds / len(held_out),
             tau=chosen.tau, drilldown_ratio=chosen.drilldown_ratio,
-            coarse_stride=chosen.coarse_stride, holdout_ssim=float(np.mean(scores)),
+            coarse_stride=chosen.coarse_stride, drilldown_tolerance=chosen.drilldown_tolerance,
+            holdout_ssim=float(np.mean(scores)),
             min_holdout_ssim=float(np.min(scores)), tuning_seconds=tuning_seconds,
             exact_range=float(np.mean(ranges)),
             frontier=tuple((p.approximation.tau, p.approximation.drilldown_ratio,
-                            p.approximation.coarse_stride, p.speedup, p.ssim)
+                            p.approximation.coarse_stride, p.approximation.drilldown_tolerance,
+                            p.speedup, p.ssim)
                            for p in tuning.frontier),
             check=checked,
         ))
@@ -594,6 +598,15 @@ def _check_cell(row: ApproximateRow) -> str:
             f"{c.pointing_agreement:.0%} | {c.images}")
 
 
+def _refinement(row: ApproximateRow) -> str:
+    """The drill-down's refinement rule: a ratio, or bisection to a tolerance under a cap."""
+    if row.drilldown_ratio is None:
+        return "-"
+    if row.drilldown_tolerance is None:
+        return f"{row.drilldown_ratio}"
+    return f"bisect {row.drilldown_tolerance} (cap {row.drilldown_ratio})"
+
+
 def format_approximate_table(rows: Sequence[ApproximateRow]) -> str:
     """A Markdown table of approximate-inference rows."""
     lines = [
@@ -607,7 +620,7 @@ def format_approximate_table(rows: Sequence[ApproximateRow]) -> str:
         lines.append(
             f"| {r.model} | {r.input_size} | {r.positions} | {r.naive_seconds:.1f} "
             f"| {r.exact_seconds:.2f} | {r.approximate_seconds:.2f} | {r.speedup_naive:.1f}x "
-            f"| {r.speedup_exact:.1f}x | {r.tau:.2f} | {r.drilldown_ratio or '-'} "
+            f"| {r.speedup_exact:.1f}x | {r.tau:.2f} | {_refinement(r)} "
             f"| {r.coarse_stride or '-'} | {r.holdout_ssim:.3f} ({r.min_holdout_ssim:.3f}) "
             f"| {r.exact_range:.3f} | {_check_cell(r)} |"
         )

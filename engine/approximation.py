@@ -7,8 +7,10 @@ Two independent approximations (docs/design.md, "Approximate inference"):
   the cap keep their original activations. ``tau = 1`` is exact.
 * Adaptive drill-down: a coarse heatmap at ``coarse_stride`` first; then the
   requested stride only at the ``drilldown_ratio`` of positions where the
-  coarse map, interpolated, shows the largest probability drop. The other
-  positions keep the interpolated coarse value
+  coarse map, interpolated, shows the largest probability drop; or, with a
+  ``drilldown_tolerance``, wherever bisection finds the interpolation off by
+  more than that share of the map's range, at most ``drilldown_ratio`` of the
+  positions. The other positions keep the interpolated coarse value
   (:class:`~krypton.engine.drilldown.DrillDown`).
 """
 
@@ -38,11 +40,15 @@ class Approximation:
             coarse stage, ``0 < r <= 1``; ``None`` runs no drill-down.
         coarse_stride: stride of the coarse stage in input pixels; required
             with ``drilldown_ratio``.
+        drilldown_tolerance: refine by bisection to this share of the coarse
+            map's range, ``drilldown_ratio`` being the cap; ``None`` refines
+            the ratio with the largest drop.
     """
 
     tau: float = 1.0
     drilldown_ratio: float | None = None
     coarse_stride: int | None = None
+    drilldown_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         check_tau(self.tau)
@@ -50,8 +56,11 @@ class Approximation:
             raise InvalidParamsError(
                 "drill-down needs both drilldown_ratio and coarse_stride, or neither"
             )
+        if self.drilldown_tolerance is not None and not self.drills_down:
+            raise InvalidParamsError(
+                "drilldown_tolerance needs drilldown_ratio (its cap) and coarse_stride")
         if self.drilldown_ratio is not None and self.coarse_stride is not None:
-            check_drilldown(self.drilldown_ratio, self.coarse_stride)
+            check_drilldown(self.drilldown_ratio, self.coarse_stride, self.drilldown_tolerance)
 
     @property
     def drills_down(self) -> bool:
@@ -72,7 +81,8 @@ class Approximation:
         if self.drills_down:
             assert self.drilldown_ratio is not None and self.coarse_stride is not None
             occluder = DrillDown(engine, ratio=self.drilldown_ratio,
-                                 coarse_stride=self.coarse_stride)
+                                 coarse_stride=self.coarse_stride,
+                                 tolerance=self.drilldown_tolerance)
         return occluder.attribute(image, patch_size, stride, tau=self.tau, **options)
 
 

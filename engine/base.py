@@ -285,7 +285,8 @@ class OcclusionEngine(ABC):
 
     def result(self, prepared: Prepared, grid: PatchGrid, heatmap: Tensor, loop: BatchLoop, *,
                tau: float, drilldown_ratio: float | None = None,
-               coarse_stride: int | None = None, refined: int | None = None) -> OcclusionResult:
+               coarse_stride: int | None = None, drilldown_tolerance: float | None = None,
+               refined: int | None = None, rounds: int | None = None) -> OcclusionResult:
         """The finished heatmap of ``grid``, its prediction and how the run went."""
         seconds = time.perf_counter() - loop.started
         approximate = tau != 1.0 or drilldown_ratio is not None
@@ -313,7 +314,9 @@ class OcclusionEngine(ABC):
                 tau=tau,
                 drilldown_ratio=drilldown_ratio,
                 coarse_stride=coarse_stride,
+                drilldown_tolerance=drilldown_tolerance,
                 refined_positions=refined,
+                refine_rounds=rounds,
             ),
         )
 

@@ -3,9 +3,18 @@
 A wrapper around an engine, as Captum's ``NoiseTunnel`` wraps an attribution
 method: it prepares the image once with the engine, occludes every position
 of a coarse grid, estimates the fine heatmap from it by bilinear
-interpolation, and recomputes at the fine stride only the ``ratio`` of
-positions where the estimate shows the largest probability drop. The other
-positions keep the interpolated value.
+interpolation, and recomputes at the fine stride where that estimate is
+least to be trusted. Two rules choose where:
+
+* the ``ratio`` of positions where the estimate shows the largest
+  probability drop (the KRYPTON paper's rule): a fixed cost, blind to a
+  lesion's edge or a second lesion the interpolation smooths away;
+* with a ``tolerance``, bisection (:mod:`krypton.engine.bisection`): cells
+  whose exact midpoints depart from the interpolation are split until they
+  agree, at most ``ratio`` of the positions, so each image pays for what its
+  own heatmap needs.
+
+The other positions keep the interpolated value.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from krypton.engine.base import (
     ProgressCallback,
     StopCheck,
 )
+from krypton.engine.bisection import bisect, lattice_axis
 from krypton.engine.errors import InvalidParamsError
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.result import OcclusionResult
@@ -38,18 +48,26 @@ class DrillDown:
 
     Args:
         engine: the engine that occludes both grids.
-        ratio: fraction ``r`` of fine positions recomputed, ``0 < r <= 1``.
-        coarse_stride: stride of the coarse stage, in input pixels.
+        ratio: fraction ``r`` of fine positions recomputed, ``0 < r <= 1``;
+            with a ``tolerance``, the most that may be.
+        coarse_stride: stride of the coarse stage, in input pixels; with a
+            ``tolerance``, a multiple of the fine stride.
+        tolerance: refine by bisection until midpoints depart from the
+            interpolation by at most this share of the coarse map's range;
+            ``None`` refines the ``ratio`` with the largest drop.
 
     Example::
 
         >>> engine = IncrementalOcclusion(model)
-        >>> DrillDown(engine, ratio=0.05, coarse_stride=15).attribute(image, 16, 4)
+        >>> DrillDown(engine, ratio=0.05, coarse_stride=16).attribute(image, 16, 4)
+        >>> DrillDown(engine, ratio=0.5, coarse_stride=16, tolerance=0.1).attribute(image, 16, 4)
     """
 
-    def __init__(self, engine: OcclusionEngine, *, ratio: float, coarse_stride: int) -> None:
-        check_drilldown(ratio, coarse_stride)
+    def __init__(self, engine: OcclusionEngine, *, ratio: float, coarse_stride: int,
+                 tolerance: float | None = None) -> None:
+        check_drilldown(ratio, coarse_stride, tolerance)
         self.engine, self.ratio, self.coarse_stride = engine, float(ratio), coarse_stride
+        self.tolerance = None if tolerance is None else float(tolerance)
 
     def attribute(
         self,
@@ -79,28 +97,79 @@ class DrillDown:
             prepared = engine.prepare(image, patch_value=patch_value, target=target)
             fine = PatchGrid(prepared.height, prepared.width, patch_size, stride)
             coarse = PatchGrid(prepared.height, prepared.width, patch_size, self.coarse_stride)
-            refined = drilldown_count(fine.size, self.ratio)
-            loop.total = coarse.size + refined
+            if self.tolerance is not None and self.coarse_stride % stride:
+                raise InvalidParamsError(
+                    f"drilldown_tolerance needs a coarse_stride that is a multiple of the stride "
+                    f"({stride}), got {self.coarse_stride}")
+            budget = drilldown_count(fine.size, self.ratio)
+            loop.total = coarse.size + budget
             coarse_map = engine.occlude(
                 prepared, coarse, loop, tau=tau,
                 on_batch=None if partial is None else _coarse_so_far(partial, coarse, fine),
             ).view(coarse.shape)
-            heatmap = interpolate_coarse(coarse_map, coarse, fine)
-            chosen = top_drop(heatmap, self.ratio)
-            if partial is not None:
-                partial(heatmap.cpu().numpy().astype(np.float32))
 
-            def refined_so_far(out: Tensor, filled: int) -> None:
-                if partial is not None:
-                    so_far = heatmap.clone()
-                    so_far.view(-1)[chosen[:filled]] = out[:filled]
-                    partial(so_far.cpu().numpy().astype(np.float32))
+            def measure(positions: Tensor, on_batch: Callable[[Tensor, int], None] | None = None
+                        ) -> Tensor:
+                return engine.occlude(prepared, fine, loop, positions=positions, tau=tau,
+                                      on_batch=on_batch)
 
-            heatmap.view(-1)[chosen] = engine.occlude(prepared, fine, loop, positions=chosen,
-                                                      tau=tau, on_batch=refined_so_far)
+            if self.tolerance is None:
+                heatmap, refined, rounds = _refine_lowest(coarse_map, coarse, fine, self.ratio,
+                                                          measure, partial)
+            else:
+                heatmap, refined, rounds = _refine_by_bisection(
+                    coarse_map, fine, self.coarse_stride // stride, self.tolerance, budget,
+                    measure, partial)
         return engine.result(prepared, fine, heatmap, loop, tau=tau,
                              drilldown_ratio=self.ratio, coarse_stride=self.coarse_stride,
-                             refined=refined)
+                             drilldown_tolerance=self.tolerance, refined=refined, rounds=rounds)
+
+
+Measure = Callable[..., Tensor]
+"""Probabilities at flat fine-grid indices, with an optional ``on_batch``."""
+
+
+def _refine_lowest(coarse_map: Tensor, coarse: PatchGrid, fine: PatchGrid, ratio: float,
+                   measure: Measure, partial: PartialCallback | None
+                   ) -> tuple[Tensor, int, int]:
+    """The interpolated map with the ``ratio`` of positions of lowest estimate recomputed."""
+    heatmap = interpolate_coarse(coarse_map, coarse, fine)
+    chosen = top_drop(heatmap, ratio)
+    if partial is not None:
+        partial(heatmap.cpu().numpy().astype(np.float32))
+
+    def refined_so_far(out: Tensor, filled: int) -> None:
+        if partial is not None:
+            so_far = heatmap.clone()
+            so_far.view(-1)[chosen[:filled]] = out[:filled]
+            partial(so_far.cpu().numpy().astype(np.float32))
+
+    heatmap.view(-1)[chosen] = measure(chosen, refined_so_far)
+    return heatmap, chosen.numel(), 1
+
+
+def _refine_by_bisection(coarse_map: Tensor, fine: PatchGrid, step: int, tolerance: float,
+                         budget: int, measure: Measure, partial: PartialCallback | None
+                         ) -> tuple[Tensor, int, int]:
+    """The coarse map on the fine grid (every ``step``-th index), refined by bisection."""
+    values = np.zeros(fine.shape)
+    known = np.zeros(fine.shape, dtype=bool)
+    values[::step, ::step] = coarse_map.cpu().numpy()
+    known[::step, ::step] = True
+
+    def exact(flat: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        positions = torch.as_tensor(flat, device=coarse_map.device)
+        return measure(positions).cpu().numpy().astype(np.float64)
+
+    def report(estimate: npt.NDArray[np.float64]) -> None:
+        if partial is not None:
+            partial(estimate.astype(np.float32))
+
+    done = bisect(values, known, lattice_axis(fine.shape[0], step),
+                  lattice_axis(fine.shape[1], step), exact, tolerance=tolerance, budget=budget,
+                  report=report)
+    heatmap = torch.as_tensor(done.heatmap, dtype=torch.float32, device=coarse_map.device)
+    return heatmap, done.refined, done.rounds
 
 
 def _coarse_so_far(partial: PartialCallback, coarse: PatchGrid, fine: PatchGrid
@@ -123,13 +192,18 @@ def _nearest(fine: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64]) -> npt.
     return nearest
 
 
-def check_drilldown(ratio: float, coarse_stride: int) -> None:
-    """Raises InvalidParamsError unless ``0 < ratio <= 1`` and ``coarse_stride`` >= 1."""
+def check_drilldown(ratio: float, coarse_stride: int, tolerance: float | None = None) -> None:
+    """Raises InvalidParamsError unless ``0 < ratio <= 1``, ``coarse_stride >= 1`` and
+    ``tolerance``, if given, is in ``[0, 1]``."""
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
         raise InvalidParamsError(f"drilldown_ratio must be in (0, 1], got {ratio!r}")
     if isinstance(coarse_stride, bool) or not isinstance(coarse_stride, int) or coarse_stride < 1:
         raise InvalidParamsError(
             f"coarse_stride must be a positive integer, got {coarse_stride!r}")
+    if tolerance is not None and (isinstance(tolerance, bool)
+                                  or not isinstance(tolerance, int | float)
+                                  or not 0.0 <= tolerance <= 1.0):
+        raise InvalidParamsError(f"drilldown_tolerance must be in [0, 1], got {tolerance!r}")
 
 
 def interpolate_coarse(coarse: torch.Tensor, coarse_grid: PatchGrid,

@@ -74,6 +74,7 @@ def occlusion(
     tau: float | None = None,
     drilldown_ratio: float | None = None,
     coarse_stride: int | None = None,
+    drilldown_tolerance: float | None = None,
 ) -> OcclusionResult:
     """Occlusion sensitivity heatmap of one image.
 
@@ -100,6 +101,9 @@ def occlusion(
         drilldown_ratio: fraction of fine positions recomputed after a coarse
             pass at ``coarse_stride``; approximate mode only.
         coarse_stride: stride of the drill-down's coarse pass, in input pixels.
+        drilldown_tolerance: refine by bisection until the interpolation is
+            within this share of the coarse map's range, ``drilldown_ratio``
+            being the most refined (see :class:`~krypton.engine.drilldown.DrillDown`).
 
     Returns:
         The heatmap (``(H - P) // S + 1`` rows by ``(W - P) // S + 1``
@@ -116,15 +120,17 @@ def occlusion(
         >>> result.heatmap.shape
         (27, 27)
     """
-    knobs = (tau, drilldown_ratio, coarse_stride)
+    knobs = (tau, drilldown_ratio, coarse_stride, drilldown_tolerance)
     if mode != "approximate" and any(k is not None for k in knobs):
         raise InvalidParamsError(
-            f"tau, drilldown_ratio and coarse_stride need mode='approximate', not {mode!r}")
+            "tau, drilldown_ratio, coarse_stride and drilldown_tolerance need "
+            f"mode='approximate', not {mode!r}")
     if mode == "approximate" and all(k is None for k in knobs):
         raise InvalidParamsError(
             "mode='approximate' needs tau and/or drilldown_ratio with coarse_stride "
             "(see `krypton tune` for a dataset's settings); mode='exact' runs without them")
-    approximation = Approximation(1.0 if tau is None else tau, drilldown_ratio, coarse_stride)
+    approximation = Approximation(1.0 if tau is None else tau, drilldown_ratio, coarse_stride,
+                                  drilldown_tolerance)
     engine = _engine(model, mode, device, output)
     return approximation.attribute(
         engine, image, patch_size, stride, patch_value=patch_value, target=target,

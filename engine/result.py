@@ -36,8 +36,11 @@ class RunStats:
     tau: float = 1.0
     drilldown_ratio: float | None = None
     coarse_stride: int | None = None
+    drilldown_tolerance: float | None = None
     refined_positions: int | None = None
     """Drill-down only: fine positions recomputed after the coarse stage."""
+    refine_rounds: int | None = None
+    """Drill-down only: rounds of refinement; bisection escalates one level per round."""
 
     @property
     def positions_per_second(self) -> float:

@@ -9,6 +9,8 @@ and spends its time where settings are cheap:
    target speedups ``t`` (coarse stride from ``S1 = S2 * sqrt(t / (1 - r*t))``)
    until the SSIM misses. SSIM only falls as ``t`` grows, so the steps after
    the first miss need not be run. Each run costs about ``1/t`` of an exact one.
+   Refinement by bisection is tried the same way: at a few coarse strides,
+   with growing tolerances until the first miss.
 3. ``tau`` is then lowered step by step on top of the fastest passing
    drill-down settings (or alone, when none passes), again until the first
    miss: the two approximations compound, so their product is what is scored.
@@ -44,6 +46,11 @@ logger = logging.getLogger(__name__)
 TAUS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 RATIOS = (0.05, 0.1, 0.2, 0.4)
 SPEEDUPS = (2.0, 3.0, 5.0, 8.0, 12.0, 16.0)
+BISECTION_MULTIPLES = (4, 8)
+"""Coarse strides for bisection, in fine strides (bisection halves cells down to the fine grid)."""
+TOLERANCES = (0.05, 0.1, 0.15, 0.2, 0.3)
+BISECTION_CAP = 0.5
+"""The most of the fine positions bisection may refine: its worst case is half an exact run."""
 TAU_BASES = 2
 """How many of the fastest passing drill-down settings get a ``tau`` sweep."""
 
@@ -173,11 +180,18 @@ def tune(
             if evaluate(Approximation(1.0, ratio, coarse)).ssim < target_ssim:
                 break
 
+    for multiple in BISECTION_MULTIPLES:
+        for tolerance in TOLERANCES:
+            if evaluate(Approximation(1.0, BISECTION_CAP, multiple * stride,
+                                      tolerance)).ssim < target_ssim:
+                break
+
     drilldowns = sorted((p for p in frontier if p.ssim >= target_ssim), key=lambda p: p.seconds)
     bases = [p.approximation for p in drilldowns[:TAU_BASES]] or [Approximation()]
     for base in bases:
         for tau in TAUS:
-            point = evaluate(Approximation(tau, base.drilldown_ratio, base.coarse_stride))
+            point = evaluate(Approximation(tau, base.drilldown_ratio, base.coarse_stride,
+                                           base.drilldown_tolerance))
             if point.ssim < target_ssim:
                 break
 
@@ -259,4 +273,6 @@ def _describe(approximation: Approximation) -> str:
     if approximation.drills_down:
         text += (f", drill-down r {approximation.drilldown_ratio:.2f} "
                  f"coarse stride {approximation.coarse_stride}")
+    if approximation.drilldown_tolerance is not None:
+        text += f" bisection tolerance {approximation.drilldown_tolerance:.2f}"
     return text

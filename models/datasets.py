@@ -34,6 +34,8 @@ class TunedKnobs(Protocol):
     def drilldown_ratio(self) -> float | None: ...
     @property
     def coarse_stride(self) -> int | None: ...
+    @property
+    def drilldown_tolerance(self) -> float | None: ...
 
 
 class TuningOutcome(Protocol):
@@ -67,6 +69,8 @@ class DatasetConfig:
     """Mean SSIM against exact heatmaps on the held-out sample images."""
     speedup: float | None = None
     """Measured speedup over exact incremental inference while tuning."""
+    drilldown_tolerance: float | None = None
+    """Refinement by bisection to this tolerance, ``drilldown_ratio`` its cap."""
     created: str = field(default_factory=lambda: dt.date.today().isoformat())
     version: int = SCHEMA_VERSION
 
@@ -84,6 +88,8 @@ class DatasetConfig:
             raise DatasetConfigError(f"tau must be in (0, 1], got {self.tau}")
         if (self.drilldown_ratio is None) != (self.coarse_stride is None):
             raise DatasetConfigError("drilldown_ratio and coarse_stride go together")
+        if self.drilldown_tolerance is not None and self.drilldown_ratio is None:
+            raise DatasetConfigError("drilldown_tolerance needs drilldown_ratio and coarse_stride")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +126,8 @@ class DatasetConfig:
         chosen = result.approximation
         return cls(dataset=dataset, model=model, checkpoint=checkpoint, patch_size=patch_size,
                    stride=stride, tau=chosen.tau, drilldown_ratio=chosen.drilldown_ratio,
-                   coarse_stride=chosen.coarse_stride, target_ssim=result.target_ssim,
+                   coarse_stride=chosen.coarse_stride,
+                   drilldown_tolerance=chosen.drilldown_tolerance, target_ssim=result.target_ssim,
                    achieved_ssim=round(result.holdout_ssim, 4),
                    speedup=round(result.speedup, 3))
 

@@ -106,7 +106,8 @@ def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floatin
     loaded = cache.get(plan.model)
     plan.check_weights(loaded.weights_id)
     preprocessing = loaded.deployed.preprocessing
-    approximation = Approximation(plan.tau, plan.drilldown_ratio, plan.coarse_stride)
+    approximation = Approximation(plan.tau, plan.drilldown_ratio, plan.coarse_stride,
+                                  plan.drilldown_tolerance)
     return approximation.attribute(
         cache.engine(plan.model, plan.mode), loaded.model_input(pixels),
         plan.patch_size, plan.stride, patch_value=patch_value(plan.patch_color, preprocessing),
@@ -131,7 +132,9 @@ def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outc
             positions=stats.positions, input_size=loaded.deployed.preprocessing.size,
             heatmap_shape=result.heatmap.shape, seconds=stats.seconds,
             device=stats.device, mode=plan.mode, flops_ratio=stats.flops_ratio, tau=stats.tau,
-            drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride),
+            drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride,
+            drilldown_tolerance=stats.drilldown_tolerance,
+            refined_positions=stats.refined_positions, refine_rounds=stats.refine_rounds),
     }, result=heatmap_npy(result.heatmap))
 
 

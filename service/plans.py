@@ -78,6 +78,9 @@ class HeatmapPlan(BaseModel):
     tau: float = Field(default=1.0, description="Projective-field threshold; 1 is exact.")
     drilldown_ratio: float | None = None
     coarse_stride: int | None = None
+    drilldown_tolerance: float | None = Field(
+        default=None, description="Refine by bisection to this share of the coarse map's "
+                                  "range, drilldown_ratio the cap.")
     tuned_for: str | None = Field(
         default=None, description="Identity of the weights the dataset's config was tuned on.")
     frame: int | None = Field(
@@ -124,6 +127,7 @@ def resolve_heatmap(
     tau: float | None = None,
     drilldown_ratio: float | None = None,
     coarse_stride: int | None = None,
+    drilldown_tolerance: float | None = None,
     max_gflop: float | None = None,
     frame: int | None = None,
 ) -> HeatmapPlan:
@@ -139,8 +143,8 @@ def resolve_heatmap(
         patch_color: ``gray``, ``black``, ``white``, ``mean`` or ``R,G,B``.
         target_class: class to explain; default the predicted one.
         mode: ``exact``, ``approximate`` or ``naive``.
-        tau, drilldown_ratio, coarse_stride: approximate mode without a
-            dataset (the command line's hand-set knobs).
+        tau, drilldown_ratio, coarse_stride, drilldown_tolerance: approximate
+            mode without a dataset (the command line's hand-set knobs).
         max_gflop: refuse a plan whose :func:`work` is larger (the service's
             bound on one job); ``None`` sets no bound.
         frame: the frame of a multi-frame DICOM image to explain (1-based).
@@ -172,18 +176,19 @@ def resolve_heatmap(
     plan = HeatmapPlan(model=deployed.name, dataset=dataset, patch_size=patch_size,
                        stride=stride, patch_color=patch_color, target_class=target_class,
                        mode=mode, frame=frame)
-    knobs = (tau, drilldown_ratio, coarse_stride)
+    knobs = (tau, drilldown_ratio, coarse_stride, drilldown_tolerance)
     if mode != "approximate":
         if any(k is not None for k in knobs):
-            raise InvalidArgumentError("tau, drilldown_ratio and coarse_stride need "
-                                       "mode approximate")
+            raise InvalidArgumentError("tau, drilldown_ratio, coarse_stride and "
+                                       "drilldown_tolerance need mode approximate")
     elif any(k is not None for k in knobs):
         if dataset is not None:
             raise InvalidArgumentError("give either a dataset or tau/drilldown_ratio/"
                                        "coarse_stride, not both")
         plan = plan.model_copy(update={"tau": 1.0 if tau is None else tau,
                                        "drilldown_ratio": drilldown_ratio,
-                                       "coarse_stride": coarse_stride})
+                                       "coarse_stride": coarse_stride,
+                                       "drilldown_tolerance": drilldown_tolerance})
     else:
         plan = plan.model_copy(update=_tuned_knobs(deployed, dataset, config, patch_size,
                                                    stride))
@@ -299,4 +304,5 @@ def _tuned_knobs(deployed: DeployedModel, dataset: str | None, config: DatasetCo
                                  f"(POST /v1/datasets/{dataset}/tuning or `krypton tune`)")
     config.check_compatible(deployed.architecture, patch_size=patch_size, stride=stride)
     return {"tau": config.tau, "drilldown_ratio": config.drilldown_ratio,
-            "coarse_stride": config.coarse_stride, "tuned_for": config.checkpoint}
+            "coarse_stride": config.coarse_stride,
+            "drilldown_tolerance": config.drilldown_tolerance, "tuned_for": config.checkpoint}

@@ -104,6 +104,11 @@ class RunSummary(BaseModel):
     tau: float = 1.0
     drilldown_ratio: float | None = None
     coarse_stride: int | None = None
+    drilldown_tolerance: float | None = None
+    refined_positions: int | None = None
+    """Drill-down: fine positions recomputed after the coarse stage."""
+    refine_rounds: int | None = None
+    """Drill-down: rounds of refinement (bisection escalates one level per round)."""
 
 
 class Job(BaseModel):

@@ -16,7 +16,8 @@ def _row(**changes: object) -> ApproximateRow:
     values: dict[str, object] = dict(
         model="resnet18", input_size=224, patch=16, stride=4, positions=2809,
         naive_pps=50.0, exact_seconds=20.0, approximate_seconds=2.0, tau=0.6,
-        drilldown_ratio=0.05, coarse_stride=15, holdout_ssim=0.91, min_holdout_ssim=0.9,
+        drilldown_ratio=0.05, coarse_stride=15, drilldown_tolerance=None, holdout_ssim=0.91,
+        min_holdout_ssim=0.9,
         tuning_seconds=100.0, exact_range=0.8, frontier=(),
     )
     values.update(changes)
@@ -70,3 +71,8 @@ def test_check_images_without_the_demo_models_raise() -> None:
 def test_a_negative_check_count_raises_before_any_work() -> None:
     with pytest.raises(ValueError, match="check"):
         run_approximate_benchmark(["resnet18"], check=-1, demo_weights="checkpoints")
+
+
+def test_the_table_names_a_bisection_and_its_cap() -> None:
+    row = _row(drilldown_ratio=0.5, coarse_stride=16, drilldown_tolerance=0.1)
+    assert "| bisect 0.1 (cap 0.5) | 16 |" in format_approximate_table([row])

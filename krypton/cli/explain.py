@@ -105,6 +105,9 @@ def explain(
         help="Fraction of positions re-run at --stride after a coarse pass.")] = None,
     coarse_stride: Annotated[int | None, typer.Option(
         help="Stride of the drill-down's coarse pass.")] = None,
+    drilldown_tolerance: Annotated[float | None, typer.Option(
+        help="Refine by bisection until the interpolation is within this share of the "
+        "coarse map's range; --drilldown-ratio is then the most refined.")] = None,
     device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.cpu,
     view: Annotated[ViewChoice | None, typer.Option(
         help="drop = p(class) - p(class | patch), high where evidence is; probability = "
@@ -128,7 +131,7 @@ def explain(
             config=DatasetStore(deployment.datasets_dir).find(dataset) if dataset else None,
             patch_size=patch, stride=stride, patch_color=color, target_class=target,
             mode=mode.value, tau=tau, drilldown_ratio=drilldown_ratio,
-            coarse_stride=coarse_stride, frame=frame)
+            coarse_stride=coarse_stride, drilldown_tolerance=drilldown_tolerance, frame=frame)
         deployed = deployment.model(plan.model)
         pixels = decode_image(image, max_side=INFERENCE_SIDE, frame=frame)
         with tqdm(total=None, unit="pos", disable=not sys.stderr.isatty(),

@@ -142,6 +142,10 @@ def test_drilldown_over_the_naive_engine_runs_without_tau(tiny_cnn: nn.Module) -
                  id="ratio-zero"),
     pytest.param({"drilldown_ratio": 0.1, "coarse_stride": 0}, "coarse_stride",
                  id="stride-zero"),
+    pytest.param({"drilldown_tolerance": 0.1}, "drilldown_tolerance needs",
+                 id="tolerance-without-drilldown"),
+    pytest.param({"drilldown_ratio": 0.5, "coarse_stride": 8, "drilldown_tolerance": -0.1},
+                 "drilldown_tolerance", id="negative-tolerance"),
 ])
 def test_approximation_with_bad_setting_raises_invalid_params(options: dict[str, float],
                                                               message: str) -> None:
@@ -260,3 +264,37 @@ def test_drilldown_shows_the_interpolated_coarse_map_before_refining(
         assert (distance <= TOLERANCE).all(), "before it, only coarse values, cell by cell"
     assert np.abs(interpolated - heatmap).max() > TOLERANCE, "refinement changes it"
     np.testing.assert_array_equal(seen[-1], heatmap)
+
+
+def test_bisection_to_tolerance_zero_with_no_cap_equals_the_fine_map(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    naive = occlusion(model, image, 12, 6, mode="naive")
+    bisected = occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=1.0,
+                         coarse_stride=24, drilldown_tolerance=0.0)
+    np.testing.assert_allclose(bisected.heatmap, naive.heatmap, rtol=0, atol=TOLERANCE)
+
+
+def test_bisection_keeps_exact_values_where_it_refines_and_reports_what_it_did(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    exact = occlusion(model, image, 12, 6).heatmap
+    result = occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.5,
+                       coarse_stride=24, drilldown_tolerance=0.1)
+    stats, coarse = result.stats, PatchGrid(96, 96, 12, 24)
+    assert stats.drilldown_tolerance == 0.1 and stats.refine_rounds is not None
+    assert 0 < stats.refined_positions <= np.ceil(0.5 * exact.size)
+    assert stats.positions == coarse.size + stats.refined_positions
+    exact_cells = np.isclose(result.heatmap, exact, rtol=0, atol=TOLERANCE)
+    assert exact_cells.sum() >= stats.positions, "every occluded position keeps its value"
+
+
+def test_bisection_needs_a_coarse_stride_on_the_fine_grid(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    with pytest.raises(InvalidParamsError, match="multiple of the stride"):
+        occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.5,
+                  coarse_stride=20, drilldown_tolerance=0.1)

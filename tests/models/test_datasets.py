@@ -71,14 +71,15 @@ def test_config_is_accepted_for_its_own_model_and_geometry() -> None:
 
 def test_config_from_tuning_records_the_chosen_knobs_and_scores() -> None:
     class Knobs:
-        tau, drilldown_ratio, coarse_stride = 0.6, 0.05, 15
+        tau, drilldown_ratio, coarse_stride, drilldown_tolerance = 0.6, 0.5, 16, 0.1
 
     class Result:
         approximation, target_ssim, holdout_ssim, speedup = Knobs(), 0.9, 0.912345, 7.12345
 
     config = DatasetConfig.from_tuning(Result(), dataset="d", model="resnet18",
                                        checkpoint="ab" * 32, patch_size=16, stride=4)
-    assert (config.tau, config.drilldown_ratio, config.coarse_stride) == (0.6, 0.05, 15)
+    assert (config.tau, config.drilldown_ratio, config.coarse_stride,
+            config.drilldown_tolerance) == (0.6, 0.5, 16, 0.1)
     assert (config.achieved_ssim, config.speedup, config.met_target) == (0.9123, 7.123, True)
 
 
@@ -110,3 +111,16 @@ def test_invalid_config_values_raise_dataset_config_error(changes: dict[str, obj
                                                           message: str) -> None:
     with pytest.raises(DatasetConfigError, match=message):
         _config(**changes)
+
+
+def test_config_refuses_a_bisection_tolerance_without_its_cap() -> None:
+    with pytest.raises(DatasetConfigError, match="drilldown_tolerance needs drilldown_ratio"):
+        DatasetConfig(dataset="d", model="resnet18", checkpoint="ab" * 32, patch_size=16,
+                      stride=4, tau=1.0, drilldown_ratio=None, coarse_stride=None,
+                      drilldown_tolerance=0.1, target_ssim=0.9, achieved_ssim=0.95)
+
+
+def test_config_written_before_bisection_reads_without_a_tolerance() -> None:
+    document = json.loads(_config().to_json())
+    document.pop("drilldown_tolerance")
+    assert DatasetConfig.from_json(json.dumps(document)).drilldown_tolerance is None

@@ -50,6 +50,12 @@ def test_approximate_plan_takes_the_dataset_knobs_and_their_checkpoint(
     assert plan.tuned_for == "ab" * 32
 
 
+def test_approximate_plan_takes_a_tuned_bisection_tolerance(deployment: Deployment) -> None:
+    config = _config(drilldown_ratio=0.5, coarse_stride=24, drilldown_tolerance=0.1)
+    plan = resolve_heatmap(deployment, dataset=DATASET, config=config, mode="approximate")
+    assert (plan.drilldown_ratio, plan.coarse_stride, plan.drilldown_tolerance) == (0.5, 24, 0.1)
+
+
 def test_approximate_plan_takes_hand_set_knobs_without_a_dataset(
         deployment: Deployment) -> None:
     plan = resolve_heatmap(deployment, mode="approximate", drilldown_ratio=0.2,
@@ -85,6 +91,8 @@ def test_plan_is_immutable(deployment: Deployment) -> None:
                  id="approximate-other-architecture"),
     pytest.param({"tau": 0.5}, InvalidArgumentError, "mode approximate",
                  id="knobs-without-approximate"),
+    pytest.param({"drilldown_tolerance": 0.1}, InvalidArgumentError, "mode approximate",
+                 id="tolerance-without-approximate"),
     pytest.param({"mode": "approximate", "dataset": DATASET, "config": _config(),
                   "tau": 0.5}, InvalidArgumentError, "not both", id="knobs-and-dataset"),
 ])
