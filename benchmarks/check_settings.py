@@ -26,14 +26,14 @@ from krypton.service.model_cache import ModelCache
 
 def main(
     model: str,
-    setting: Annotated[list[str], typer.Option(help="TAU/R/COARSE, repeatable.")],
+    setting: Annotated[list[str], typer.Option(
+        help="TAU/R/COARSE[/TOLERANCE], repeatable.")],
     stride: int = 4,
     patch: int = 16,
     count: int = 8,
     weights: str = "checkpoints",
 ) -> None:
-    settings = [Approximation(float(t), float(r), int(c))
-                for t, r, c in (s.split("/") for s in setting)]
+    settings = [Approximation.from_text(text) for text in setting]
     cache = ModelCache(bench_deployment([model], weights), "cpu")
     loaded = cache.get(model)
     exact, naive = cache.engine(model, "exact"), cache.engine(model, "naive")

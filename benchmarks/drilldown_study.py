@@ -3,7 +3,7 @@
 On unseen demo lesion images, for each coarse stride (``--coarse``) at
 ``tau = 1`` and ratio ``r``, reports SSIM against the exact map (mean, 10th
 percentile, min) and the pointing game's agreement with the exact map, for
-two ways of choosing the refined cells:
+three ways of choosing the refined cells:
 
 * ``drop``: the engine's drill-down (``DrillDown``), which refines the cells
   with the largest interpolated probability drop;
@@ -11,12 +11,18 @@ two ways of choosing the refined cells:
   widest range (where the interpolation is least sure), simulated from the
   exact map: a refined cell's value is its exact value. The same simulation
   with ``drop``'s choice is checked against the engine's output first, so the
-  two rows compare like with like.
+  two rows compare like with like;
+* ``bisect T``: refinement by bisection to tolerance ``T`` under the cap
+  ``--cap`` (:mod:`krypton.engine.bisection`), for each coarse stride of
+  ``--bisect-coarse``, run on the exact map (at ``tau = 1`` every position it
+  measures is exact); checked against the engine on the first image.
 
-No timing: the cost of a setting is its position count, printed beside it::
+No timing: the cost of a setting is its position count, printed beside it
+(mean and most over the images, for bisection, whose cost varies)::
 
     python -m krypton.benchmarks.drilldown_study --demo-weights checkpoints \\
-        --model resnet18 --images 12 --coarse 8,10,11,12,15,16,20
+        --model resnet18 --images 12 --coarse 8,12,16,20 --bisect-coarse 16,32 \\
+        --tolerances 0.05,0.1,0.15,0.2 --seed 2
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import Tensor
 from krypton.benchmarks.engine import POINTING_TOLERANCE, bench_deployment
 from krypton.demo import SAMPLE_SEED, lesion_batch
 from krypton.engine import Approximation, IncrementalOcclusion, heatmap_ssim, points_at
+from krypton.engine.bisection import bisect, lattice_axis
 from krypton.engine.drilldown import drilldown_count, interpolate_coarse
 from krypton.engine.patches import PatchGrid
 from krypton.models import to_model_input
@@ -52,6 +59,18 @@ def _filled(estimate: Tensor, exact: np.ndarray, chosen: Tensor) -> np.ndarray:
     return heatmap.view(estimate.shape).numpy()
 
 
+def _bisected(exact: np.ndarray, step: int, tolerance: float, budget: int
+              ) -> tuple[np.ndarray, int]:
+    """Bisection on ``exact``'s every ``step``-th value: the map and the positions it cost."""
+    known = np.zeros(exact.shape, dtype=bool)
+    known[::step, ::step] = True
+    done = bisect(np.where(known, exact, 0.0).astype(np.float64), known,
+                  lattice_axis(exact.shape[0], step), lattice_axis(exact.shape[1], step),
+                  lambda flat: exact.ravel()[flat].astype(np.float64), tolerance=tolerance,
+                  budget=budget)
+    return done.heatmap, int(known.sum()) + done.refined
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-weights", required=True,
@@ -62,17 +81,27 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=4)
     parser.add_argument("--ratio", type=float, default=0.05)
     parser.add_argument("--coarse", default="8,10,11,12,15,16,20")
+    parser.add_argument("--bisect-coarse", default="16,32",
+                        help="Coarse strides for bisection, multiples of --stride.")
+    parser.add_argument("--tolerances", default="0.05,0.1,0.15,0.2")
+    parser.add_argument("--cap", type=float, default=0.5,
+                        help="Bisection's cap: the most of the fine positions it refines.")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="Images of seed SAMPLE_SEED + this (tuning uses +0).")
     args = parser.parse_args()
     patch, stride, ratio = args.patch, args.stride, args.ratio
     strides = [int(s) for s in args.coarse.split(",")]
+    bisect_strides = [int(s) for s in args.bisect_coarse.split(",")]
+    tolerances = [float(t) for t in args.tolerances.split(",")]
     cache = ModelCache(bench_deployment([args.model], args.demo_weights), "cpu")
     preprocessing = cache.get(args.model).deployed.preprocessing
     engine = cache.engine(args.model, "exact")
     assert isinstance(engine, IncrementalOcclusion)
     size, tolerance = preprocessing.size, POINTING_TOLERANCE * patch
     fine = PatchGrid(size, size, patch, stride)
-    batch = lesion_batch(size, args.images, seed=SAMPLE_SEED + 1)
-    scores: dict[tuple[int, str], list[tuple[float, bool]]] = {}
+    batch = lesion_batch(size, args.images, seed=SAMPLE_SEED + args.seed)
+    scores: dict[tuple[int, str], list[tuple[float, bool, int]]] = {}
+    count = drilldown_count(fine.size, ratio)
     exact_hits = []
     for index in range(args.images):
         image = to_model_input(batch.pixels(index), preprocessing)
@@ -87,7 +116,6 @@ def main() -> None:
             coarse = torch.from_numpy(engine.attribute(
                 image, patch, coarse_stride, target=exact.target).heatmap)
             estimate = interpolate_coarse(coarse, grid, fine)
-            count = drilldown_count(fine.size, ratio)
             by_drop = torch.topk(estimate.flatten(), count, largest=False).indices
             simulated = _filled(estimate, exact.heatmap, by_drop)
             assert np.abs(simulated - drilled).max() < 1e-4, "the simulation is the engine's"
@@ -96,20 +124,33 @@ def main() -> None:
             for name, heatmap in (("drop", drilled), ("range", by_range)):
                 scores.setdefault((coarse_stride, name), []).append((
                     heatmap_ssim(heatmap, exact.heatmap),
-                    points_at(heatmap, box, patch, stride, tolerance=tolerance)))
+                    points_at(heatmap, box, patch, stride, tolerance=tolerance),
+                    grid.size + count))
+        for coarse_stride in bisect_strides:
+            for limit in tolerances:
+                heatmap, cost = _bisected(exact.heatmap, coarse_stride // stride, limit,
+                                          drilldown_count(fine.size, args.cap))
+                if index == 0:
+                    engine_map = Approximation(1.0, args.cap, coarse_stride, limit).attribute(
+                        engine, image, patch, stride, target=exact.target).heatmap
+                    assert np.abs(heatmap - engine_map).max() < 1e-4, "it is the engine's"
+                scores.setdefault((coarse_stride, f"bisect {limit}"), []).append((
+                    heatmap_ssim(heatmap, exact.heatmap),
+                    points_at(heatmap, box, patch, stride, tolerance=tolerance), cost))
         typer.echo(f"image {index + 1}/{args.images} done", err=True)
     typer.echo(f"{args.model}, patch {patch}, stride {stride} ({fine.size} positions), r {ratio},"
                f" {args.images} images; exact map points at the lesion on "
                f"{np.mean(exact_hits):.0%}")
-    typer.echo("| coarse stride | positions | choice | SSIM mean | p10 | min "
+    typer.echo("| coarse stride | positions (most) | choice | SSIM mean | p10 | min "
                "| pointing agrees with exact |")
     typer.echo("|---|---|---|---|---|---|---|")
     for (coarse_stride, name), rows in scores.items():
-        ssim = np.array([s for s, _ in rows])
-        agree = np.mean([hit == e for (_, hit), e in zip(rows, exact_hits, strict=True)])
-        positions = PatchGrid(size, size, patch, coarse_stride).size + count
-        typer.echo(f"| {coarse_stride} | {positions} | {name} | {ssim.mean():.3f} "
-                   f"| {np.percentile(ssim, 10):.3f} | {ssim.min():.3f} | {agree:.0%} |")
+        ssim = np.array([s for s, _, _ in rows])
+        costs = [c for _, _, c in rows]
+        agree = np.mean([hit == e for (_, hit, _), e in zip(rows, exact_hits, strict=True)])
+        typer.echo(f"| {coarse_stride} | {np.mean(costs):.0f} ({max(costs)}) | {name} "
+                   f"| {ssim.mean():.3f} | {np.percentile(ssim, 10):.3f} | {ssim.min():.3f} "
+                   f"| {agree:.0%} |")
 
 
 if __name__ == "__main__":

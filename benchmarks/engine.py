@@ -482,6 +482,7 @@ def run_approximate_benchmark(
     device: str = "cpu",
     demo_weights: str | os.PathLike[str] | None = None,
     check: int = 0,
+    check_seed: int = 1,
     report: Callable[[str], None] = print,
 ) -> list[ApproximateRow]:
     """Tune each model on half the samples, then time and score the other half.
@@ -490,11 +491,14 @@ def run_approximate_benchmark(
     models are the trained demo models and the samples are demo lesion images
     the training never saw; otherwise untrained models with a rescaled head on
     crops and flips of scikit-image's fundus images. ``check`` further demo
-    images (another seed) score the chosen setting's SSIM beyond the few
-    held-out ones; they are not timed.
+    images (seed ``SAMPLE_SEED + check_seed``, which tuning never draws from)
+    score the chosen setting's SSIM beyond the few held-out ones; they are not
+    timed.
     """
     if check < 0:
         raise ValueError(f"check must be 0 or more images, got {check}")
+    if check_seed < 1:
+        raise ValueError(f"check_seed counts from 1 (0 is the tuning images), got {check_seed}")
     if check and demo_weights is None:
         raise ValueError("check images come from the demo; pass demo_weights too")
     rows = []
@@ -538,8 +542,8 @@ def run_approximate_benchmark(
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         chosen: Approximation = tuning.approximation
-        checked = (_check_quality(exact, loaded.deployed.preprocessing, check, patch, stride,
-                                  chosen, report) if check else None)
+        checked = (_check_quality(exact, loaded.deployed.preprocessing, check, check_seed,
+                                  patch, stride, chosen, report) if check else None)
         rows.append(ApproximateRow(
             model=name, input_size=size, patch=patch, stride=stride,
             positions=PatchGrid(size, size, patch, stride).size,
@@ -563,13 +567,13 @@ def run_approximate_benchmark(
 
 
 def _check_quality(engine: IncrementalOcclusion, preprocessing: Preprocessing, count: int,
-                   patch: int, stride: int, approximation: Approximation,
+                   seed: int, patch: int, stride: int, approximation: Approximation,
                    report: Callable[[str], None]) -> QualityCheck:
     """``approximation`` against exact on ``count`` fresh demo lesion images: SSIM and
     the pointing game of both maps."""
     from krypton.demo import SAMPLE_SEED, lesion_batch
 
-    batch = lesion_batch(preprocessing.size, count, seed=SAMPLE_SEED + 1)
+    batch = lesion_batch(preprocessing.size, count, seed=SAMPLE_SEED + seed)
     tolerance = POINTING_TOLERANCE * patch
     scores, exact_hits, approximate_hits = [], [], []
     for index in range(count):

@@ -62,6 +62,26 @@ class Approximation:
         if self.drilldown_ratio is not None and self.coarse_stride is not None:
             check_drilldown(self.drilldown_ratio, self.coarse_stride, self.drilldown_tolerance)
 
+    @classmethod
+    def from_text(cls, text: str) -> Approximation:
+        """``TAU/R/COARSE[/TOLERANCE]``, ``-`` for a knob not set: ``1/0.05/16``,
+        ``0.5/-/-``, ``1/0.5/16/0.1`` (bisection), as benchmarks take settings.
+
+        Raises:
+            InvalidParamsError: not that form, or bad values.
+        """
+        fields = text.split("/")
+        if len(fields) not in (3, 4):
+            raise InvalidParamsError(
+                f"a setting is TAU/R/COARSE[/TOLERANCE], e.g. 1/0.05/16 or 0.5/-/-, got {text!r}")
+        try:
+            tau, ratio, coarse, tolerance = (*fields, "-")[:4]
+            return cls(float(tau), None if ratio == "-" else float(ratio),
+                       None if coarse == "-" else int(coarse),
+                       None if tolerance == "-" else float(tolerance))
+        except ValueError as exc:
+            raise InvalidParamsError(f"bad setting {text!r}: {exc}") from exc
+
     @property
     def drills_down(self) -> bool:
         return self.drilldown_ratio is not None

@@ -42,11 +42,15 @@ def bench(
         help="The folder of `krypton demo train` checkpoints: explain demo lesion images with "
         "the trained models instead of untrained ones.")] = None,
     setting: Annotated[str | None, typer.Option(
-        help="Without --approximate: also time this approximate setting, TAU/R/COARSE "
-        "(e.g. 1/0.05/15), and score its SSIM against the exact map.")] = None,
+        help="Without --approximate: also time this approximate setting, "
+        "TAU/R/COARSE[/TOLERANCE] (e.g. 1/0.05/16, or 1/0.5/16/0.1 for bisection), and score "
+        "its SSIM against the exact map.")] = None,
     check: Annotated[int, typer.Option(
         help="With --demo-weights: score the chosen setting's SSIM on this many further "
         "demo images (not timed).")] = 0,
+    check_seed: Annotated[int, typer.Option(
+        help="Which set of --check images: 1, 2, ... (tuning draws from none of them).",
+        min=1)] = 1,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write rows as JSON.")
                         ] = None,
 ) -> None:
@@ -71,7 +75,7 @@ def bench(
                 names, patch=patch, stride=stride, samples=samples, target_ssim=target_ssim,
                 tuning_score=tuning_score,  # type: ignore[arg-type]  # tune() refuses others
                 device=device.value, demo_weights=demo_weights, check=check,
-                report=lambda line: typer.echo(line, err=True))
+                check_seed=check_seed, report=lambda line: typer.echo(line, err=True))
         except (EngineError, ModelError, ValueError, OSError) as exc:
             fail(str(exc))
         typer.echo(f"machine: {machine_description(device.value)}")
@@ -97,14 +101,12 @@ def bench(
 
 
 def _setting(text: str | None) -> Approximation | None:
-    """``TAU/R/COARSE`` (``R`` and ``COARSE`` may be ``-``) as an approximation."""
-    from krypton.engine import Approximation
+    """``TAU/R/COARSE[/TOLERANCE]`` as an approximation (:meth:`Approximation.from_text`)."""
+    from krypton.engine import Approximation, InvalidParamsError
 
     if text is None:
         return None
     try:
-        tau, ratio, coarse = text.split("/")
-        return Approximation(float(tau), None if ratio == "-" else float(ratio),
-                             None if coarse == "-" else int(coarse))
-    except ValueError as exc:
-        fail(f"--setting must be TAU/R/COARSE, e.g. 1/0.05/15 or 0.5/-/-: {exc}")
+        return Approximation.from_text(text)
+    except InvalidParamsError as exc:
+        fail(f"--setting: {exc}")

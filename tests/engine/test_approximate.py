@@ -298,3 +298,18 @@ def test_bisection_needs_a_coarse_stride_on_the_fine_grid(
     with pytest.raises(InvalidParamsError, match="multiple of the stride"):
         occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.5,
                   coarse_stride=20, drilldown_tolerance=0.1)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("1/0.05/16", Approximation(1.0, 0.05, 16)),
+    ("0.5/-/-", Approximation(0.5)),
+    ("1/0.5/16/0.1", Approximation(1.0, 0.5, 16, 0.1)),
+])
+def test_a_setting_reads_from_its_text_form(text: str, expected: Approximation) -> None:
+    assert Approximation.from_text(text) == expected
+
+
+@pytest.mark.parametrize("text", ["1/0.05", "x/0.05/16", "1/0.05/16/0.1/9", "1/-/-/0.1"])
+def test_a_bad_setting_text_is_refused(text: str) -> None:
+    with pytest.raises(InvalidParamsError):
+        Approximation.from_text(text)
