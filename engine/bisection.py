@@ -22,7 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Bisection", "bisect", "lattice_axis"]
+__all__ = ["MIN_RANGE", "Bisection", "bisect", "lattice_axis"]
+
+MIN_RANGE = 0.01
+"""Below this range of lattice values (probabilities), the tolerance is a share of it:
+a map that is flat up to noise (a saturated prediction) is not refined on noise."""
 
 Measure = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.float64]]
 """Exact heatmap values at flat fine-grid indices."""
@@ -37,9 +41,9 @@ class Bisection:
 
     heatmap: npt.NDArray[np.float64]
     refined: int
-    """Positions measured after the coarse lattice."""
+    """Positions measured here: the lattice's closing points and the checks."""
     rounds: int
-    """Rounds of measurement: 1 per level of bisection that found work to do."""
+    """Rounds of checks (the closing points not counted); each is one call to ``measure``."""
 
 
 def lattice_axis(length: int, step: int) -> list[int]:
@@ -61,14 +65,17 @@ def bisect(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], rows: 
 
     Args:
         values: fine-grid map, exact where ``known``; the lattice's points not
-            yet known are measured first.
+            yet known (the closing row and column) are measured first, always.
         known: where ``values`` holds measured values.
         rows, cols: the lattice's fine indices (see :func:`lattice_axis`).
         measure: exact values at flat indices.
-        tolerance: share of the lattice values' range that a midpoint may
-            depart from the interpolation before its cell is split further.
-        budget: the most positions measured in all, lattice points included.
-        report: called after every round with the current estimate.
+        tolerance: share of the lattice values' range (at least
+            :data:`MIN_RANGE`) that a measured point may depart from the
+            interpolation before its cell is split further.
+        budget: the most positions the checks measure; the closing points
+            are measured even beyond it.
+        report: called with the estimate before the first check and after
+            every round.
     """
     values, known = values.astype(np.float64), known.copy()
     width = values.shape[1]
@@ -82,13 +89,14 @@ def bisect(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], rows: 
             known.flat[flat] = True
             spent += len(points)
 
-    take([(y, x) for y in rows for x in cols if not known[y, x]][:budget])
+    take([(y, x) for y in rows for x in cols if not known[y, x]])
     lattice = values[np.ix_(rows, cols)]
-    allowed = tolerance * float(lattice.max() - lattice.min())
-    leaves = {(y0, y1, x0, x1) for y0, y1 in zip(rows, rows[1:], strict=False)
-              for x0, x1 in zip(cols, cols[1:], strict=False)}
-    # Round one checks cells whose corners disagree; later rounds, the children of failed checks.
-    # A flat lattice (allowed 0) tells nothing, so then every cell is checked.
+    allowed = tolerance * max(float(lattice.max() - lattice.min()), MIN_RANGE)
+    leaves = {(y0, y1, x0, x1) for y0, y1 in _spans(rows) for x0, x1 in _spans(cols)}
+    if report is not None:
+        report(_filled(values, known, leaves))
+    # Round one checks cells whose corners disagree; later rounds, the children of failed
+    # checks and the cells a neighbour's measured edge points contradict.
     candidates = sorted(((_corner_range(values, cell), cell) for cell in leaves
                          if _midpoints(cell) and _corner_range(values, cell) >= allowed / 2),
                         reverse=True)
@@ -106,24 +114,53 @@ def bisect(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], rows: 
             break
         take(sorted(new))
         rounds += 1
-        candidates = []
+        failed: dict[Cell, float] = {}
         for cell in chosen:
             leaves.discard(cell)
             children = _children(cell)
             leaves.update(children)
             error = max(abs(values[p] - _bilinear(values, cell, p)) for p in _midpoints(cell))
             if error > allowed:
-                candidates += [(error, child) for child in children if _midpoints(child)]
-        candidates.sort(reverse=True)
+                failed.update((child, error) for child in children if _midpoints(child))
+        for cell in leaves:
+            if cell not in failed and _midpoints(cell):
+                error = _edge_error(values, known, cell)
+                if error > allowed:
+                    failed[cell] = error
+        candidates = sorted(((error, cell) for cell, error in failed.items()), reverse=True)
         if report is not None:
             report(_filled(values, known, leaves))
     return Bisection(_filled(values, known, leaves), refined=spent, rounds=rounds)
+
+
+def _spans(axis: list[int]) -> list[tuple[int, int]]:
+    """Consecutive lattice indices; one index (an axis of length 1) spans itself."""
+    return list(zip(axis, axis[1:], strict=False)) or [(axis[0], axis[0])]
 
 
 def _corner_range(values: npt.NDArray[np.float64], cell: Cell) -> float:
     y0, y1, x0, x1 = cell
     corners = (values[y0, x0], values[y0, x1], values[y1, x0], values[y1, x1])
     return float(max(corners) - min(corners))
+
+
+def _edge_error(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_],
+                cell: Cell) -> float:
+    """How far measured points on ``cell``'s edges (a neighbour's checks) depart from its
+    interpolation, which along an edge is linear between that edge's corners."""
+    y0, y1, x0, x1 = cell
+    error = 0.0
+    for line, mask, first, last in (
+        (values[y0, x0:x1 + 1], known[y0, x0:x1 + 1], values[y0, x0], values[y0, x1]),
+        (values[y1, x0:x1 + 1], known[y1, x0:x1 + 1], values[y1, x0], values[y1, x1]),
+        (values[y0:y1 + 1, x0], known[y0:y1 + 1, x0], values[y0, x0], values[y1, x0]),
+        (values[y0:y1 + 1, x1], known[y0:y1 + 1, x1], values[y0, x1], values[y1, x1]),
+    ):
+        if len(line) > 2 and mask[1:-1].any():
+            t = np.linspace(0.0, 1.0, len(line))[1:-1]
+            departure = np.abs(line[1:-1] - (first * (1 - t) + last * t))[mask[1:-1]]
+            error = max(error, float(departure.max()))
+    return error
 
 
 def _splits(low: int, high: int) -> list[int]:
@@ -140,8 +177,11 @@ def _midpoints(cell: Cell) -> list[tuple[int, int]]:
 def _children(cell: Cell) -> list[Cell]:
     y0, y1, x0, x1 = cell
     ys, xs = _splits(y0, y1), _splits(x0, x1)
-    return [(a, b, c, d) for a, b in zip(ys, ys[1:], strict=False)
-            for c, d in zip(xs, xs[1:], strict=False)]
+    return [(a, b, c, d) for a, b in _pairs(ys) for c, d in _pairs(xs)]
+
+
+def _pairs(splits: list[int]) -> list[tuple[int, int]]:
+    return list(zip(splits, splits[1:], strict=False)) or [(splits[0], splits[0])]
 
 
 def _bilinear(values: npt.NDArray[np.float64], cell: Cell, point: tuple[int, int]) -> float:
@@ -157,11 +197,14 @@ def _filled(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_],
             leaves: set[Cell]) -> npt.NDArray[np.float64]:
     """``values`` with every leaf's unmeasured inside interpolated bilinearly from its corners.
 
-    Measured points inside a leaf (a smaller neighbour's midpoints on a shared
-    edge) keep their exact values.
+    Measured points keep their exact values. Larger leaves are filled first,
+    so that on an edge shared with smaller ones the finer interpolation holds.
     """
     out = values.copy()
-    for y0, y1, x0, x1 in leaves:
+    for y0, y1, x0, x1 in sorted(leaves, key=lambda c: (c[1] - c[0]) * (c[3] - c[2]),
+                                 reverse=True):
+        if y1 - y0 <= 1 and x1 - x0 <= 1:
+            continue  # no inside: every point is a corner, measured
         ty = np.linspace(0.0, 1.0, y1 - y0 + 1)[:, None]
         tx = np.linspace(0.0, 1.0, x1 - x0 + 1)[None, :]
         top = values[y0, x0] * (1 - tx) + values[y0, x1] * tx

@@ -40,11 +40,12 @@ from krypton.engine.errors import InvalidParamsError
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.result import OcclusionResult
 
-__all__ = ["DrillDown", "check_drilldown", "drilldown_count", "interpolate_coarse", "top_drop"]
+__all__ = ["DrillDown", "check_bisection_strides", "check_drilldown", "drilldown_count",
+           "interpolate_coarse", "top_drop"]
 
 
 class DrillDown:
-    """Occlusion at ``coarse_stride`` everywhere, then at the asked stride where it drops most.
+    """Occlusion at ``coarse_stride`` everywhere, then at the asked stride where it matters.
 
     Args:
         engine: the engine that occludes both grids.
@@ -52,8 +53,8 @@ class DrillDown:
             with a ``tolerance``, the most that may be.
         coarse_stride: stride of the coarse stage, in input pixels; with a
             ``tolerance``, a multiple of the fine stride.
-        tolerance: refine by bisection until midpoints depart from the
-            interpolation by at most this share of the coarse map's range;
+        tolerance: refine by bisection until measured points depart from the
+            interpolation by at most this share of the coarse values' range;
             ``None`` refines the ``ratio`` with the largest drop.
 
     Example::
@@ -89,18 +90,16 @@ class DrillDown:
         values so far, each on the fine cells nearest it (NaN where none is
         done yet): the coarse stage is most of the work, and a clinician sees
         the map form from the first batch. Then the interpolated coarse map,
-        then that map with the refined cells filled in after every fine batch.
+        then that map with the refined cells filled in: after every fine batch
+        for the ``ratio`` rule, after every round for bisection.
         """
         engine = self.engine
+        check_bisection_strides(self.tolerance, self.coarse_stride, stride)
         loop = BatchLoop(batch_size, engine.device, progress, should_stop)
         with torch.inference_mode():
             prepared = engine.prepare(image, patch_value=patch_value, target=target)
             fine = PatchGrid(prepared.height, prepared.width, patch_size, stride)
             coarse = PatchGrid(prepared.height, prepared.width, patch_size, self.coarse_stride)
-            if self.tolerance is not None and self.coarse_stride % stride:
-                raise InvalidParamsError(
-                    f"drilldown_tolerance needs a coarse_stride that is a multiple of the stride "
-                    f"({stride}), got {self.coarse_stride}")
             budget = drilldown_count(fine.size, self.ratio)
             loop.total = coarse.size + budget
             coarse_map = engine.occlude(
@@ -167,7 +166,7 @@ def _refine_by_bisection(coarse_map: Tensor, fine: PatchGrid, step: int, toleran
 
     done = bisect(values, known, lattice_axis(fine.shape[0], step),
                   lattice_axis(fine.shape[1], step), exact, tolerance=tolerance, budget=budget,
-                  report=report)
+                  report=None if partial is None else report)
     heatmap = torch.as_tensor(done.heatmap, dtype=torch.float32, device=coarse_map.device)
     return heatmap, done.refined, done.rounds
 
@@ -204,6 +203,14 @@ def check_drilldown(ratio: float, coarse_stride: int, tolerance: float | None = 
                                   or not isinstance(tolerance, int | float)
                                   or not 0.0 <= tolerance <= 1.0):
         raise InvalidParamsError(f"drilldown_tolerance must be in [0, 1], got {tolerance!r}")
+
+
+def check_bisection_strides(tolerance: float | None, coarse_stride: int, stride: int) -> None:
+    """Raises InvalidParamsError if bisection (a ``tolerance``) would start off the fine grid."""
+    if tolerance is not None and coarse_stride % stride:
+        raise InvalidParamsError(
+            f"drilldown_tolerance needs a coarse_stride that is a multiple of the stride "
+            f"({stride}), got {coarse_stride}")
 
 
 def interpolate_coarse(coarse: torch.Tensor, coarse_grid: PatchGrid,

@@ -102,7 +102,7 @@ def occlusion(
             pass at ``coarse_stride``; approximate mode only.
         coarse_stride: stride of the drill-down's coarse pass, in input pixels.
         drilldown_tolerance: refine by bisection until the interpolation is
-            within this share of the coarse map's range, ``drilldown_ratio``
+            within this share of the coarse values' range, ``drilldown_ratio``
             being the most refined (see :class:`~krypton.engine.drilldown.DrillDown`).
 
     Returns:

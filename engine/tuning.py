@@ -9,8 +9,9 @@ and spends its time where settings are cheap:
    target speedups ``t`` (coarse stride from ``S1 = S2 * sqrt(t / (1 - r*t))``)
    until the SSIM misses. SSIM only falls as ``t`` grows, so the steps after
    the first miss need not be run. Each run costs about ``1/t`` of an exact one.
-   Refinement by bisection is tried the same way: at a few coarse strides,
-   with growing tolerances until the first miss.
+   Refinement by bisection is tried the same way: at coarse strides of 4 and 8
+   fine strides, no larger than the patch, with growing tolerances until the
+   first miss.
 3. ``tau`` is then lowered step by step on top of the fastest passing
    drill-down settings (or alone, when none passes), again until the first
    miss: the two approximations compound, so their product is what is scored.
@@ -47,7 +48,9 @@ TAUS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 RATIOS = (0.05, 0.1, 0.2, 0.4)
 SPEEDUPS = (2.0, 3.0, 5.0, 8.0, 12.0, 16.0)
 BISECTION_MULTIPLES = (4, 8)
-"""Coarse strides for bisection, in fine strides (bisection halves cells down to the fine grid)."""
+"""Coarse strides for bisection, in fine strides, as far as they stay within the patch side:
+then every fine position's patch overlaps a coarse one's, and a lesion that moves the output
+moves some lattice point, which is what bisection starts from."""
 TOLERANCES = (0.05, 0.1, 0.15, 0.2, 0.3)
 BISECTION_CAP = 0.5
 """The most of the fine positions bisection may refine: its worst case is half an exact run."""
@@ -180,7 +183,8 @@ def tune(
             if evaluate(Approximation(1.0, ratio, coarse)).ssim < target_ssim:
                 break
 
-    for multiple in BISECTION_MULTIPLES:
+    multiples = sorted({min(m, patch_size // stride) for m in BISECTION_MULTIPLES} - {0, 1})
+    for multiple in multiples:
         for tolerance in TOLERANCES:
             if evaluate(Approximation(1.0, BISECTION_CAP, multiple * stride,
                                       tolerance)).ssim < target_ssim:
@@ -274,5 +278,5 @@ def _describe(approximation: Approximation) -> str:
         text += (f", drill-down r {approximation.drilldown_ratio:.2f} "
                  f"coarse stride {approximation.coarse_stride}")
     if approximation.drilldown_tolerance is not None:
-        text += f" bisection tolerance {approximation.drilldown_tolerance:.2f}"
+        text += f", bisection tolerance {approximation.drilldown_tolerance:.2f}"
     return text

@@ -88,8 +88,15 @@ class DatasetConfig:
             raise DatasetConfigError(f"tau must be in (0, 1], got {self.tau}")
         if (self.drilldown_ratio is None) != (self.coarse_stride is None):
             raise DatasetConfigError("drilldown_ratio and coarse_stride go together")
-        if self.drilldown_tolerance is not None and self.drilldown_ratio is None:
-            raise DatasetConfigError("drilldown_tolerance needs drilldown_ratio and coarse_stride")
+        if self.drilldown_tolerance is not None:
+            if self.drilldown_ratio is None or self.coarse_stride is None:
+                raise DatasetConfigError(
+                    "drilldown_tolerance needs drilldown_ratio and coarse_stride")
+            if not 0.0 <= self.drilldown_tolerance <= 1.0 or self.coarse_stride % self.stride:
+                raise DatasetConfigError(
+                    f"drilldown_tolerance {self.drilldown_tolerance} must be in [0, 1] with a "
+                    f"coarse_stride ({self.coarse_stride}) that is a multiple of the stride "
+                    f"({self.stride})")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -302,16 +302,19 @@ def tune_dataset(
         fail(str(exc))
     typer.echo(_frontier_table(result))
     typer.echo(f"chosen: tau {config.tau}, drill-down ratio {config.drilldown_ratio}, coarse "
-               f"stride {config.coarse_stride}: {result.speedup:.2f}x over exact, SSIM "
+               f"stride {config.coarse_stride}, bisection tolerance "
+               f"{config.drilldown_tolerance}: {result.speedup:.2f}x over exact, SSIM "
                f"{result.tuning_ssim:.3f} (tuning) / {result.holdout_ssim:.3f} (held out)")
     typer.echo(f"wrote {path}")
 
 
 def _frontier_table(result: TuningResult) -> str:
-    lines = ["| tau | drill-down r | coarse stride | s/image | x exact | SSIM |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| tau | drill-down r | coarse stride | bisection tolerance | s/image | x exact "
+             "| SSIM |", "|---|---|---|---|---|---|---|"]
     for point in result.frontier:
         a = point.approximation
+        tolerance = "-" if a.drilldown_tolerance is None else a.drilldown_tolerance
         lines.append(f"| {a.tau:.2f} | {a.drilldown_ratio or '-'} | {a.coarse_stride or '-'} "
-                     f"| {point.seconds:.3f} | {point.speedup:.2f} | {point.ssim:.3f} |")
+                     f"| {tolerance} | {point.seconds:.3f} | {point.speedup:.2f} "
+                     f"| {point.ssim:.3f} |")
     return "\n".join(lines)

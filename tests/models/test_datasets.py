@@ -124,3 +124,8 @@ def test_config_written_before_bisection_reads_without_a_tolerance() -> None:
     document = json.loads(_config().to_json())
     document.pop("drilldown_tolerance")
     assert DatasetConfig.from_json(json.dumps(document)).drilldown_tolerance is None
+
+
+def test_config_refuses_bisection_off_the_fine_grid() -> None:
+    with pytest.raises(DatasetConfigError, match="multiple of the stride"):
+        _config(drilldown_ratio=0.5, coarse_stride=18, drilldown_tolerance=0.1)
