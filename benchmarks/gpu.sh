@@ -25,7 +25,7 @@ WHEELS="$ROOT/.whl"
 DRY_RUN=0
 BUDGET=480    # seconds for the whole run; steps shrink to fit what is left
 TRAIN_STEPS=600
-SETTING="1/0.05/15"
+SETTING="1/0.5/16/0.15"  # bisection, as tuned per image for the ResNet18 demo (BENCHMARKS.md)
 # Pure-Python or cp312 wheels of what the service and the benchmark need beyond a
 # bare GPU image (which has torch, torchvision, numpy, scikit-image, httpx, typer).
 WHEEL_PINS=(fastapi==0.165.0 starlette==1.10.0 pydantic==2.14.4 pydantic-core==2.50.5
