@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,21 @@ from krypton.models import build_model
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Undo the logging set-up of a command run in-process.
+
+    The CLI configures the root logger with a handler on the stderr it sees,
+    which under pytest is a capture that closes with the test; a later test's
+    log record would then fail to write there ("--- Logging error ---").
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 class TinyCNN(nn.Module):
