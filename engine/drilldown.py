@@ -119,6 +119,8 @@ class DrillDown:
                 heatmap, refined, rounds = _refine_by_bisection(
                     coarse_map, fine, self.coarse_stride // stride, self.tolerance, budget,
                     measure, partial)
+                if progress is not None and loop.done < loop.total:
+                    progress(loop.done, loop.done)  # spent less than the cap: done all the same
         return engine.result(prepared, fine, heatmap, loop, tau=tau,
                              drilldown_ratio=self.ratio, coarse_stride=self.coarse_stride,
                              drilldown_tolerance=self.tolerance, refined=refined, rounds=rounds)

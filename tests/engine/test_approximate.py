@@ -313,3 +313,15 @@ def test_a_setting_reads_from_its_text_form(text: str, expected: Approximation) 
 def test_a_bad_setting_text_is_refused(text: str) -> None:
     with pytest.raises(InvalidParamsError):
         Approximation.from_text(text)
+
+
+def test_bisection_that_spends_less_than_its_cap_still_reports_completion(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    seen: list[tuple[int, int]] = []
+    result = occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=1.0,
+                       coarse_stride=24, drilldown_tolerance=0.3,
+                       progress=lambda done, total: seen.append((done, total)))
+    assert result.stats.refined_positions < PatchGrid(96, 96, 12, 6).size
+    assert seen[-1] == (result.stats.positions, result.stats.positions)
