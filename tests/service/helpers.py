@@ -49,6 +49,8 @@ STALE_DATASET = "fundus-stale"
 UNTUNED_DATASET = "fundus"
 TUNING_DATASET = "fundus-tuning"
 TUNED_TAU = 0.8
+TUNED_TOLERANCE = 0.2
+"""The tuned dataset's drill-down refines by bisection to this tolerance."""
 DEADLINE = 60.0
 """Seconds a poll may take before the test fails (jobs take well under one)."""
 
@@ -143,7 +145,8 @@ def write_dataset_config(deployment: Deployment, dataset: str, *, checkpoint: st
     config = DatasetConfig(
         dataset=dataset, model=deployed.architecture, checkpoint=checkpoint,
         patch_size=int(FAST["patch_size"]), stride=int(FAST["stride"]), tau=TUNED_TAU,
-        drilldown_ratio=None, coarse_stride=None, target_ssim=0.9, achieved_ssim=0.95)
+        drilldown_ratio=0.5, coarse_stride=2 * int(FAST["stride"]),
+        drilldown_tolerance=TUNED_TOLERANCE, target_ssim=0.9, achieved_ssim=0.95)
     return DatasetStore(deployment.datasets_dir).save(config)
 
 

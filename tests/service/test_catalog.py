@@ -125,6 +125,13 @@ def test_approximate_job_reports_the_tuned_tau_in_run(approximate: dict[str, Any
     assert approximate["params"]["tau"] == TUNED_TAU
 
 
+def test_approximate_job_reports_what_its_bisection_refined(approximate: dict[str, Any]) -> None:
+    run = approximate["run"]
+    assert run["drilldown_tolerance"] == helpers.TUNED_TOLERANCE
+    assert run["refined_positions"] is not None and run["refine_rounds"] is not None
+    assert run["positions"] <= 16
+
+
 def test_approximate_job_takes_geometry_and_model_from_the_dataset(
     approximate: dict[str, Any]
 ) -> None:
