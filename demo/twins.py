@@ -19,8 +19,10 @@ CPU-sized run. Two things stood in the way, and the twin removes them:
 
 The result is a plain VGG16, the architecture that is deployed and explained,
 with the trained twin's outputs at the input size whose feature grid is the
-head's (224 px for VGG16). The twin learns faster, not all of the task: in 600
-steps it learns exudates and reads the dark lesions as normal (BENCHMARKS.md).
+head's (224 px for VGG16). The twin learns faster, not all of the task: on the
+label alone it learns exudates and reads the dark lesions as normal, so it
+also trains a lesion map on its stride-8 grid (:func:`lesion_map_layer`,
+:mod:`krypton.demo.supervision`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
-__all__ = ["TWINS", "fold_twin", "training_twin"]
+__all__ = ["TWINS", "fold_twin", "lesion_map_layer", "training_twin"]
 
 TWINS = {"vgg11": tvm.vgg11_bn, "vgg16": tvm.vgg16_bn}
 """Architectures the demo trains as a twin, by registered name."""
@@ -51,6 +53,21 @@ def training_twin(name: str, num_classes: int, seed: int) -> nn.Module:
         channels = [m for m in _features(twin) if isinstance(m, nn.Conv2d)][-1].out_channels
         _classifier(twin)[0] = nn.Linear(channels, first.out_features)
         return twin
+
+
+def lesion_map_layer(twin: nn.Module) -> tuple[str, int]:
+    """The twin layer a lesion map reads, and its channel count: block 4's last ReLU.
+
+    Its grid has stride 8 (28x28 at 224 px, 14x14 at the half-size steps'
+    112 px), fine enough that a lesion's box covers a few cells; deeper grids
+    are down to one or two cells at 112 px.
+    """
+    layers = list(_features(twin))
+    pools = [index for index, layer in enumerate(layers) if isinstance(layer, nn.MaxPool2d)]
+    if len(pools) < 4:
+        raise ValueError(f"{type(twin).__name__} has {len(pools)} pooling stages, not 4 or more")
+    convs = [layer for layer in layers[:pools[3]] if isinstance(layer, nn.Conv2d)]
+    return f"features.{pools[3] - 1}", convs[-1].out_channels
 
 
 @torch.no_grad()

@@ -49,7 +49,8 @@ def demo_train(
         path.with_suffix(".json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     except (ModelError, ValueError, OSError) as exc:
         fail(str(exc))
-    typer.echo(f"wrote {path} (validation accuracy {report.accuracy:.3f}, "
+    per_class = ", ".join(f"{label} {share:.0%}" for label, share in report.per_class().items())
+    typer.echo(f"wrote {path} (validation accuracy {report.accuracy:.3f}: {per_class}; "
                f"{report.seconds:.0f} s)")
 
 

@@ -39,6 +39,8 @@ def test_demo_train_writes_a_loadable_checkpoint_and_its_report(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo-resnet18.json").read_text())
     assert report["model"] == "resnet18" and report["labels"] == list(LABELS)
+    assert list(report["per_class"]) == list(LABELS)
+    assert "NORMAL" in result.output  # the per-class accuracy is printed, not only the total
     build_model("resnet18", num_classes=len(LABELS), weights=tmp_path / "demo-resnet18.pt")
 
 

@@ -39,6 +39,18 @@ def test_training_reports_what_it_did(trained: tuple) -> None:  # type: ignore[t
     assert report.labels == LABELS
     assert 0.0 <= report.accuracy <= 1.0 and report.validation == 4
     assert report.final_loss > 0.0 and report.seconds > 0.0
+    assert not report.lesion_maps  # only the twins train one
+
+
+def test_the_report_counts_each_validation_image_once_by_true_and_predicted_label(
+        trained: tuple) -> None:  # type: ignore[type-arg]
+    _, report = trained
+    assert len(report.confusion) == len(LABELS)
+    assert [sum(row) for row in report.confusion] == [1, 1, 1, 1]  # 4 images, labels in turn
+    correct = sum(report.confusion[i][i] for i in range(len(LABELS)))
+    assert report.accuracy == correct / 4
+    assert list(report.per_class()) == list(LABELS)
+    assert sum(report.per_class().values()) == correct
 
 
 def test_a_saved_checkpoint_loads_into_the_same_architecture(
@@ -90,6 +102,7 @@ def test_full_size_steps_draw_a_stream_apart_from_the_half_size_one(
 
 def test_vgg_trains_as_its_twin_and_returns_the_plain_architecture(tmp_path: Path) -> None:
     model, report = train_demo_model("vgg11", steps=1, batch_size=2, validation=1)
+    assert report.lesion_maps
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     path = save_checkpoint(model, report, tmp_path / "demo-vgg11.pt")
     loaded = build_model("vgg11", num_classes=len(LABELS), weights=path)  # strict load

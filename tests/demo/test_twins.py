@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from krypton.demo.twins import fold_twin, training_twin
+from krypton.demo.twins import fold_twin, lesion_map_layer, training_twin
 from krypton.models import build_model
 
 
@@ -58,3 +58,14 @@ def test_a_twin_whose_head_does_not_fold_is_refused() -> None:
     twin.classifier[0] = nn.Linear(500, 4096)
     with pytest.raises(ValueError, match="does not fold"):
         fold_twin(twin, build_model("vgg11", num_classes=4))
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg16"])
+def test_the_lesion_map_reads_a_stride_8_grid_with_the_channels_it_names(name: str) -> None:
+    twin = training_twin(name, num_classes=4, seed=0).eval()
+    layer, channels = lesion_map_layer(twin)
+    seen: list[torch.Size] = []
+    twin.get_submodule(layer).register_forward_hook(lambda m, i, out: seen.append(out.shape))
+    with torch.inference_mode():
+        twin(torch.zeros(1, 3, 112, 112))
+    assert seen == [torch.Size([1, channels, 14, 14])]
