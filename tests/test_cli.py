@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
 import torchvision
+import typer
 from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
@@ -126,6 +128,23 @@ def test_explain_with_a_file_that_is_not_an_image_exits_2(tmp_path: Path) -> Non
     result = runner.invoke(app, ["explain", str(fake), "-o", str(tmp_path / "h.npy"), *FAST])
     assert result.exit_code == 2
     assert "error:" in result.output
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+@pytest.mark.parametrize("path", _command_paths(typer.main.get_command(app)),  # type: ignore[arg-type]
+                         ids=" ".join)
+def test_every_command_prints_its_help(path: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
 
 
 def test_models_lists_the_required_architectures() -> None:

@@ -42,9 +42,9 @@ def bench(
         help="The folder of `krypton demo train` checkpoints: explain demo lesion images with "
         "the trained models instead of untrained ones.")] = None,
     setting: Annotated[str | None, typer.Option(
-        help="Without --approximate: also time this approximate setting, "
-        "TAU/R/COARSE[/TOLERANCE] (e.g. 1/0.05/16, or 1/0.5/16/0.1 for bisection), and score "
-        "its SSIM against the exact map.")] = None,
+        help="Without --approximate: also time this approximate setting, TAU/R/COARSE "
+        "(e.g. 1/0.05/16) or TAU/R/COARSE/TOLERANCE for bisection (e.g. 1/0.5/16/0.1), and "
+        "score its SSIM against the exact map.")] = None,
     check: Annotated[int, typer.Option(
         help="With --demo-weights: score the chosen setting's SSIM on this many further "
         "demo images (not timed).")] = 0,
