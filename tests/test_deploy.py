@@ -402,7 +402,8 @@ def test_demo_registry_serves_what_krypton_demo_train_writes() -> None:
         assert model.checkpoint is not None
         expected = demo_checkpoint(ROOT / "checkpoints", model.architecture)
         assert Path(model.checkpoint).resolve() == expected.resolve()
-    assert {m.architecture for m in deployment.models.values()} == {"resnet18", "inception_v3"}
+    assert {m.architecture for m in deployment.models.values()} == {
+        "resnet18", "vgg16", "inception_v3"}
 
 
 # --- README and CI -----------------------------------------------------------------
