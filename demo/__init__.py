@@ -25,6 +25,7 @@ from krypton.demo.lesions import (
 )
 from krypton.demo.training import (
     TrainingReport,
+    default_steps,
     demo_checkpoint,
     save_checkpoint,
     train_demo_model,
@@ -37,6 +38,7 @@ __all__ = [
     "FundusLesions",
     "LesionBatch",
     "TrainingReport",
+    "default_steps",
     "demo_checkpoint",
     "lesion_batch",
     "lesion_samples",

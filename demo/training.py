@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from krypton.demo.lesions import LABELS, VALIDATION_SEED, FundusLesions
+from krypton.demo.lesions import LABELS, VALIDATION_SEED, FundusLesions, LesionBatch
 from krypton.demo.supervision import LesionMapHead
 from krypton.demo.twins import TWINS, fold_twin, lesion_map_layer, training_twin
 from krypton.models import (
@@ -33,14 +34,19 @@ from krypton.models import (
     normalize,
 )
 
-__all__ = ["TrainingReport", "demo_checkpoint", "save_checkpoint",
+__all__ = ["TrainingReport", "default_steps", "demo_checkpoint", "save_checkpoint",
            "train_demo_model"]
+
+_STEPS = 600
+_STEPS_BY_MODEL = {"resnet18": 1200}
+"""Steps that take an architecture past 85% on every class (BENCHMARKS.md, "Demo
+models"). ResNet18's steps are cheap, and after 600 it still read 5 of 16
+hemorrhages as normal."""
 
 _LEARNING_RATE = 3e-4
 """Adam's step size from scratch. ResNet18 and InceptionV3 learn the task at it
-in 600 steps (84% and 94% validation accuracy). VGG16's twin needs its lesion
-map as well: on the label alone it learns only exudates (53%; loss 0.82-0.90
-from step 60 on, also at 1e-3)."""
+(BENCHMARKS.md, "Demo models"). VGG16's twin needs its lesion map as well: on
+the label alone it learned only exudates, at this rate and at 1e-3."""
 
 _FULL_SIZE_STREAM = 2**32
 """Added to the seed of the full-size image stream, so the last steps draw new
@@ -61,26 +67,37 @@ class TrainingReport:
     accuracy: float
     """On ``validation`` images from :data:`VALIDATION_SEED`, without occluders."""
     validation: int
-    confusion: tuple[tuple[int, ...], ...] = ()
-    """On the same images: row the true label, column the predicted one (:func:`confusion_matrix`)."""
+    confusion: tuple[tuple[int, ...], ...]
+    """On the same images: row the true label, column the predicted one
+    (:func:`confusion_matrix`)."""
     lesion_maps: bool = False
-    """Whether a lesion map was trained beside the classifier (:mod:`krypton.demo.supervision`)."""
+    """Whether a lesion map trained beside the classifier (:mod:`krypton.demo.supervision`)."""
     labels: tuple[str, ...] = LABELS
 
     def per_class(self) -> dict[str, float]:
-        """Share of each label's validation images read as that label."""
-        return {label: row[index] / max(1, sum(row))
+        """Share of each label's validation images read as that label.
+
+        Labels with no validation image (fewer images than labels) are left
+        out rather than shown as 0%.
+        """
+        return {label: row[index] / sum(row)
                 for index, (label, row) in enumerate(zip(self.labels, self.confusion,
-                                                         strict=True))}
+                                                         strict=True))
+                if sum(row)}
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self) | {"per_class": self.per_class()}
 
 
+def default_steps(name: str) -> int:
+    """How many steps ``krypton demo train`` takes for architecture ``name``."""
+    return _STEPS_BY_MODEL.get(name, _STEPS)
+
+
 def train_demo_model(
     name: str,
     *,
-    steps: int,
+    steps: int | None = None,
     batch_size: int = 16,
     learning_rate: float | None = None,
     seed: int = 0,
@@ -101,10 +118,11 @@ def train_demo_model(
 
     Args:
         name: a registered architecture (``resnet18``, ``vgg16``, ``inception_v3`` ...).
-        steps: optimiser steps.
+        steps: optimiser steps (default: :func:`default_steps`).
         batch_size: images per step.
         learning_rate: Adam's step size.
-        seed: seeds the initial weights and the image stream.
+        seed: seeds the initial weights, the image stream, dropout and the
+            lesion map's initial weights.
         occluders: share of training images with plain squares pasted away from
             the lesion (see :mod:`krypton.demo.lesions`).
         full_size_share: share of the steps, at the end, on full-size images.
@@ -112,6 +130,7 @@ def train_demo_model(
         device: where the model trains (the images are drawn on the CPU).
         report: called with a line of progress every few steps.
     """
+    steps = default_steps(name) if steps is None else steps
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {steps}, {batch_size}")
     if not 0 <= seed < VALIDATION_SEED:
@@ -127,12 +146,12 @@ def train_demo_model(
     rate = learning_rate if learning_rate is not None else _LEARNING_RATE
     model = _trainable_model(name, seed)
     _zero_head(model)
+    streams = _Streams.for_model(name, seed=seed, occluders=occluders, batch_size=batch_size,
+                                 full_from=steps - round(full_size_share * steps))
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)  # dropout and the lesion map's start follow the seed too
-        losses = _fit(name, model, steps=steps, batch_size=batch_size, rate=rate, seed=seed,
-                      occluders=occluders, full_size_share=full_size_share, device=device,
-                      say=say)
+    with _seeded(seed, device):
+        losses, map_losses = _fit(name, model, streams, steps=steps, rate=rate, device=device,
+                                  say=say)
     model = model.cpu().eval()
     if name in TWINS:
         model = fold_twin(model, build_model(name, num_classes=len(LABELS), seed=seed))
@@ -143,7 +162,7 @@ def train_demo_model(
         seconds=time.perf_counter() - started,
         final_loss=_mean(losses[-max(1, steps // 10):]),
         accuracy=accuracy, validation=validation, confusion=confusion,
-        lesion_maps=name in TWINS,
+        lesion_maps=bool(map_losses),
     )
     say(f"{name}: validation accuracy {accuracy:.3f} on {validation} full-size images")
     return model, result
@@ -204,27 +223,67 @@ def _trainable_model(name: str, seed: int) -> nn.Module:
     return build_model(name, num_classes=len(LABELS), seed=seed, **options).train()
 
 
-def _fit(name: str, model: nn.Module, *, steps: int, batch_size: int, rate: float, seed: int,
-         occluders: float, full_size_share: float, device: str,
-         say: Callable[[str], None]) -> list[float]:
-    """Train ``model`` in place; returns the classification loss of each step."""
-    spec = get_model_spec(name)
-    size, preprocessing = spec.input_size, spec.preprocessing
-    small = FundusLesions(max(size // 2, 80), seed=seed, occluders=occluders,
-                          lesion_scale=size / 224)
-    full = FundusLesions(size, seed=seed + _FULL_SIZE_STREAM, occluders=occluders)
-    first_full_step = steps - round(full_size_share * steps)
+@dataclass(frozen=True)
+class _Streams:
+    """The training images: half-size views up to step ``full_from``, full-size after."""
+
+    small: FundusLesions
+    full: FundusLesions
+    full_from: int
+    batch_size: int
+    preprocessing: Preprocessing
+
+    @classmethod
+    def for_model(cls, name: str, *, seed: int, occluders: float, batch_size: int,
+                  full_from: int) -> _Streams:
+        spec = get_model_spec(name)
+        size = spec.input_size
+        small = FundusLesions(max(size // 2, 80), seed=seed, occluders=occluders,
+                              lesion_scale=size / 224)
+        full = FundusLesions(size, seed=seed + _FULL_SIZE_STREAM, occluders=occluders)
+        return cls(small, full, full_from, batch_size, spec.preprocessing)
+
+    def batch(self, step: int) -> LesionBatch:
+        return (self.small if step < self.full_from else self.full).batch(self.batch_size)
+
+
+@contextmanager
+def _seeded(seed: int, device: str) -> Iterator[None]:
+    """Run with the global generators (CPU, and the training GPU's) at ``seed``.
+
+    Dropout and the lesion map's initial weights draw from them; the caller's
+    generator states are restored afterwards.
+    """
+    target = torch.device(device)
+    gpus = [target.index or 0] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.default_generator.manual_seed(seed)
+        for gpu in gpus:
+            with torch.cuda.device(gpu):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _fit(name: str, model: nn.Module, streams: _Streams, *, steps: int, rate: float,
+         device: str, say: Callable[[str], None]) -> tuple[list[float], list[float]]:
+    """Train ``model`` in place.
+
+    Returns each step's classification loss, and its lesion-map loss (empty
+    for architectures that train without a map).
+    """
     lesion_map = _lesion_map(name, model)
-    parameters = list(model.to(device).parameters())
-    if lesion_map is not None:
-        parameters += list(lesion_map.to(device).parameters())
-    optimiser = torch.optim.Adam(parameters, lr=rate)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _warmup_cosine(steps))
-    started, losses, map_losses = time.perf_counter(), [], []
+    losses: list[float] = []
+    map_losses: list[float] = []
     try:
+        parameters = list(model.to(device).parameters())
+        if lesion_map is not None:
+            parameters += list(lesion_map.to(device).parameters())
+        optimiser = torch.optim.Adam(parameters, lr=rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _warmup_cosine(steps))
+        started = time.perf_counter()
         for step in range(steps):
-            batch = (small if step < first_full_step else full).batch(batch_size)
-            logits = model(normalize(batch.images, preprocessing).to(device))
+            batch = streams.batch(step)
+            logits = model(normalize(batch.images, streams.preprocessing).to(device))
             loss = F.cross_entropy(logits, batch.labels.to(device))
             losses.append(loss.item())
             if lesion_map is not None:
@@ -236,14 +295,21 @@ def _fit(name: str, model: nn.Module, *, steps: int, batch_size: int, rate: floa
             optimiser.step()
             schedule.step()
             if (step + 1) % 10 == 0 or step + 1 == steps:
-                say(f"{name} step {step + 1}/{steps} ({batch.images.shape[-1]} px): loss "
-                    f"{_mean(losses[-10:]):.3f}"
-                    + (f", lesion map {_mean(map_losses[-10:]):.3f}" if map_losses else "")
-                    + f" ({time.perf_counter() - started:.0f} s)")
+                say(_progress_line(name, step + 1, steps, batch.images.shape[-1], losses,
+                                   map_losses, time.perf_counter() - started))
     finally:
         if lesion_map is not None:
             lesion_map.remove()
-    return losses
+    return losses, map_losses
+
+
+def _progress_line(name: str, done: int, steps: int, side: int, losses: list[float],
+                   map_losses: list[float], seconds: float) -> str:
+    """The last ten steps' mean losses, as ``report`` receives them."""
+    line = f"{name} step {done}/{steps} ({side} px): loss {_mean(losses[-10:]):.3f}"
+    if map_losses:
+        line += f", lesion map {_mean(map_losses[-10:]):.3f}"
+    return f"{line} ({seconds:.0f} s)"
 
 
 def _lesion_map(name: str, model: nn.Module) -> LesionMapHead | None:

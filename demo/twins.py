@@ -46,7 +46,7 @@ def training_twin(name: str, num_classes: int, seed: int) -> nn.Module:
     the feature grid instead of its flattened cells.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's only: GPU generators untouched
         twin: nn.Module = TWINS[name](weights=None, num_classes=num_classes)
         first = _head_input(twin)
         twin.avgpool = nn.AdaptiveAvgPool2d(1)

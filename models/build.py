@@ -63,7 +63,7 @@ def build_model(
         if spec.checkpoint_options is not None:
             options = {**spec.checkpoint_options(state.keys()), **options}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only
         model = spec.builder(num_classes, **options)
     logger.debug("built %s (num_classes=%d, seed=%d, options=%s)", name, num_classes, seed,
                  options)

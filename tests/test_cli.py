@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 import click
 import numpy as np
@@ -139,7 +140,7 @@ def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tup
     return paths
 
 
-@pytest.mark.parametrize("path", _command_paths(typer.main.get_command(app)),  # type: ignore[arg-type]
+@pytest.mark.parametrize("path", _command_paths(cast(click.Group, typer.main.get_command(app))),
                          ids=" ".join)
 def test_every_command_prints_its_help(path: tuple[str, ...]) -> None:
     result = runner.invoke(app, [*path, "--help"])

@@ -23,7 +23,7 @@ def test_an_image_without_a_lesion_has_an_empty_map() -> None:
     assert lesion_cells(torch.tensor([NO_LESION]), 32, (4, 4)).sum() == 0
 
 
-def _mask_reader(boxes: torch.Tensor, side: int) -> tuple[nn.Module, LesionMapHead]:
+def _mask_reader() -> tuple[nn.Module, LesionMapHead]:
     """A one-channel 'network' whose tapped layer is its input, read by a confident head."""
     model = nn.Sequential(nn.Identity())
     head = LesionMapHead(model, "0", channels=1)
@@ -35,7 +35,7 @@ def _mask_reader(boxes: torch.Tensor, side: int) -> tuple[nn.Module, LesionMapHe
 
 def test_the_loss_is_low_for_features_that_mark_the_box_and_high_elsewhere() -> None:
     boxes = torch.tensor([[0, 16, 8, 32], NO_LESION])
-    model, head = _mask_reader(boxes, 32)
+    model, head = _mask_reader()
     truth = lesion_cells(boxes, 32, (4, 4))[:, None]
     model(truth)
     right = head.loss(boxes, 32)
@@ -46,7 +46,7 @@ def test_the_loss_is_low_for_features_that_mark_the_box_and_high_elsewhere() -> 
 
 def test_the_head_needs_a_forward_pass_and_stops_reading_once_removed() -> None:
     boxes = torch.tensor([NO_LESION])
-    model, head = _mask_reader(boxes, 32)
+    model, head = _mask_reader()
     with pytest.raises(RuntimeError, match="forward"):
         head.loss(boxes, 32)
     model(torch.zeros(1, 1, 4, 4))

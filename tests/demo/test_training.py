@@ -39,7 +39,6 @@ def test_training_reports_what_it_did(trained: tuple) -> None:  # type: ignore[t
     assert report.labels == LABELS
     assert 0.0 <= report.accuracy <= 1.0 and report.validation == 4
     assert report.final_loss > 0.0 and report.seconds > 0.0
-    assert not report.lesion_maps  # only the twins train one
 
 
 def test_the_report_counts_each_validation_image_once_by_true_and_predicted_label(
@@ -100,9 +99,25 @@ def test_full_size_steps_draw_a_stream_apart_from_the_half_size_one(
     assert small != full
 
 
+@pytest.mark.parametrize(("name", "expected"), [("vgg11", True), ("resnet18", False)])
+def test_only_the_twins_train_a_lesion_map_and_say_so(name: str, expected: bool) -> None:
+    lines: list[str] = []
+    _, report = train_demo_model(name, steps=1, batch_size=2, validation=1,
+                                 report=lines.append)
+    assert report.lesion_maps is expected
+    assert ("lesion map" in lines[0]) is expected
+
+
+def test_training_leaves_the_callers_random_state_as_it_was() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_demo_model("resnet18", steps=1, batch_size=1, validation=1)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_vgg_trains_as_its_twin_and_returns_the_plain_architecture(tmp_path: Path) -> None:
     model, report = train_demo_model("vgg11", steps=1, batch_size=2, validation=1)
-    assert report.lesion_maps
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     path = save_checkpoint(model, report, tmp_path / "demo-vgg11.pt")
     loaded = build_model("vgg11", num_classes=len(LABELS), weights=path)  # strict load

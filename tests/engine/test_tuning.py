@@ -121,3 +121,11 @@ def test_tuning_a_heatmap_smaller_than_3x3_raises_before_running_anything() -> N
     with pytest.raises(InvalidParamsError, match="3x3"):
         tune(engine, _retina_samples(2), 60, 8, should_stop=lambda: calls.append(1) or False)
     assert calls == []
+
+
+def test_tuning_never_tries_a_coarse_lattice_wider_than_the_patch(tuned: tuple) -> None:  # type: ignore[type-arg]
+    # Wider, a patch-sized feature can fall between coarse patches and go unrefined.
+    _, _, result = tuned
+    strides = {p.approximation.coarse_stride for p in result.frontier
+               if p.approximation.drills_down}
+    assert strides and max(strides) <= PATCH
