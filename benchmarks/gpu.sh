@@ -11,7 +11,8 @@
 # so nothing is built or downloaded there. Steps, each printed as it runs:
 #   1. the machine: GPU, driver, torch and CUDA versions
 #   2. the CUDA exactness tests (incremental on CUDA equals naive on the CPU)
-#   3. the demo models trained on the GPU (--train-steps, 0 keeps seeded random weights)
+#   3. the demo models trained on the GPU (each architecture's default steps, or
+#      --train-steps N; 0 keeps seeded random weights)
 #   4. naive, Captum, exact and approximate occlusion on VGG16, ResNet18 and
 #      InceptionV3, patch 16, stride 4, batch sizes chosen by free GPU memory
 #   5. the embedded service with its worker on CUDA, loaded by `krypton bench-api`
@@ -24,7 +25,7 @@ RESULTS="${OUT:-$ROOT/out/gpu}"
 WHEELS="$ROOT/.whl"
 DRY_RUN=0
 BUDGET=480    # seconds for the whole run; steps shrink to fit what is left
-TRAIN_STEPS=600
+TRAIN_STEPS=default  # `krypton demo train`'s steps per architecture
 SETTING="1/0.5/16/0.15"  # bisection, as tuned per image for the ResNet18 demo (BENCHMARKS.md)
 # Pure-Python or cp312 wheels of what the service and the benchmark need beyond a
 # bare GPU image (which has torch, torchvision, numpy, scikit-image, httpx, typer).
@@ -121,11 +122,13 @@ step "3. demo models"
 WEIGHTS="$RESULTS/checkpoints"
 : > "$RESULTS/training.txt"
 WEIGHT_OPTIONS=()
-if [ "$TRAIN_STEPS" -gt 0 ]; then
+STEPS_OPTION=()
+[ "$TRAIN_STEPS" = default ] || STEPS_OPTION=(--steps "$TRAIN_STEPS")
+if [ "$TRAIN_STEPS" != 0 ]; then
     for model in ${TRAIN_MODELS//,/ }; do
         # Training may use what the later steps leave: about half the budget.
         [ $(( SECONDS + 60 )) -lt $(( BUDGET / 2 )) ] || { echo "no time to train $model"; continue; }
-        within $(( BUDGET / 2 - SECONDS )) "$PYTHON" -m krypton demo train --model "$model" --steps "$TRAIN_STEPS" \
+        within $(( BUDGET / 2 - SECONDS )) "$PYTHON" -m krypton demo train --model "$model" "${STEPS_OPTION[@]}" \
             --device "$DEVICE" --out "$WEIGHTS" 2>>"$RESULTS/training.log" \
             | tee -a "$RESULTS/training.txt"
     done
