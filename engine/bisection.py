@@ -134,7 +134,7 @@ def bisect(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], rows: 
 
 
 def _spans(axis: list[int]) -> list[tuple[int, int]]:
-    """Consecutive lattice indices; one index (an axis of length 1) spans itself."""
+    """Consecutive indices (lattice points, or a cell's splits); one index spans itself."""
     return list(zip(axis, axis[1:], strict=False)) or [(axis[0], axis[0])]
 
 
@@ -177,11 +177,7 @@ def _midpoints(cell: Cell) -> list[tuple[int, int]]:
 def _children(cell: Cell) -> list[Cell]:
     y0, y1, x0, x1 = cell
     ys, xs = _splits(y0, y1), _splits(x0, x1)
-    return [(a, b, c, d) for a, b in _pairs(ys) for c, d in _pairs(xs)]
-
-
-def _pairs(splits: list[int]) -> list[tuple[int, int]]:
-    return list(zip(splits, splits[1:], strict=False)) or [(splits[0], splits[0])]
+    return [(a, b, c, d) for a, b in _spans(ys) for c, d in _spans(xs)]
 
 
 def _bilinear(values: npt.NDArray[np.float64], cell: Cell, point: tuple[int, int]) -> float:

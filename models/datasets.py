@@ -19,12 +19,33 @@ from typing import Any, Protocol
 
 from krypton.models.errors import DatasetConfigError
 
-__all__ = ["DEFAULT_DATASETS_DIR", "SCHEMA_VERSION", "DatasetConfig", "DatasetStore"]
+__all__ = ["DEFAULT_DATASETS_DIR", "SCHEMA_VERSION", "DatasetConfig", "DatasetStore",
+           "bisection_problem"]
 
 SCHEMA_VERSION = 1
 DEFAULT_DATASETS_DIR = Path("datasets")
 """Where tuned configs are written and read when nothing says otherwise."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def bisection_problem(tolerance: float | None, ratio: float | None, coarse_stride: int | None,
+                      stride: int) -> str | None:
+    """What keeps these knobs from refining by bisection, or None when nothing does.
+
+    A tuned config and a request's own knobs obey the same rule, each raising
+    its own error with this message. Bisection halves cells of the coarse
+    lattice down to the fine grid, so the coarse stride must be on that grid.
+    """
+    if tolerance is None:
+        return None
+    if ratio is None or coarse_stride is None:
+        return "drilldown_tolerance needs drilldown_ratio (its cap) and coarse_stride"
+    if not 0.0 <= tolerance <= 1.0:
+        return f"drilldown_tolerance must be in [0, 1], got {tolerance}"
+    if coarse_stride % stride:
+        return (f"drilldown_tolerance needs a coarse_stride that is a multiple of the stride "
+                f"{stride}, got {coarse_stride}")
+    return None
 
 
 class TunedKnobs(Protocol):
@@ -88,15 +109,10 @@ class DatasetConfig:
             raise DatasetConfigError(f"tau must be in (0, 1], got {self.tau}")
         if (self.drilldown_ratio is None) != (self.coarse_stride is None):
             raise DatasetConfigError("drilldown_ratio and coarse_stride go together")
-        if self.drilldown_tolerance is not None:
-            if self.drilldown_ratio is None or self.coarse_stride is None:
-                raise DatasetConfigError(
-                    "drilldown_tolerance needs drilldown_ratio and coarse_stride")
-            if not 0.0 <= self.drilldown_tolerance <= 1.0 or self.coarse_stride % self.stride:
-                raise DatasetConfigError(
-                    f"drilldown_tolerance {self.drilldown_tolerance} must be in [0, 1] with a "
-                    f"coarse_stride ({self.coarse_stride}) that is a multiple of the stride "
-                    f"({self.stride})")
+        problem = bisection_problem(self.drilldown_tolerance, self.drilldown_ratio,
+                                    self.coarse_stride, self.stride)
+        if problem is not None:
+            raise DatasetConfigError(problem)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

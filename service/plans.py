@@ -26,6 +26,7 @@ from krypton.models import (
     get_model_spec,
     patch_value,
 )
+from krypton.models.datasets import bisection_problem
 from krypton.models.deployment import DeployedModel, Deployment
 
 __all__ = [
@@ -185,7 +186,9 @@ def resolve_heatmap(
         if dataset is not None:
             raise InvalidArgumentError("give either a dataset or tau/drilldown_ratio/"
                                        "coarse_stride, not both")
-        _check_bisection(drilldown_tolerance, drilldown_ratio, coarse_stride, stride)
+        problem = bisection_problem(drilldown_tolerance, drilldown_ratio, coarse_stride, stride)
+        if problem is not None:
+            raise InvalidArgumentError(problem)
         plan = plan.model_copy(update={"tau": 1.0 if tau is None else tau,
                                        "drilldown_ratio": drilldown_ratio,
                                        "coarse_stride": coarse_stride,
@@ -283,20 +286,6 @@ def _check_work(deployed: DeployedModel, plan: HeatmapPlan, max_gflop: float) ->
         f"{positions(side, plan.patch_size, plan.stride):,} positions), more than this "
         f"service's limit of {max_gflop:,.0f} GFLOP per job; {advice}, or mode=approximate "
         "with a tuned dataset")
-
-
-def _check_bisection(tolerance: float | None, ratio: float | None, coarse_stride: int | None,
-                     stride: int) -> None:
-    if tolerance is None:
-        return
-    if not 0.0 <= tolerance <= 1.0:
-        raise InvalidArgumentError(f"drilldown_tolerance must be in [0, 1], got {tolerance}")
-    if ratio is None or coarse_stride is None:
-        raise InvalidArgumentError("drilldown_tolerance needs drilldown_ratio (its cap) and "
-                                   "coarse_stride")
-    if coarse_stride % stride:
-        raise InvalidArgumentError(f"drilldown_tolerance needs a coarse_stride that is a "
-                                   f"multiple of the stride {stride}, got {coarse_stride}")
 
 
 def _check_geometry(deployed: DeployedModel, patch_size: int, stride: int) -> None:
