@@ -13,8 +13,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from krypton.models import (
     classifier_head,
     get_model_spec,
     normalize,
+    seeded,
 )
 
 __all__ = ["TrainingReport", "default_steps", "demo_checkpoint", "save_checkpoint",
@@ -149,7 +149,7 @@ def train_demo_model(
     streams = _Streams.for_model(name, seed=seed, occluders=occluders, batch_size=batch_size,
                                  full_from=steps - round(full_size_share * steps))
     started = time.perf_counter()
-    with _seeded(seed, device):
+    with seeded(seed, device):  # dropout and the lesion map's start draw from these
         losses, map_losses = _fit(name, model, streams, steps=steps, rate=rate, device=device,
                                   say=say)
     model = model.cpu().eval()
@@ -245,23 +245,6 @@ class _Streams:
 
     def batch(self, step: int) -> LesionBatch:
         return (self.small if step < self.full_from else self.full).batch(self.batch_size)
-
-
-@contextmanager
-def _seeded(seed: int, device: str) -> Iterator[None]:
-    """Run with the global generators (CPU, and the training GPU's) at ``seed``.
-
-    Dropout and the lesion map's initial weights draw from them; the caller's
-    generator states are restored afterwards.
-    """
-    target = torch.device(device)
-    gpus = [target.index or 0] if target.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpus):
-        torch.default_generator.manual_seed(seed)
-        for gpu in gpus:
-            with torch.cuda.device(gpu):
-                torch.cuda.manual_seed(seed)
-        yield
 
 
 def _fit(name: str, model: nn.Module, streams: _Streams, *, steps: int, rate: float,

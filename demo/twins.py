@@ -33,6 +33,8 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from krypton.models import seeded
+
 __all__ = ["TWINS", "fold_twin", "lesion_map_layer", "training_twin"]
 
 TWINS = {"vgg11": tvm.vgg11_bn, "vgg16": tvm.vgg16_bn}
@@ -45,8 +47,7 @@ def training_twin(name: str, num_classes: int, seed: int) -> nn.Module:
     Batch norm after each convolution, and a head that starts from the mean of
     the feature grid instead of its flattened cells.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # the CPU's only: GPU generators untouched
+    with seeded(seed):
         twin: nn.Module = TWINS[name](weights=None, num_classes=num_classes)
         first = _head_input(twin)
         twin.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -45,7 +45,7 @@ from krypton.models.registry import (
 from krypton.models.weights import fingerprint, random_weights_id, weights_id
 
 if TYPE_CHECKING:
-    from krypton.models.build import build_model, classifier_head
+    from krypton.models.build import build_model, classifier_head, seeded
     from krypton.models.checkpoints import (
         apply_state_dict,
         load_checkpoint,
@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 _NEEDS_TORCH = {
     "build_model": "krypton.models.build",
     "classifier_head": "krypton.models.build",
+    "seeded": "krypton.models.build",
     "apply_state_dict": "krypton.models.checkpoints",
     "load_checkpoint": "krypton.models.checkpoints",
     "read_labels": "krypton.models.checkpoints",
@@ -108,6 +109,7 @@ __all__ = [
     "random_weights_id",
     "read_labels",
     "read_state_dict",
+    "seeded",
     "register_model",
     "to_model_input",
     "weights_id",

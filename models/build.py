@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -13,7 +15,7 @@ from krypton.models.checkpoints import apply_state_dict, read_state_dict
 from krypton.models.errors import InvalidArgumentError
 from krypton.models.registry import get_model_spec
 
-__all__ = ["build_model", "classifier_head"]
+__all__ = ["build_model", "classifier_head", "seeded"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,14 +64,31 @@ def build_model(
         state = read_state_dict(weights)
         if spec.checkpoint_options is not None:
             options = {**spec.checkpoint_options(state.keys()), **options}
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # the CPU generator only
+    with seeded(seed):
         model = spec.builder(num_classes, **options)
     logger.debug("built %s (num_classes=%d, seed=%d, options=%s)", name, num_classes, seed,
                  options)
     if weights is not None and state is not None:
         apply_state_dict(model, state, source=os.fspath(weights))
     return model.eval()
+
+
+@contextmanager
+def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run with the global generators at ``seed``, restoring the caller's afterwards.
+
+    Seeds the CPU generator, and a CUDA ``device``'s own when one is named, but
+    no other GPU's: building a model on the CPU must not reseed the GPU a
+    training run or a worker is drawing from.
+    """
+    target = torch.device(device)
+    gpus = [target.index or 0] if target.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.default_generator.manual_seed(seed)
+        for gpu in gpus:
+            with torch.cuda.device(gpu):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:

@@ -10,7 +10,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from krypton.cli import app
-from krypton.demo import LABELS
+from krypton.demo import LABELS, default_steps
 from krypton.models import build_model, decode_image
 
 runner = CliRunner()
@@ -50,3 +50,11 @@ def test_demo_train_with_an_unknown_model_exits_2(tmp_path: Path) -> None:
                                  str(tmp_path)])
     assert result.exit_code == 2
     assert "alexnet9" in result.output
+
+
+def test_demo_train_help_states_the_steps_training_takes_by_default() -> None:
+    # The help is written out (the CLI does not import torch to print it): it must agree.
+    result = runner.invoke(app, ["demo", "train", "--help"], env={"COLUMNS": "300"})
+    assert (f"{default_steps('resnet18')} for resnet18, {default_steps('vgg16')} for the others"
+            in result.output)
+    assert default_steps("inception_v3") == default_steps("vgg16")
