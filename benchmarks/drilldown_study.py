@@ -23,11 +23,22 @@ No timing: the cost of a setting is its position count, printed beside it
     python -m krypton.benchmarks.drilldown_study --demo-weights checkpoints \\
         --model resnet18 --images 12 --coarse 8,12,16,20 --bisect-coarse 16,32 \\
         --tolerances 0.05,0.1,0.15,0.2 --seed 2
+
+``--bounds K1,K2`` adds, per image, what no scheme that measures some
+positions and interpolates the rest can beat: the SSIM of the exact map's own
+3x3 mean (how much fine texture the map has, which interpolation cannot
+follow), of bilinear interpolation from every second position, and an oracle
+that knows the exact map and measures, beyond the first ``--bisect-coarse``
+lattice, the positions where that lattice's interpolation errs most, up to K
+positions in all. A rule that must measure to find its errors does no better
+than the oracle at the same cost.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -43,6 +54,8 @@ from krypton.engine.drilldown import drilldown_count, interpolate_coarse
 from krypton.engine.patches import PatchGrid
 from krypton.models import to_model_input
 from krypton.service.model_cache import ModelCache
+
+Number = TypeVar("Number", int, float)
 
 
 def _range_choice(coarse: Tensor, coarse_grid: PatchGrid, fine_grid: PatchGrid,
@@ -71,6 +84,23 @@ def _bisected(exact: np.ndarray, step: int, tolerance: float, budget: int
     return done.heatmap, int(known.sum()) + done.refined
 
 
+def _bounds(exact: np.ndarray, step: int, budgets: list[int]) -> list[float]:
+    """SSIM of the 3x3 mean, of the every-second-position lattice, and of the oracle at
+    each budget (see the module's docstring)."""
+    smoothed = F.avg_pool2d(torch.from_numpy(exact)[None, None], 3, 1, 1,
+                            count_include_pad=False)[0, 0].numpy()
+    every_second, _ = _bisected(exact, 2, float("inf"), 0)
+    lattice, cost = _bisected(exact, step, float("inf"), 0)
+    worst_first = np.argsort(-np.abs(lattice - exact), axis=None)
+    scores = [heatmap_ssim(smoothed, exact), heatmap_ssim(every_second, exact)]
+    for budget in budgets:
+        oracle = lattice.copy()
+        chosen = worst_first[:max(budget - cost, 0)]
+        oracle.flat[chosen] = exact.flat[chosen]
+        scores.append(heatmap_ssim(oracle, exact))
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-weights", required=True,
@@ -88,11 +118,14 @@ def main() -> None:
                         help="Bisection's cap: the most of the fine positions it refines.")
     parser.add_argument("--seed", type=int, default=1,
                         help="Images of seed SAMPLE_SEED + this (tuning uses +0).")
+    parser.add_argument("--bounds", default="",
+                        help="Positions K for the oracle bound, e.g. 730,1000; empty skips.")
     args = parser.parse_args()
     patch, stride, ratio = args.patch, args.stride, args.ratio
-    strides = [int(s) for s in args.coarse.split(",")]
-    bisect_strides = [int(s) for s in args.bisect_coarse.split(",")]
-    tolerances = [float(t) for t in args.tolerances.split(",")]
+    strides = _numbers(args.coarse, int)
+    bisect_strides = _numbers(args.bisect_coarse, int)
+    tolerances = _numbers(args.tolerances, float)
+    budgets = _numbers(args.bounds, int)
     cache = ModelCache(bench_deployment([args.model], args.demo_weights), "cpu")
     preprocessing = cache.get(args.model).deployed.preprocessing
     engine = cache.engine(args.model, "exact")
@@ -102,7 +135,8 @@ def main() -> None:
     batch = lesion_batch(size, args.images, seed=SAMPLE_SEED + args.seed)
     scores: dict[tuple[int, str], list[tuple[float, bool, int]]] = {}
     count = drilldown_count(fine.size, ratio)
-    exact_hits = []
+    exact_hits: list[bool] = []
+    bounds: list[list[float]] = []
     for index in range(args.images):
         image = to_model_input(batch.pixels(index), preprocessing)
         box = tuple(int(v) for v in batch.boxes[index])
@@ -137,6 +171,9 @@ def main() -> None:
                 scores.setdefault((coarse_stride, f"bisect {limit}"), []).append((
                     heatmap_ssim(heatmap, exact.heatmap),
                     points_at(heatmap, box, patch, stride, tolerance=tolerance), cost))
+        if budgets and bisect_strides:
+            bounds.append(_bounds(exact.heatmap.astype(np.float64),
+                                  bisect_strides[0] // stride, budgets))
         typer.echo(f"image {index + 1}/{args.images} done", err=True)
     typer.echo(f"{args.model}, patch {patch}, stride {stride} ({fine.size} positions), r {ratio},"
                f" {args.images} images; exact map points at the lesion on "
@@ -151,6 +188,18 @@ def main() -> None:
         typer.echo(f"| {coarse_stride} | {np.mean(costs):.0f} ({max(costs)}) | {name} "
                    f"| {ssim.mean():.3f} | {np.percentile(ssim, 10):.3f} | {ssim.min():.3f} "
                    f"| {agree:.0%} |")
+    if bounds:
+        typer.echo(f"\nBounds per image (SSIM; oracle from coarse stride {bisect_strides[0]}):")
+        typer.echo("| image | 3x3 mean | every 2nd position | "
+                   + " | ".join(f"oracle, {k} positions" for k in budgets) + " |")
+        typer.echo("|---|---|---|" + "---|" * len(budgets))
+        for index, row in enumerate(bounds):
+            typer.echo(f"| {index} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+
+
+def _numbers(text: str, kind: Callable[[str], Number]) -> list[Number]:
+    """A comma-separated list of numbers; an empty text gives none."""
+    return [kind(part) for part in text.split(",") if part.strip()]
 
 
 if __name__ == "__main__":
