@@ -41,6 +41,7 @@ are printed beside it.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -95,8 +96,6 @@ def _bounds(exact: np.ndarray, step: int, budgets: list[int]) -> list[float]:
                             count_include_pad=False)[0, 0].numpy()
     every_second, _ = _bisected(exact, 2, float("inf"), 0)
     lattice, cost = _bisected(exact, step, float("inf"), 0)
-    if min(budgets) < cost:
-        raise ValueError(f"--bounds below the lattice's own {cost} positions: {budgets}")
     worst_first = np.argsort(-np.abs(lattice - exact), axis=None)
     scores = [heatmap_ssim(smoothed, exact), heatmap_ssim(every_second, exact)]
     for budget in budgets:
@@ -145,6 +144,10 @@ def main() -> None:
     assert isinstance(engine, IncrementalOcclusion)
     size, tolerance = preprocessing.size, POINTING_TOLERANCE * patch
     fine = PatchGrid(size, size, patch, stride)
+    if budgets:
+        lattice = math.prod(len(lattice_axis(n, bisect_strides[0] // stride)) for n in fine.shape)
+        if min(budgets) < lattice:
+            parser.error(f"--bounds below the lattice's own {lattice} positions: {budgets}")
     batch = lesion_batch(size, args.images, seed=SAMPLE_SEED + args.seed)
     scores: dict[tuple[int, str], list[tuple[float, bool, int]]] = {}
     count = drilldown_count(fine.size, ratio)
