@@ -94,10 +94,10 @@ export PYTHONUNBUFFERED=1 MPLCONFIGDIR="$SITE/matplotlib"
 
 if [ "$DRY_RUN" = 1 ]; then
     DEVICE=cpu; MODELS=resnet18; STRIDE=16; JOBS=2; CONCURRENCY=1; TRAIN_STEPS=2
-    TRAIN_MODELS=resnet18
+    TRAIN_MODELS=resnet18; VALIDATION=8
 else
     DEVICE=cuda; MODELS=vgg16,resnet18,inception_v3; STRIDE=4; JOBS=40; CONCURRENCY=1,8
-    TRAIN_MODELS=resnet18,inception_v3,vgg16
+    TRAIN_MODELS=resnet18,inception_v3,vgg16; VALIDATION=256
 fi
 
 step "1. machine"
@@ -129,7 +129,7 @@ if [ "$TRAIN_STEPS" != 0 ]; then
         # Training may use what the later steps leave: about half the budget.
         [ $(( SECONDS + 60 )) -lt $(( BUDGET / 2 )) ] || { echo "no time to train $model"; continue; }
         within $(( BUDGET / 2 - SECONDS )) "$PYTHON" -m krypton demo train --model "$model" "${STEPS_OPTION[@]}" \
-            --device "$DEVICE" --out "$WEIGHTS" 2>>"$RESULTS/training.log" \
+            --validation "$VALIDATION" --device "$DEVICE" --out "$WEIGHTS" 2>>"$RESULTS/training.log" \
             | tee -a "$RESULTS/training.txt"
     done
     trained=$(ls "$WEIGHTS"/demo-*.pt 2>/dev/null | wc -l)

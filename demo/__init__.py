@@ -25,8 +25,11 @@ from krypton.demo.lesions import (
 )
 from krypton.demo.training import (
     TrainingReport,
+    accuracy,
+    confusion_matrix,
     default_steps,
     demo_checkpoint,
+    per_class,
     save_checkpoint,
     train_demo_model,
 )
@@ -38,10 +41,13 @@ __all__ = [
     "FundusLesions",
     "LesionBatch",
     "TrainingReport",
+    "accuracy",
+    "confusion_matrix",
     "default_steps",
     "demo_checkpoint",
     "lesion_batch",
     "lesion_samples",
+    "per_class",
     "save_checkpoint",
     "train_demo_model",
 ]

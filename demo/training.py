@@ -34,8 +34,8 @@ from krypton.models import (
     seeded,
 )
 
-__all__ = ["TrainingReport", "default_steps", "demo_checkpoint", "save_checkpoint",
-           "train_demo_model"]
+__all__ = ["TrainingReport", "accuracy", "confusion_matrix", "default_steps", "demo_checkpoint",
+           "per_class", "save_checkpoint", "train_demo_model"]
 
 _STEPS = 600
 _STEPS_BY_MODEL = {"resnet18": 1200, "inception_v3": 800}
@@ -66,6 +66,7 @@ class TrainingReport:
     learning_rate: float
     seed: int
     seconds: float
+    """Training alone, without the validation."""
     final_loss: float
     """Mean classification loss (cross-entropy) over the last tenth of the steps."""
     accuracy: float
@@ -77,17 +78,11 @@ class TrainingReport:
     lesion_maps: bool = False
     """Whether a lesion map trained beside the classifier (:mod:`krypton.demo.supervision`)."""
     labels: tuple[str, ...] = LABELS
+    validation_seconds: float = 0.0
 
     def per_class(self) -> dict[str, float]:
-        """Share of each label's validation images read as that label.
-
-        Labels with no validation image (fewer images than labels) are left
-        out rather than shown as 0%.
-        """
-        return {label: row[index] / sum(row)
-                for index, (label, row) in enumerate(zip(self.labels, self.confusion,
-                                                         strict=True))
-                if sum(row)}
+        """Share of each label's validation images read as that label (:func:`per_class`)."""
+        return per_class(self.confusion, self.labels)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self) | {"per_class": self.per_class()}
@@ -107,7 +102,7 @@ def train_demo_model(
     seed: int = 0,
     occluders: float = 0.5,
     full_size_share: float = 0.15,
-    validation: int = 64,
+    validation: int = 256,
     device: str = "cpu",
     report: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, TrainingReport]:
@@ -130,7 +125,10 @@ def train_demo_model(
         occluders: share of training images with plain squares pasted away from
             the lesion (see :mod:`krypton.demo.lesions`).
         full_size_share: share of the steps, at the end, on full-size images.
-        validation: images to measure accuracy on.
+        validation: images to measure accuracy on, the labels in turn. With
+            16 per label one image moved a label's share by 6 points, enough
+            to put a model on either side of 85% by chance
+            (BENCHMARKS.md, "Demo models"); 64 per label is 1.6 points each.
         device: where the model trains (the images are drawn on the CPU).
         report: called with a line of progress every few steps.
     """
@@ -159,16 +157,16 @@ def train_demo_model(
     model = model.cpu().eval()
     if name in TWINS:
         model = fold_twin(model, build_model(name, num_classes=len(LABELS), seed=seed))
+    trained = time.perf_counter()
     confusion = confusion_matrix(model, spec.input_size, spec.preprocessing, validation)
-    accuracy = sum(confusion[i][i] for i in range(len(LABELS))) / validation
     result = TrainingReport(
         model=name, steps=steps, batch_size=batch_size, learning_rate=rate, seed=seed,
-        seconds=time.perf_counter() - started,
+        seconds=trained - started,
         final_loss=_mean(losses[-max(1, steps // 10):]),
-        accuracy=accuracy, validation=validation, confusion=confusion,
-        lesion_maps=bool(map_losses),
+        accuracy=accuracy(confusion), validation=validation, confusion=confusion,
+        lesion_maps=bool(map_losses), validation_seconds=time.perf_counter() - trained,
     )
-    say(f"{name}: validation accuracy {accuracy:.3f} on {validation} full-size images")
+    say(f"{name}: validation accuracy {result.accuracy:.3f} on {validation} full-size images")
     return model, result
 
 
@@ -188,6 +186,23 @@ def confusion_matrix(model: nn.Module, size: int, preprocessing: Preprocessing,
         predicted = model(normalize(batch.images, preprocessing)).argmax(dim=1)
         counts.index_put_((batch.labels, predicted), torch.tensor(1), accumulate=True)
     return tuple(tuple(row) for row in counts.tolist())
+
+
+def accuracy(confusion: tuple[tuple[int, ...], ...]) -> float:
+    """Share of all images read as their true label."""
+    return sum(row[index] for index, row in enumerate(confusion)) / sum(map(sum, confusion))
+
+
+def per_class(confusion: tuple[tuple[int, ...], ...],
+              labels: tuple[str, ...] = LABELS) -> dict[str, float]:
+    """Share of each label's images read as that label.
+
+    Labels with no image (fewer images than labels) are left out rather than
+    shown as 0%.
+    """
+    return {label: row[index] / sum(row)
+            for index, (label, row) in enumerate(zip(labels, confusion, strict=True))
+            if sum(row)}
 
 
 def save_checkpoint(model: nn.Module, report: TrainingReport,

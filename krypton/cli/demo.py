@@ -37,6 +37,8 @@ def demo_train(
         "the side).")] = 0.15,
     out: Annotated[Path, typer.Option(help="Folder for demo-MODEL.pt and its report.")
                    ] = Path("checkpoints"),
+    validation: Annotated[int, typer.Option(
+        help="Validation images to measure accuracy on, the labels in turn.")] = 256,
     device: Annotated[Device, typer.Option(help="Where the model trains.")] = Device.cpu,
 ) -> None:
     """Train MODEL to tell the demo's lesions apart and write its checkpoint."""
@@ -45,15 +47,50 @@ def demo_train(
     try:
         network, report = train_demo_model(
             model, steps=steps, batch_size=batch_size, seed=seed,
-            full_size_share=full_size_share, device=device.value,
+            full_size_share=full_size_share, validation=validation, device=device.value,
             report=lambda line: typer.echo(line, err=True))
         path = save_checkpoint(network, report, demo_checkpoint(out, model))
         path.with_suffix(".json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     except (ModelError, ValueError, OSError) as exc:
         fail(str(exc))
-    per_class = ", ".join(f"{label} {share:.0%}" for label, share in report.per_class().items())
-    typer.echo(f"wrote {path} (validation accuracy {report.accuracy:.3f}: {per_class}; "
-               f"{report.seconds:.0f} s)")
+    typer.echo(f"wrote {path} (validation accuracy {report.accuracy:.3f}: "
+               f"{_shares(report.per_class())}; {report.seconds:.0f} s of training)")
+
+
+@demo_app.command("evaluate")
+def demo_evaluate(
+    model: Annotated[str, typer.Option(help="Architecture (see `krypton models`).")
+                     ] = "resnet18",
+    checkpoints: Annotated[Path, typer.Option(
+        help="Folder holding demo-MODEL.pt, as `krypton demo train --out` wrote it.")
+                           ] = Path("checkpoints"),
+    validation: Annotated[int, typer.Option(
+        help="Validation images to measure accuracy on, the labels in turn.")] = 256,
+) -> None:
+    """Measure a trained demo model's accuracy per class again, e.g. on more images.
+
+    Prints the confusion matrix (rows the true label, columns the predicted one).
+    """
+    from krypton.demo import LABELS, accuracy, confusion_matrix, demo_checkpoint, per_class
+    from krypton.models import build_model, get_model_spec
+
+    if validation < 1:
+        fail(f"--validation must be at least 1 image, got {validation}")
+    try:
+        spec = get_model_spec(model)
+        network = build_model(model, num_classes=len(LABELS),
+                              weights=demo_checkpoint(checkpoints, model))
+    except ModelError as exc:
+        fail(str(exc))
+    confusion = confusion_matrix(network, spec.input_size, spec.preprocessing, validation)
+    for label, row in zip(LABELS, confusion, strict=True):
+        typer.echo(f"{label:>15} {' '.join(f'{count:4d}' for count in row)}")
+    typer.echo(f"{model}: validation accuracy {accuracy(confusion):.3f} on {validation} "
+               f"images: {_shares(per_class(confusion))}")
+
+
+def _shares(per_label: dict[str, float]) -> str:
+    return ", ".join(f"{label} {share:.0%}" for label, share in per_label.items())
 
 
 @demo_app.command("images")

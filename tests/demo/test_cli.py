@@ -36,7 +36,8 @@ def test_demo_images_with_the_same_seed_are_the_same(tmp_path: Path) -> None:
 
 def test_demo_train_writes_a_loadable_checkpoint_and_its_report(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "train", "--model", "resnet18", "--steps", "1",
-                                 "--batch-size", "2", "--out", str(tmp_path)])
+                                 "--batch-size", "2", "--validation", "4", "--out",
+                                 str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "demo-resnet18.json").read_text())
     assert report["model"] == "resnet18" and report["labels"] == list(LABELS)
@@ -58,3 +59,23 @@ def test_demo_train_help_states_the_steps_training_takes_by_default() -> None:
     assert (f"{default_steps('resnet18')} for resnet18, {default_steps('inception_v3')} for "
             f"inception_v3, {default_steps('vgg16')} for the others" in result.output)
     assert default_steps("vgg16") == default_steps("densenet121") == default_steps("vgg11")
+
+
+def test_demo_evaluate_prints_the_confusion_matrix_of_a_trained_checkpoint(
+        tmp_path: Path) -> None:
+    runner.invoke(app, ["demo", "train", "--model", "resnet18", "--steps", "1",
+                        "--batch-size", "2", "--validation", "4", "--out", str(tmp_path)])
+    result = runner.invoke(app, ["demo", "evaluate", "--model", "resnet18", "--checkpoints",
+                                 str(tmp_path), "--validation", "8"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.output.splitlines() if line.split()[0] in LABELS]
+    assert [row[0] for row in rows] == list(LABELS)
+    assert [sum(map(int, row[1:])) for row in rows] == [2, 2, 2, 2]  # 8 images, labels in turn
+    assert re.search(r"on 8 images: NORMAL \d+%", result.output)
+
+
+def test_demo_evaluate_without_a_checkpoint_says_which_file_is_missing(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo", "evaluate", "--model", "resnet18", "--checkpoints",
+                                 str(tmp_path)])
+    assert result.exit_code != 0
+    assert "demo-resnet18.pt" in result.output and "Traceback" not in result.output
