@@ -29,7 +29,7 @@ def demo_train(
                      ] = "resnet18",
     steps: Annotated[int | None, typer.Option(
         help="Optimiser steps (default: 1200 for resnet18, 800 for inception_v3, "
-             "600 for the others).")] = None,
+             "540 for vgg16, 600 for the others).")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 16,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights and images.")] = 0,
     full_size_share: Annotated[float, typer.Option(
