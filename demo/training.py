@@ -42,11 +42,11 @@ _STEPS_BY_MODEL = {"resnet18": 1200, "inception_v3": 800, "vgg16": 540}
 """Steps per architecture (BENCHMARKS.md, "Demo models"). ResNet18's steps are
 cheap, and after 600 it still read 5 of 16 hemorrhages as normal. VGG16's are
 the dearest: 600 took 30.2 minutes on a slower CPU (98.4%), 540 took 27.2
-(98.8%). InceptionV3
-after 600 read 93.8% on one CPU but 85.9% on another, with normal images and
-hemorrhages confused (75% of hemorrhages right): a different CPU's kernels sum
-in a different order, and that was enough to move it. After 800 it read 93.8%
-there on 256 validation images, every class past 85%."""
+(98.8%). InceptionV3 after 600 read 93.8% on one CPU but 85.9% on another,
+with normal images and hemorrhages confused (75% of hemorrhages right): a
+different CPU's kernels sum in a different order, and that was enough to move
+it. After 800 it read 93.8% there on 256 validation images, every class past
+85%."""
 
 _LEARNING_RATE = 3e-4
 """Adam's step size from scratch. ResNet18 and InceptionV3 learn the task at it
@@ -80,6 +80,7 @@ class TrainingReport:
     """Whether a lesion map trained beside the classifier (:mod:`krypton.demo.supervision`)."""
     labels: tuple[str, ...] = LABELS
     validation_seconds: float = 0.0
+    """Measuring ``accuracy``, apart from :attr:`seconds` of training."""
 
     def per_class(self) -> dict[str, float]:
         """Share of each label's validation images read as that label (:func:`per_class`)."""
