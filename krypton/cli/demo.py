@@ -65,7 +65,7 @@ def demo_evaluate(
         help="Folder holding demo-MODEL.pt, as `krypton demo train --out` wrote it.")
                            ] = Path("checkpoints"),
     validation: Annotated[int, typer.Option(
-        help="Validation images to measure accuracy on, the labels in turn.")] = 256,
+        min=1, help="Validation images to measure accuracy on, the labels in turn.")] = 256,
 ) -> None:
     """Measure a trained demo model's accuracy per class again, e.g. on more images.
 
@@ -74,8 +74,6 @@ def demo_evaluate(
     from krypton.demo import LABELS, accuracy, confusion_matrix, demo_checkpoint, per_class
     from krypton.models import build_model, get_model_spec
 
-    if validation < 1:
-        fail(f"--validation must be at least 1 image, got {validation}")
     try:
         spec = get_model_spec(model)
         network = build_model(model, num_classes=len(LABELS),

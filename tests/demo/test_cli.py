@@ -69,7 +69,8 @@ def test_demo_evaluate_prints_the_confusion_matrix_of_a_trained_checkpoint(
     result = runner.invoke(app, ["demo", "evaluate", "--model", "resnet18", "--checkpoints",
                                  str(tmp_path), "--validation", "8"])
     assert result.exit_code == 0, result.output
-    rows = [line.split() for line in result.output.splitlines() if line.split()[0] in LABELS]
+    rows = [row for row in map(str.split, result.output.splitlines()) if row[:1]
+            and row[0] in LABELS]
     assert [row[0] for row in rows] == list(LABELS)
     assert [sum(map(int, row[1:])) for row in rows] == [2, 2, 2, 2]  # 8 images, labels in turn
     assert re.search(r"on 8 images: NORMAL \d+%", result.output)
