@@ -129,3 +129,14 @@ def test_tuning_never_tries_a_coarse_lattice_wider_than_the_patch(tuned: tuple) 
     strides = {p.approximation.coarse_stride for p in result.frontier
                if p.approximation.drills_down}
     assert strides and max(strides) <= PATCH
+
+
+def test_tuning_times_passing_settings_again_side_by_side_and_says_so(
+        tuned: tuple) -> None:  # type: ignore[type-arg]
+    engine, samples, _ = tuned
+    lines: list[str] = []
+    result = tune(engine, samples, PATCH, STRIDE, target_ssim=0.9, report=lines.append)
+    retimed = [p for p in result.frontier if p.side_by_side]
+    assert len(retimed) != 1  # side by side takes two
+    assert all(p.ssim >= result.target_ssim for p in retimed)
+    assert sum(line.startswith("side by side: ") for line in lines) == len(retimed)
