@@ -21,10 +21,11 @@ and spends its time where settings are cheap:
    miss: the two approximations compound, so their product is what is scored.
 4. Passing settings are tried fastest first on the held-out images; the
    first that keeps the target there wins. Exact inference always does.
-   "Fastest" is timed side by side: the search runs each setting once, minutes
-   apart, and on a shared 2-core machine the clock drifted by a fifth over that
-   time, enough to rank tau 0.5 ahead of tau 0.4 on ResNet18 although 0.4 ran
-   19% faster when the two alternated (BENCHMARKS.md). So the passing settings
+   "Fastest" is timed side by side. The search runs each setting once,
+   minutes apart, and on a shared 2-core machine one setting on the same
+   images took 0.88 s and 1.20 s per image in two runs minutes apart: enough
+   to rank tau 0.5 ahead of tau 0.4 on ResNet18, although 0.4 took a fifth
+   less time when the two alternated (BENCHMARKS.md). So the passing settings
    within ``RETIME_WITHIN`` of the fastest are timed again, alternating on
    each tuning image, and ranked by those times.
 
@@ -70,7 +71,7 @@ TAU_BASES = 2
 """How many of the fastest passing drill-down settings get a ``tau`` sweep."""
 RETIME_WITHIN = 1.5
 """Passing settings whose first time is within this factor of the fastest's are timed
-again side by side; slower ones cannot win against a drift of a fifth."""
+again side by side; a slower one would need the clock to drift by more than half."""
 
 Score = Literal["mean", "min"]
 """How a setting's SSIMs over several images become one score: their mean, or
