@@ -54,7 +54,7 @@ from torch import Tensor
 from krypton.benchmarks.engine import POINTING_TOLERANCE, bench_deployment
 from krypton.demo import SAMPLE_SEED, lesion_batch
 from krypton.engine import Approximation, IncrementalOcclusion, heatmap_ssim, points_at
-from krypton.engine.bisection import bisect, lattice_axis
+from krypton.engine.bisection import bisect_from_lattice, lattice_axis
 from krypton.engine.drilldown import drilldown_count, interpolate_coarse
 from krypton.engine.patches import PatchGrid
 from krypton.models import to_model_input
@@ -80,13 +80,11 @@ def _filled(estimate: Tensor, exact: np.ndarray, chosen: Tensor) -> np.ndarray:
 def _bisected(exact: np.ndarray, step: int, tolerance: float, budget: int
               ) -> tuple[np.ndarray, int]:
     """Bisection on ``exact``'s every ``step``-th value: the map and the positions it cost."""
-    known = np.zeros(exact.shape, dtype=bool)
-    known[::step, ::step] = True
-    done = bisect(np.where(known, exact, 0.0).astype(np.float64), known,
-                  lattice_axis(exact.shape[0], step), lattice_axis(exact.shape[1], step),
-                  lambda flat: exact.ravel()[flat].astype(np.float64), tolerance=tolerance,
-                  budget=budget)
-    return done.heatmap, int(known.sum()) + done.refined
+    lattice = exact[::step, ::step].astype(np.float64)
+    done = bisect_from_lattice(lattice, exact.shape, step,
+                               lambda flat: exact.ravel()[flat].astype(np.float64),
+                               tolerance=tolerance, budget=budget)
+    return done.heatmap, lattice.size + done.refined
 
 
 def _bounds(exact: np.ndarray, step: int, budgets: list[int]) -> list[float]:

@@ -389,9 +389,10 @@ class ApproximateRow:
     tuning_seconds: float
     exact_range: float
     """Mean max - min of the held-out exact heatmaps: near 0, SSIM says little."""
-    frontier: tuple[tuple[float, float | None, int | None, float | None, float, float], ...]
-    """(tau, r, coarse stride, bisection tolerance, speedup over exact, SSIM) of every
-    setting tuning tried."""
+    frontier: tuple[tuple[float, float | None, int | None, float | None, float, float, bool],
+                    ...]
+    """(tau, r, coarse stride, bisection tolerance, speedup over exact, SSIM, timed side by
+    side) of every setting tuning tried."""
     check: QualityCheck | None = None
     """The chosen setting on further images, per image (not timed)."""
 
@@ -557,7 +558,7 @@ def run_approximate_benchmark(
             exact_range=float(np.mean(ranges)),
             frontier=tuple((p.approximation.tau, p.approximation.drilldown_ratio,
                             p.approximation.coarse_stride, p.approximation.drilldown_tolerance,
-                            p.speedup, p.ssim)
+                            p.speedup, p.ssim, p.side_by_side)
                            for p in tuning.frontier),
             check=checked,
         ))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["MIN_RANGE", "Bisection", "bisect", "lattice_axis"]
+__all__ = ["MIN_RANGE", "Bisection", "bisect", "bisect_from_lattice", "lattice_axis"]
 
 MIN_RANGE = 0.01
 """Below this range of lattice values (probabilities), the tolerance is a share of it:
@@ -56,6 +56,23 @@ def lattice_axis(length: int, step: int) -> list[int]:
     if axis[-1] != length - 1:
         axis.append(length - 1)
     return axis
+
+
+def bisect_from_lattice(lattice: npt.NDArray[np.float64], shape: tuple[int, int], step: int,
+                        measure: Measure, *, tolerance: float, budget: int,
+                        report: Callable[[npt.NDArray[np.float64]], None] | None = None
+                        ) -> Bisection:
+    """Refine a fine grid of ``shape`` known only at every ``step``-th index.
+
+    ``lattice`` holds those values (the drill-down's coarse map); the rest is
+    as :func:`bisect`, whose closing row and column are measured first.
+    """
+    values = np.zeros(shape, dtype=np.float64)
+    known = np.zeros(shape, dtype=bool)
+    values[::step, ::step] = lattice
+    known[::step, ::step] = True
+    return bisect(values, known, lattice_axis(shape[0], step), lattice_axis(shape[1], step),
+                  measure, tolerance=tolerance, budget=budget, report=report)
 
 
 def bisect(values: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], rows: list[int],

@@ -35,7 +35,7 @@ from krypton.engine.base import (
     ProgressCallback,
     StopCheck,
 )
-from krypton.engine.bisection import bisect, lattice_axis
+from krypton.engine.bisection import bisect_from_lattice
 from krypton.engine.errors import InvalidParamsError
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.result import OcclusionResult
@@ -153,11 +153,6 @@ def _refine_by_bisection(coarse_map: Tensor, fine: PatchGrid, step: int, toleran
                          budget: int, measure: Measure, partial: PartialCallback | None
                          ) -> tuple[Tensor, int, int]:
     """The coarse map on the fine grid (every ``step``-th index), refined by bisection."""
-    values = np.zeros(fine.shape)
-    known = np.zeros(fine.shape, dtype=bool)
-    values[::step, ::step] = coarse_map.cpu().numpy()
-    known[::step, ::step] = True
-
     def exact(flat: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         positions = torch.as_tensor(flat, device=coarse_map.device)
         return measure(positions).cpu().numpy().astype(np.float64)
@@ -166,9 +161,9 @@ def _refine_by_bisection(coarse_map: Tensor, fine: PatchGrid, step: int, toleran
         if partial is not None:
             partial(estimate.astype(np.float32))
 
-    done = bisect(values, known, lattice_axis(fine.shape[0], step),
-                  lattice_axis(fine.shape[1], step), exact, tolerance=tolerance, budget=budget,
-                  report=None if partial is None else report)
+    done = bisect_from_lattice(coarse_map.cpu().numpy(), fine.shape, step, exact,
+                               tolerance=tolerance, budget=budget,
+                               report=None if partial is None else report)
     heatmap = torch.as_tensor(done.heatmap, dtype=torch.float32, device=coarse_map.device)
     return heatmap, done.refined, done.rounds
 

@@ -22,8 +22,8 @@ and spends its time where settings are cheap:
 4. Passing settings are tried fastest first on the held-out images; the
    first that keeps the target there wins. Exact inference always does.
    "Fastest" is timed side by side. The search runs each setting once,
-   minutes apart, and on a shared 2-core machine one setting on the same
-   images took 0.88 s and 1.20 s per image in two runs minutes apart: enough
+   minutes apart, and a shared 2-core machine's speed drifts: one setting on
+   the same images took 0.88 s and 1.20 s per image in two runs: enough
    to rank tau 0.5 ahead of tau 0.4 on ResNet18, although 0.4 took a fifth
    less time when the two alternated (BENCHMARKS.md). So the passing settings
    within ``RETIME_WITHIN`` of the fastest are timed again, alternating on
@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from torch import Tensor
@@ -71,7 +71,8 @@ TAU_BASES = 2
 """How many of the fastest passing drill-down settings get a ``tau`` sweep."""
 RETIME_WITHIN = 1.5
 """Passing settings whose first time is within this factor of the fastest's are timed
-again side by side; a slower one would need the clock to drift by more than half."""
+again side by side; a slower one would need the machine's speed to drift by more than
+half between two settings' first times."""
 
 Score = Literal["mean", "min"]
 """How a setting's SSIMs over several images become one score: their mean, or
@@ -85,10 +86,11 @@ class FrontierPoint:
     approximation: Approximation
     seconds: float
     speedup: float
-    """Exact seconds over this setting's seconds, measured in the same run."""
+    """Exact seconds (timed at the start of the search) over this setting's seconds."""
     ssim: float
     side_by_side: bool = False
-    """Whether ``seconds`` was timed again alternating with the other close contenders."""
+    """Whether ``seconds`` was timed again, in turn with the other close contenders; these
+    times rank before the others, which were judged slower on their first."""
 
 
 @dataclass(frozen=True)
@@ -220,7 +222,7 @@ def tune(
                 break
 
     frontier = _timed_side_by_side(search, frontier, target_ssim, exact_seconds, tuning, say)
-    candidates = sorted((p for p in frontier if p.ssim >= target_ssim), key=lambda p: p.seconds)
+    candidates = sorted((p for p in frontier if p.ssim >= target_ssim), key=_rank)
     chosen, holdout_ssim = None, 1.0
     checks: list[HoldoutCheck] = []
     for point in candidates:
@@ -240,17 +242,22 @@ def tune(
         holdout_ssim=holdout_ssim,
         speedup=chosen.speedup,
         exact_seconds=exact_seconds,
-        frontier=tuple(sorted(frontier, key=lambda p: p.seconds)),
+        frontier=tuple(sorted(frontier, key=_rank)),
         holdout_checks=tuple(checks),
         tuning_images=len(tuning),
         holdout_images=len(held_out),
     )
 
 
-def _timed_side_by_side(search: _Search, frontier: list[FrontierPoint], target_ssim: float,
+def _rank(point: FrontierPoint) -> tuple[bool, float]:
+    """Settings timed side by side first (fastest first), then the rest by their first time."""
+    return not point.side_by_side, point.seconds
+
+
+def _timed_side_by_side(search: _SideBySide, frontier: list[FrontierPoint], target_ssim: float,
                         exact_seconds: float, indices: Sequence[int],
                         say: ProgressReport) -> list[FrontierPoint]:
-    """``frontier`` with the close passing settings' times taken again, alternating."""
+    """``frontier`` with the close passing settings' times taken again, in turn."""
     passing = [p for p in frontier if p.ssim >= target_ssim]
     if len(passing) < 2:
         return frontier
@@ -265,6 +272,11 @@ def _timed_side_by_side(search: _Search, frontier: list[FrontierPoint], target_s
         say(f"side by side: {_describe(point.approximation)}: {point.seconds:.2f} s, "
             f"{point.speedup:.2f}x over exact")
     return [retimed.get(id(point), point) for point in frontier]
+
+
+class _SideBySide(Protocol):
+    def side_by_side(self, approximations: Sequence[Approximation], indices: Sequence[int]
+                     ) -> list[float]: ...
 
 
 class _Search:
@@ -305,7 +317,8 @@ class _Search:
     def side_by_side(self, approximations: Sequence[Approximation], indices: Sequence[int]
                      ) -> list[float]:
         """Mean seconds per image of each setting, run in turn on each image (the order
-        reversed on every other image), so that all of them see the same machine."""
+        reversed on every other image), so that all of them see the same machine. A single tuning
+        image runs each setting once, in the order given."""
         totals = [0.0] * len(approximations)
         for turn, index in enumerate(indices):
             order = range(len(approximations))

@@ -6,24 +6,22 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from krypton.engine.bisection import bisect, lattice_axis
+from krypton.engine.bisection import bisect_from_lattice, lattice_axis
 
 
 def _run(truth: npt.NDArray[np.float64], step: int, tolerance: float, budget: int | None = None,
          reports: list[npt.NDArray[np.float64]] | None = None):  # type: ignore[no-untyped-def]
     """Bisect ``truth`` from its every ``step``-th value, counting what is measured."""
-    known = np.zeros(truth.shape, dtype=bool)
-    known[::step, ::step] = True
     asked: list[int] = []
 
     def measure(flat: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         asked.extend(flat.tolist())
         return truth.ravel()[flat]
 
-    done = bisect(np.where(known, truth, 0.0), known, lattice_axis(truth.shape[0], step),
-                  lattice_axis(truth.shape[1], step), measure, tolerance=tolerance,
-                  budget=truth.size if budget is None else budget,
-                  report=None if reports is None else reports.append)
+    done = bisect_from_lattice(truth[::step, ::step], truth.shape, step, measure,
+                               tolerance=tolerance,
+                               budget=truth.size if budget is None else budget,
+                               report=None if reports is None else reports.append)
     return done, asked
 
 

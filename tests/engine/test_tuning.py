@@ -10,6 +10,7 @@ from skimage.transform import resize
 
 from krypton.engine import Approximation, IncrementalOcclusion, InvalidParamsError, tune
 from krypton.engine.quality import heatmap_ssim
+from krypton.engine.tuning import FrontierPoint, _timed_side_by_side
 from tests.engine.helpers import architecture, calibrate
 
 SIZE, PATCH, STRIDE = 64, 8, 4
@@ -62,7 +63,7 @@ def test_tuning_checks_passing_settings_on_held_out_images_fastest_first(
         tuned: tuple) -> None:  # type: ignore[type-arg]
     _, _, result = tuned
     passing = sorted((p for p in result.frontier if p.ssim >= result.target_ssim),
-                     key=lambda p: p.seconds)
+                     key=lambda p: (not p.side_by_side, p.seconds))
     checked = [check.approximation for check in result.holdout_checks]
     assert checked == [p.approximation for p in passing[: len(checked)]]
 
@@ -131,12 +132,45 @@ def test_tuning_never_tries_a_coarse_lattice_wider_than_the_patch(tuned: tuple) 
     assert strides and max(strides) <= PATCH
 
 
-def test_tuning_times_passing_settings_again_side_by_side_and_says_so(
+class _Stopwatch:
+    """Side-by-side times fixed in advance, and the settings it was asked to time."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds, self.asked = seconds, []
+
+    def side_by_side(self, approximations, indices):  # type: ignore[no-untyped-def]
+        self.asked.append(list(approximations))
+        return self.seconds
+
+
+def _point(tau: float, seconds: float, ssim: float) -> FrontierPoint:
+    return FrontierPoint(Approximation(tau, 0.5, 16, 0.3), seconds, 10.0 / seconds, ssim)
+
+
+def test_side_by_side_times_replace_first_times_of_close_passing_settings() -> None:
+    first, second = _point(0.5, 1.0, 0.95), _point(0.4, 1.2, 0.93)
+    beyond, failing = _point(0.9, 1.6, 0.99), _point(0.3, 0.5, 0.80)
+    stopwatch = _Stopwatch([1.3, 1.1])
+    frontier = _timed_side_by_side(stopwatch, [first, second, beyond, failing], 0.9, 10.0,
+                                   [0, 1], lambda line: None)
+    assert stopwatch.asked == [[first.approximation, second.approximation]]
+    assert [(p.seconds, p.side_by_side) for p in frontier] == [
+        (1.3, True), (1.1, True), (1.6, False), (0.5, False)]
+    assert frontier[1].speedup == pytest.approx(10.0 / 1.1)
+
+
+def test_side_by_side_needs_two_close_passing_settings() -> None:
+    stopwatch = _Stopwatch([])
+    frontier = [_point(0.5, 1.0, 0.95), _point(0.9, 1.6, 0.99), _point(0.3, 0.5, 0.80)]
+    assert _timed_side_by_side(stopwatch, frontier, 0.9, 10.0, [0], lambda line: None) == frontier
+    assert stopwatch.asked == []
+
+
+def test_tuning_checks_settings_timed_side_by_side_before_slower_first_times(
         tuned: tuple) -> None:  # type: ignore[type-arg]
-    engine, samples, _ = tuned
-    lines: list[str] = []
-    result = tune(engine, samples, PATCH, STRIDE, target_ssim=0.9, report=lines.append)
-    retimed = [p for p in result.frontier if p.side_by_side]
-    assert len(retimed) != 1  # side by side takes two
-    assert all(p.ssim >= result.target_ssim for p in retimed)
-    assert sum(line.startswith("side by side: ") for line in lines) == len(retimed)
+    _, _, result = tuned
+    passing = [p for p in result.frontier if p.ssim >= result.target_ssim]
+    retimed = [p for p in passing if p.side_by_side]
+    checked = [check.approximation for check in result.holdout_checks]
+    assert checked == [p.approximation for p in
+                       (retimed + [p for p in passing if not p.side_by_side])[: len(checked)]]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import httpx2
 import numpy as np
 import torch
 from PIL import Image
@@ -201,10 +202,10 @@ def wait_for_job(client: Any, url: str, *, statuses: tuple[str, ...] = ("succeed
 
 
 def submit(client: Any, image: bytes, *, filename: str = "retina.png",
-           prefer: str | None = None, **fields: str) -> httpx.Response:
+           prefer: str | None = None, **fields: str) -> httpx2.Response:
     """``POST /v1/heatmaps`` with ``image`` as the file part and ``fields`` as form fields."""
     headers = {"Prefer": prefer} if prefer else {}
-    response: httpx.Response = client.post(
+    response: httpx2.Response = client.post(
         "/v1/heatmaps", files={"image": (filename, image, "image/png")}, data=fields,
         headers=headers)
     return response
@@ -217,7 +218,7 @@ def finished(client: Any, image: bytes, **fields: str) -> dict[str, Any]:
     return wait_for_job(client, response.headers["Location"])
 
 
-def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+def assert_problem(response: httpx.Response | httpx2.Response, status: int) -> dict[str, Any]:
     """The response is an RFC 9457 problem with ``status``; its document."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
