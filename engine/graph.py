@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import logging
 import operator
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from krypton.engine.errors import UnsupportedModelError
 
@@ -154,6 +156,7 @@ def trace(model: nn.Module) -> LayerPlan:
             f"{type(model).__name__} cannot be traced with torch.fx: {exc}"
         ) from exc
 
+    _fold_batch_norms(graph_module)
     _switch_off_in_place(graph_module)
     layers: list[Layer] = []
     inputs: list[str] = []
@@ -172,6 +175,37 @@ def trace(model: nn.Module) -> LayerPlan:
         )
     return LayerPlan(layers=tuple(layers), input=inputs[0], output=output,
                      graph_module=graph_module)
+
+
+def _fold_batch_norms(graph_module: fx.GraphModule) -> None:
+    """Fold every eval BatchNorm that alone reads a convolution into that convolution.
+
+    One operator instead of two on every window and map: about 3% of an
+    approximate run on ResNet18 and InceptionV3 on a 2-core CPU (BENCHMARKS.md),
+    and one kernel launch less per layer on a GPU, with heatmaps equal up to
+    float rounding. The folded convolutions are new modules of the traced graph
+    under new names, so the model itself is left as it was; the weights of the
+    convolutions folded are read once, here.
+    """
+    modules = dict(graph_module.named_modules())
+    calls = Counter(node.target for node in graph_module.graph.nodes
+                    if node.op == "call_module")
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_module" or not _is_pointwise_module(modules[str(node.target)]):
+            continue
+        source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not (isinstance(source, fx.Node) and source.op == "call_module"
+                and len(source.users) == 1 and calls[source.target] == 1):
+            continue
+        conv, norm = modules[str(source.target)], modules[str(node.target)]
+        if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.BatchNorm2d):
+            continue
+        name = f"{source.name}_folded"
+        graph_module.add_submodule(name, fuse_conv_bn_eval(conv, norm))
+        source.target = name
+        node.replace_all_uses_with(source)
+        graph_module.graph.erase_node(node)
+    graph_module.recompile()
 
 
 def _switch_off_in_place(graph_module: fx.GraphModule) -> None:

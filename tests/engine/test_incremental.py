@@ -149,6 +149,35 @@ def test_engine_leaves_the_callers_model_untouched() -> None:
     assert next(model.parameters()).is_contiguous()
 
 
+def _with_batch_norm_statistics(model: nn.Module) -> nn.Module:
+    """Running statistics and affine parameters away from their initial 0 and 1, so that
+    folding them into the convolutions changes every folded weight and bias."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                for tensor, low, high in ((module.running_mean, -0.5, 0.5),
+                                          (module.running_var, 0.5, 2.0),
+                                          (module.weight, 0.5, 1.5), (module.bias, -0.3, 0.3)):
+                    tensor.uniform_(low, high, generator=generator)
+    return model
+
+
+def test_exact_equals_naive_with_batch_norms_folded_into_convolutions() -> None:
+    torch.manual_seed(5)
+    image = torch.randn(3, 64, 48)
+    model = calibrate(_with_batch_norm_statistics(architecture("resnet18")), image)
+    assert_exact(model, image, 8, 4)
+
+
+def test_an_adopted_model_keeps_its_batch_norms_and_their_values() -> None:
+    model = _with_batch_norm_statistics(architecture("resnet18"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    IncrementalOcclusion(model, copy=False).attribute(torch.randn(3, 32, 32), 8, 8)
+    assert isinstance(model.bn1, nn.BatchNorm2d)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_should_stop_ends_the_run_before_the_next_batch(tiny_cnn: nn.Module) -> None:
     seen: list[int] = []
     with pytest.raises(RunStopped):
