@@ -191,17 +191,16 @@ def _fold_batch_norms(graph_module: fx.GraphModule) -> None:
     calls = Counter(node.target for node in graph_module.graph.nodes
                     if node.op == "call_module")
     for node in list(graph_module.graph.nodes):
-        if node.op != "call_module" or not _is_pointwise_module(modules[str(node.target)]):
+        if node.op != "call_module" or not _is_eval_batch_norm(modules[str(node.target)]):
             continue
         source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
         if not (isinstance(source, fx.Node) and source.op == "call_module"
+                and isinstance(modules[str(source.target)], nn.Conv2d)
                 and len(source.users) == 1 and calls[source.target] == 1):
             continue
-        conv, norm = modules[str(source.target)], modules[str(node.target)]
-        if not isinstance(conv, nn.Conv2d) or not isinstance(norm, nn.BatchNorm2d):
-            continue
         name = f"{source.name}_folded"
-        graph_module.add_submodule(name, fuse_conv_bn_eval(conv, norm))
+        graph_module.add_submodule(name, fuse_conv_bn_eval(modules[str(source.target)],
+                                                           modules[str(node.target)]))
         source.target = name
         node.replace_all_uses_with(source)
         graph_module.graph.erase_node(node)
@@ -321,9 +320,11 @@ def _pair(value: Any) -> tuple[int, int]:
 
 
 def _is_pointwise_module(module: nn.Module) -> bool:
-    if isinstance(module, _POINTWISE_MODULES):
-        return True
-    # Eval BatchNorm with running statistics is a per-channel affine map.
+    return isinstance(module, _POINTWISE_MODULES) or _is_eval_batch_norm(module)
+
+
+def _is_eval_batch_norm(module: nn.Module) -> bool:
+    """Eval BatchNorm with running statistics: a per-channel affine map."""
     return (
         isinstance(module, nn.BatchNorm2d)
         and not module.training

@@ -259,9 +259,7 @@ def _timed_side_by_side(search: _SideBySide, frontier: list[FrontierPoint], targ
                         say: ProgressReport) -> list[FrontierPoint]:
     """``frontier`` with the close passing settings' times taken again, in turn."""
     passing = [p for p in frontier if p.ssim >= target_ssim]
-    if len(passing) < 2:
-        return frontier
-    fastest = min(p.seconds for p in passing)
+    fastest = min((p.seconds for p in passing), default=0.0)
     close = [p for p in passing if p.seconds <= RETIME_WITHIN * fastest]
     if len(close) < 2:
         return frontier
