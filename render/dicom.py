@@ -7,8 +7,12 @@
   Capture Image Storage), which every viewer displays.
 
 Both keep the source's patient and study (same Study Instance UID), start a
-new series with new UIDs, and reference the source SOP instance. Pure
-functions of their inputs: no patient data is logged or kept.
+new series with new UIDs, and reference the source SOP instance. A source
+header attribute whose value breaks its value representation (a birth date
+of 1999-13-45) is not copied: :func:`repaired` drops it (a patient or study
+attribute the standard requires is left empty) and names what it dropped,
+so the results stay valid DICOM. Pure functions of their inputs: no patient
+data is logged or kept, and no value appears in their errors.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import validate_value
 
 from krypton import __version__
 
-__all__ = ["PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "parametric_map",
+__all__ = ["PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "parametric_map", "repaired",
            "secondary_capture"]
 
 PARAMETRIC_MAP_SERIES = 9101
@@ -35,6 +42,47 @@ _TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyD
            "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 """Attributes highdicom copies from the source; the standard lets them be empty."""
 _AXES = (("L", "R"), ("P", "A"), ("H", "F"))
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
+                         "TM", "UC", "UI", "UR", "UT"})
+
+
+def repaired(source: Dataset) -> tuple[Dataset, list[str]]:
+    """A copy of the source header without the attributes whose values are invalid, and
+    their keywords (never their values: they may be the patient's).
+
+    Such an attribute is removed, or left empty where the standard requires it
+    present (the patient and study attributes results copy); pixel data is not
+    copied.
+    """
+    header = Dataset()
+    header.file_meta = source.file_meta
+    dropped = []
+    for element in source:
+        if element.tag == 0x7FE00010:
+            continue
+        if _valid(element.VR, element.value):
+            header.add(element)
+            continue
+        dropped.append(element.keyword or str(element.tag))
+        if element.keyword in _TYPE_2:
+            setattr(header, element.keyword, "")
+    return header, dropped
+
+
+def _valid(vr: str, value: object) -> bool:
+    """Whether a top-level element's value fits its value representation."""
+    if vr not in _STRING_VRS:
+        return True
+    values = value if isinstance(value, MultiValue | list | tuple) else [value]
+    for item in values:
+        if item is None or item == "":
+            continue
+        try:
+            validate_value(vr, item if isinstance(item, str | bytes) else str(item),
+                           pydicom_config.RAISE)
+        except (ValueError, TypeError):
+            return False
+    return True
 
 
 def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: str,

@@ -24,6 +24,7 @@ from krypton.models.deployment import Deployment, default_deployment, load_deplo
 from krypton.service.auth import KeyStore
 from krypton.service.config import Settings, get_settings
 from krypton.service.errors import BodyLimit, install_handlers
+from krypton.service.events import EventHub
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
 from krypton.service.pages import install_pages
@@ -49,7 +50,8 @@ def make_queue(settings: Settings, deployment: Deployment) -> JobQueue:
                                "heartbeat_ttl_seconds": settings.heartbeat_ttl_seconds}
     if settings.redis_url is None:
         return InMemoryQueue(configs=DatasetStore(deployment.datasets_dir), **options)
-    return RedisStreamQueue.from_url(str(settings.redis_url), **options)
+    return RedisStreamQueue.from_url(str(settings.redis_url),
+                                     max_connections=settings.redis_max_connections, **options)
 
 
 async def import_dataset_configs(queue: JobQueue, deployment: Deployment) -> list[str]:
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.queue = queue or make_queue(settings, deployment)
+        app.state.events = EventHub(app.state.queue)
         if not settings.embedded:
             with contextlib.suppress(Exception):  # Redis may come up after the API
                 imported = await import_dataset_configs(app.state.queue, deployment)

@@ -5,7 +5,9 @@ Keys are random tokens sent as ``Authorization: Bearer KEY``. The keys file
 SHA-256, so a leaked file grants nothing. A key has a scope: ``heatmaps``
 (submit and read its own jobs, predict, list models and datasets) or ``admin``
 (all of that, every job, tuning and the operator routes). A job belongs to the
-key that made it; another ``heatmaps`` key is told it does not exist.
+key that made it, by the key's id (a digest of the token, so a key revoked and
+added again under the same name is a new key); another ``heatmaps`` key is
+told it does not exist.
 
 Without a keys file the service runs open, as Redis's protected mode allows:
 only on a loopback address, or behind a gateway that authenticates when the
@@ -51,6 +53,11 @@ class ApiKey:
     sha256: str
     created: str
 
+    @property
+    def id(self) -> str:
+        """What jobs are owned by: stable for the token, new for a re-added name."""
+        return self.sha256[:16]
+
 
 @dataclass(frozen=True)
 class Caller:
@@ -58,14 +65,15 @@ class Caller:
 
     name: str | None
     scope: Scope
+    key_id: str | None = None
 
     @property
     def admin(self) -> bool:
         return self.scope == "admin"
 
     def may_see(self, owner: str | None) -> bool:
-        """Whether a job made by ``owner`` is this caller's to read or delete."""
-        return self.admin or owner == self.name
+        """Whether a job made by the key ``owner`` is this caller's to read or delete."""
+        return self.admin or owner == self.key_id
 
 
 OPEN = Caller(name=None, scope="admin")

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
         default=constants.DEFAULT_MAX_QUEUE_LENGTH, ge=1,
         description="Jobs waiting or running at once; a submission beyond gets 503 with "
         "Retry-After instead of growing the queue without bound.")
+    max_jobs_per_key: int = Field(
+        default=constants.DEFAULT_MAX_JOBS_PER_KEY, ge=1,
+        description="Jobs one key (or, running open, one client address) may have waiting "
+        "or running; more get 429 with Retry-After.")
+    max_bytes_per_key: int = Field(
+        default=constants.DEFAULT_MAX_BYTES_PER_KEY, ge=1,
+        description="Bytes of images one key's unexpired jobs may keep; an upload beyond "
+        "gets 429 until older jobs expire or are deleted.")
+    redis_max_connections: int = Field(
+        default=constants.REDIS_MAX_CONNECTIONS, ge=2,
+        description="Connections one process keeps to Redis; requests beyond wait for one.")
     max_job_gflop: float = Field(
         default=constants.DEFAULT_MAX_JOB_GFLOP, gt=0,
         description="Work one heatmap may book: positions times the model's GFLOP per "

@@ -8,21 +8,14 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from krypton.models.deployment import Deployment
-from krypton.service import constants
 from krypton.service.auth import OPEN, Caller, KeyStore
 from krypton.service.config import Settings
-from krypton.service.errors import (
-    Forbidden,
-    InvalidInput,
-    QueueFull,
-    RateLimited,
-    Unauthorized,
-)
-from krypton.service.queue import JobQueue
+from krypton.service.errors import Forbidden, InvalidInput, Unauthorized
+from krypton.service.queue import Admission, JobQueue
 
 __all__ = [
     "AdminDep",
-    "AdmittedDep",
+    "AdmissionDep",
     "CallerDep",
     "DeploymentDep",
     "OptionalCallerDep",
@@ -58,7 +51,7 @@ def _caller_of(request: Request, token: str | None) -> Caller | None:
     if keys is None:
         return OPEN
     key = keys.find(token) if token else None
-    return None if key is None else Caller(name=key.name, scope=key.scope)
+    return None if key is None else Caller(name=key.name, scope=key.scope, key_id=key.id)
 
 
 def get_optional_caller(request: Request) -> Caller | None:
@@ -97,25 +90,17 @@ CallerDep = Annotated[Caller, Depends(get_caller)]
 AdminDep = Annotated[Caller, Depends(get_admin)]
 
 
-async def admit_job(request: Request, queue: QueueDep, settings: SettingsDep,
-                    caller: CallerDep) -> Caller:
-    """The caller, once its rate and the queue's length allow one more job.
+def admit_job(request: Request, settings: SettingsDep, caller: CallerDep) -> Admission:
+    """Who submits and the limits the submission must fit; the queue checks them as it
+    stores the job, in one step (:meth:`~krypton.service.queue.JobQueue.submit`).
 
-    Raises:
-        RateLimited: the caller (its key, or running open its address) submitted
-            ``rate_limit_per_minute`` jobs this minute (429, Retry-After).
-        QueueFull: ``max_queue_length`` jobs wait or run (503, Retry-After).
+    The account is the caller's key, or running open its address.
     """
     client = request.client.host if request.client else "unknown"
-    bucket = f"key:{caller.name}" if caller.name is not None else f"address:{client}"
-    events, retry_after = await queue.count(bucket, constants.RATE_WINDOW_SECONDS)
-    if events > settings.rate_limit_per_minute:
-        raise RateLimited(f"more than {settings.rate_limit_per_minute} jobs a minute from this "
-                          f"caller; try again in {retry_after} s", retry_after=retry_after)
-    if await queue.backlog() >= settings.max_queue_length:
-        raise QueueFull(f"{settings.max_queue_length} jobs are waiting or running, the most "
-                        "this service queues; try again shortly")
-    return caller
+    account = f"key:{caller.key_id}" if caller.key_id is not None else f"address:{client}"
+    return Admission(account=account, rate_per_minute=settings.rate_limit_per_minute,
+                     max_backlog=settings.max_queue_length, max_jobs=settings.max_jobs_per_key,
+                     max_bytes=settings.max_bytes_per_key)
 
 
 async def refuse_ambiguous_fields(request: Request, caller: CallerDep) -> None:
@@ -138,4 +123,4 @@ async def refuse_ambiguous_fields(request: Request, caller: CallerDep) -> None:
                            "each once")
 
 
-AdmittedDep = Annotated[Caller, Depends(admit_job)]
+AdmissionDep = Annotated[Admission, Depends(admit_job)]

@@ -23,6 +23,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton.models import CheckpointError, ModelError
+from krypton.service.constants import RETRY_AFTER_SECONDS
 
 __all__ = [
     "PROBLEM_MEDIA_TYPE",
@@ -31,10 +32,14 @@ __all__ = [
     "BodyLimit",
     "Forbidden",
     "QueueFull",
+    "QuotaExceeded",
     "RateLimited",
+    "StoreBusy",
+    "StoreFull",
     "Unauthorized",
     "DatasetNotFound",
     "InvalidInput",
+    "JobLost",
     "JobNotFound",
     "NotForThisInput",
     "PayloadTooLarge",
@@ -91,6 +96,15 @@ class RateLimited(ServiceError):
         super().__init__(detail, headers={"Retry-After": str(retry_after)})
 
 
+class QuotaExceeded(ServiceError):
+    """One caller holds as many unfinished jobs, or as many stored bytes, as one may."""
+
+    status, slug, title = 429, "quota-exceeded", "Quota exceeded"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after)})
+
+
 class InvalidInput(ServiceError):
     status, slug, title = 422, "invalid-input", "Invalid input"
 
@@ -105,6 +119,12 @@ class PayloadTooLarge(ServiceError):
 
 class JobNotFound(ServiceError):
     status, slug, title = 404, "job-not-found", "No such job"
+
+
+class JobLost(ServiceError):
+    """A job the store lost with its data (Redis restarted empty), not one never made."""
+
+    status, slug, title = 404, "job-lost", "Job lost by the job store"
 
 
 class DatasetNotFound(ServiceError):
@@ -127,8 +147,15 @@ class QueueFull(ServiceError):
     status, slug, title = 503, "queue-full", "Too much work queued"
 
 
-RETRY_AFTER_SECONDS = 5
-"""What every 503 tells the client to wait before trying again."""
+class StoreFull(ServiceError):
+    """Redis is close to its memory limit: nothing more is stored until jobs expire."""
+
+    status, slug, title = 503, "store-full", "Job store full"
+
+
+class StoreBusy(RedisError):
+    """Every connection to Redis stayed in use for the pool's whole wait: overload, not an
+    outage (Redis answers; this process asked too much of it at once)."""
 
 
 class Problem(BaseModel):
@@ -151,8 +178,8 @@ _MEANINGS = {
     413: "The upload is larger than the limits (bytes or pixels)",
     415: "The upload is not an image type the service reads",
     422: "A parameter or the image is not valid; the detail says which and why",
-    429: "Too many requests from this key; see Retry-After",
-    503: "The queue is full or unreachable; see Retry-After",
+    429: "Too many requests, jobs or stored bytes from this key; see Retry-After",
+    503: "The queue is full, busy or unreachable, or its store is full; see Retry-After",
 }
 
 
@@ -164,13 +191,25 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
             for status in statuses}
 
 
+MAX_DETAIL = 1000
+"""Longest ``detail`` and ``instance`` a problem carries: they may quote what the caller
+sent, and a 100 KB parameter is not echoed back."""
+
+
+def shortened(text: str, limit: int = MAX_DETAIL) -> str:
+    """``text``, cut to ``limit`` characters with the count of what was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
 def problem(status: int, slug: str, title: str, detail: str, *, instance: str | None = None,
             job_id: str | None = None) -> dict[str, Any]:
     """A problem document; ``job_id`` is the RFC's allowed extension member."""
     document: dict[str, Any] = {"type": _TYPE.format(slug), "title": title, "status": status,
-                                "detail": detail}
+                                "detail": shortened(detail)}
     if instance is not None:
-        document["instance"] = instance
+        document["instance"] = shortened(instance, 200)
     if job_id is not None:
         document["job_id"] = job_id
     return document
@@ -185,6 +224,12 @@ def problem_for(exc: BaseException) -> dict[str, Any]:
     """The problem document for any exception a request or a job can end with."""
     if isinstance(exc, ServiceError):
         return problem(exc.status, exc.slug, exc.title, exc.detail, job_id=exc.job_id)
+    if isinstance(exc, StoreBusy):
+        return problem(503, "queue-busy", "Queue busy",
+                       "every connection to the job queue (Redis) is in use; try again shortly")
+    if isinstance(exc, RedisError) and str(exc).startswith("OOM"):
+        return problem(503, StoreFull.slug, StoreFull.title,
+                       "the job store (Redis) reached its memory limit; try again later")
     if isinstance(exc, RedisError):
         return problem(503, QueueUnavailable.slug, QueueUnavailable.title,
                        "the job queue (Redis) is unreachable; try again shortly")
@@ -204,7 +249,7 @@ def problem_response(document: dict[str, Any], *, instance: str,
     Every 503 says when to try again (``Retry-After``): overload and a
     restarting Redis are both temporary.
     """
-    document.setdefault("instance", instance)
+    document.setdefault("instance", shortened(instance, 200))
     headers = dict(headers or {})
     if document["status"] == 503:
         headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))

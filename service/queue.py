@@ -1,15 +1,22 @@
 """Where jobs wait and results live: a Redis Stream, or an in-process stand-in.
 
-The API calls :meth:`JobQueue.submit`, ``get`` and ``delete``; workers call
-``claim``, ``touch``, ``save``, ``put_result`` and ``ack``. Both
+The API calls :meth:`JobQueue.submit`, ``get``, ``lost`` and ``delete``;
+workers call ``claim``, ``touch``, ``save``, ``finish`` and ``ack``. Both
 implementations keep the same promises:
 
+- a submission is admitted or refused in one step with the write: the
+  caller's rate (a sliding minute), its unfinished jobs and retained bytes,
+  the queue's length and Redis's free memory are checked and the job stored
+  with nothing in between, so concurrent submissions cannot overrun a limit;
 - a job, its images, its result and its heatmap so far share one expiry
   (patient data), and ``delete`` removes them all at once;
 - tuned dataset configs are kept without expiry, so that the API and the
   workers share them through the store and nothing else;
-- ``save`` never brings back a deleted or expired job: it returns ``False``
-  and the worker drops the work;
+- ``save`` and ``finish`` never bring back a deleted or expired job, and with
+  an owner they write only while that worker holds the unfinished job:
+  ``finish`` writes the result, the document and the acknowledgement in one
+  step, so a worker that lost its job cannot overwrite the outcome of the
+  worker that took it over;
 - a claimed job is delivered to one worker; if that worker stops touching it
   for ``claim_idle_ms`` (it died), ``claim`` hands it to another.
 """
@@ -22,6 +29,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,9 +43,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.service import constants
-from krypton.service.schemas import Job, WorkerInfo, utcnow
+from krypton.service.errors import QueueFull, QuotaExceeded, RateLimited, StoreBusy, StoreFull
+from krypton.service.schemas import Job, WorkerInfo, job_created_at, utcnow
 
-__all__ = ["Claim", "InMemoryQueue", "JobQueue", "RedisStreamQueue"]
+__all__ = ["Admission", "Claim", "InMemoryQueue", "JobQueue", "RedisStreamQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,29 +59,69 @@ class Claim:
     message_id: str
 
 
+@dataclass(frozen=True)
+class Admission:
+    """Whose submission this is and the limits it must fit, checked as it is stored."""
+
+    account: str
+    """Whose quotas it counts against: an API key's id, or running open an address."""
+    rate_per_minute: int = 2**31
+    max_backlog: int = 2**31
+    """Jobs waiting or running in the whole queue."""
+    max_jobs: int = 2**31
+    """Jobs of this account waiting or running."""
+    max_bytes: int = 2**53
+    """Bytes of images this account's unexpired jobs keep."""
+
+    @classmethod
+    def unlimited(cls, account: str = "") -> Admission:
+        return cls(account=account)
+
+
 class JobQueue(ABC):
     """The job store and queue shared by the API and the workers."""
 
     name: str
 
     def __init__(self, *, ttl_seconds: int, claim_idle_ms: int = constants.CLAIM_IDLE_MS,
-                 heartbeat_ttl_seconds: int = constants.HEARTBEAT_TTL_SECONDS) -> None:
+                 heartbeat_ttl_seconds: int = constants.HEARTBEAT_TTL_SECONDS,
+                 memory_reserve_bytes: int = constants.REDIS_MEMORY_RESERVE_BYTES) -> None:
         self.ttl_seconds = ttl_seconds
         self.claim_idle_ms = claim_idle_ms
         self.heartbeat_ttl_seconds = heartbeat_ttl_seconds
+        self.memory_reserve_bytes = memory_reserve_bytes
 
-    def _stamp(self, job: Job, images: Sequence[bytes]) -> Job:
+    def _stamp(self, job: Job, images: Sequence[bytes], admission: Admission) -> Job:
         return job.model_copy(update={
             "expires_at": utcnow() + dt.timedelta(seconds=self.ttl_seconds),
-            "images": len(images)})
+            "images": len(images), "account": admission.account or None})
 
     @abstractmethod
-    async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
-        """Store the job and its images, then queue it; returns the stored job."""
+    async def submit(self, job: Job, images: Sequence[bytes],
+                     admission: Admission | None = None) -> Job:
+        """Admit, store and queue the job and its images; returns the stored job.
+
+        Raises:
+            RateLimited: the account submitted ``rate_per_minute`` jobs in the last minute.
+            QuotaExceeded: the account has ``max_jobs`` unfinished jobs, or its
+                images would pass ``max_bytes``.
+            QueueFull: ``max_backlog`` jobs wait or run.
+            StoreFull: Redis has too little memory left before its ``maxmemory``.
+        """
 
     @abstractmethod
     async def get(self, job_id: str) -> Job | None:
         """The job, or ``None`` when unknown, expired or deleted."""
+
+    async def lost(self, job_id: str) -> dt.datetime | None:
+        """When the store started afresh without ``job_id``, if it would still live.
+
+        A job that ``get`` no longer finds was deleted, expired, never existed,
+        or was lost with the store's data (a Redis restarted without
+        persistence). For the last, the time the store started afresh;
+        otherwise ``None``.
+        """
+        return None
 
     @abstractmethod
     async def save(self, job: Job, *, owner: str | None = None) -> bool:
@@ -89,8 +138,12 @@ class JobQueue(ABC):
         """The job's uploaded images, or ``None`` when any is gone."""
 
     @abstractmethod
-    async def put_result(self, job_id: str, data: bytes) -> bool:
-        """Store the result with the job's expiry; ``False`` when the job is gone."""
+    async def finish(self, claim: Claim, job: Job, result: bytes | None, *, owner: str) -> bool:
+        """Store a finished job's document and result and acknowledge its claim, in one step.
+
+        Only while the stored job is unfinished and names ``owner`` as its
+        worker; ``False``, and nothing written, otherwise.
+        """
 
     @abstractmethod
     async def result(self, job_id: str) -> bytes | None:
@@ -123,7 +176,7 @@ class JobQueue(ABC):
 
     @abstractmethod
     async def ack(self, claim: Claim) -> None:
-        """The job's outcome is stored: never deliver it again."""
+        """The job's outcome is stored (or the job is gone): never deliver it again."""
 
     @abstractmethod
     async def beat(self, info: WorkerInfo) -> None:
@@ -145,17 +198,9 @@ class JobQueue(ABC):
     async def ping(self) -> bool:
         """Whether the store answers."""
 
-    @abstractmethod
-    async def backlog(self) -> int:
-        """Jobs submitted and not yet acknowledged: waiting or running."""
-
-    @abstractmethod
-    async def count(self, bucket: str, window_seconds: int) -> tuple[int, int]:
-        """Count one more event in ``bucket``'s current window (rate limits).
-
-        Returns the events in this window so far, this one included, and the
-        seconds until the window ends.
-        """
+    async def claimable(self) -> bool:
+        """Whether workers can claim from the store now (it holds the queue to claim from)."""
+        return True
 
     @abstractmethod
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
@@ -167,6 +212,32 @@ class JobQueue(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+def _refusal(reason: str, admission: Admission, *, retry_after: int, amount: int,
+             size: int) -> Exception:
+    """The error a refused submission raises, with what to do about it."""
+    if reason == "rate":
+        return RateLimited(f"more than {admission.rate_per_minute} jobs a minute from this "
+                           f"caller; try again in {retry_after} s", retry_after=retry_after)
+    if reason == "backlog":
+        return QueueFull(f"{admission.max_backlog} jobs are waiting or running, the most this "
+                         "service queues; try again shortly")
+    if reason == "jobs":
+        return QuotaExceeded(
+            f"this caller has {amount} jobs waiting or running, the most one caller may; "
+            "wait for one to finish", retry_after=constants.RETRY_AFTER_SECONDS)
+    if reason == "bytes":
+        return QuotaExceeded(
+            f"this caller's unexpired jobs keep {amount} bytes of images and this upload of "
+            f"{size} would pass its quota of {admission.max_bytes}; delete finished jobs "
+            f"(DELETE /v1/heatmaps/ID) or wait {retry_after} s for the oldest to expire",
+            retry_after=max(1, retry_after))
+    return StoreFull(f"the job store has {max(amount, 0)} bytes left before its memory limit, "
+                     f"too few for this upload of {size} bytes; try again later")
+
+
+# ---------------------------------------------------------------- in memory
 
 
 @dataclass
@@ -183,24 +254,37 @@ class _Pending:
 
 
 @dataclass
+class _Account:
+    """One account's submissions in the last minute, retained jobs and unfinished ones."""
+
+    submitted: deque[float] = field(default_factory=deque)
+    retained: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """Job id -> (expiry, bytes of images)."""
+    active: set[str] = field(default_factory=set)
+
+
+@dataclass
 class _Memory:
     entries: dict[str, _Entry] = field(default_factory=dict)
     pending: dict[str, _Pending] = field(default_factory=dict)
     configs: dict[str, DatasetConfig] = field(default_factory=dict)
+    accounts: dict[str, _Account] = field(default_factory=dict)
 
 
 class InMemoryQueue(JobQueue):
     """The embedded default: dictionaries with expiry and an ``asyncio.Queue``.
 
     Lives and dies with the API process, so it needs none of Redis's recovery;
-    it still honours expiry, deletion and claims so behaviour matches. Jobs,
-    images and results are lost when the process ends; tuned dataset configs
-    are kept in ``configs`` (a folder of files) when one is given, since they
-    cost minutes to make.
+    it still honours admission, expiry, deletion and claims so behaviour
+    matches. Each method runs without awaiting between its checks and its
+    writes, which on one event loop makes it one step. Jobs, images and
+    results are lost when the process ends; tuned dataset configs are kept in
+    ``configs`` (a folder of files) when one is given, since they cost
+    minutes to make.
 
     Args:
         configs: where dataset configs persist; ``None`` keeps them in memory.
-        clock: monotonic seconds, for expiry and idle claims (tests inject one).
+        clock: monotonic seconds, for expiry, rates and idle claims (tests inject one).
         **kwargs: :class:`JobQueue`'s.
     """
 
@@ -229,64 +313,124 @@ class InMemoryQueue(JobQueue):
         for key in [k for k, e in self._memory.entries.items() if e.expires <= now]:
             del self._memory.entries[key]
 
-    async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
+    def _admit(self, admission: Admission, size: int) -> _Account:
+        """The account, once the submission fits every limit; raises the refusal otherwise."""
+        now = self._clock()
+        account = self._memory.accounts.setdefault(admission.account, _Account())
+        window = constants.RATE_WINDOW_SECONDS
+        while account.submitted and account.submitted[0] <= now - window:
+            account.submitted.popleft()
+        for job_id, (expires, _) in list(account.retained.items()):
+            if expires <= now:
+                del account.retained[job_id]
+        account.active = {job_id for job_id in account.active
+                          if self._live(constants.JOB_KEY.format(job_id)) is not None}
+        used = sum(bytes_ for _, bytes_ in account.retained.values())
+        reason, retry_after, amount = "", 0, 0
+        if len(account.submitted) >= admission.rate_per_minute:
+            reason = "rate"
+            retry_after = max(1, math.ceil(account.submitted[0] + window - now))
+        elif self._backlog() >= admission.max_backlog:
+            reason = "backlog"
+        elif len(account.active) >= admission.max_jobs:
+            reason, amount = "jobs", len(account.active)
+        elif used + size > admission.max_bytes:
+            oldest = min((expires for expires, _ in account.retained.values()), default=now)
+            reason, amount, retry_after = "bytes", used, math.ceil(oldest - now)
+        if reason:
+            raise _refusal(reason, admission, retry_after=retry_after, amount=amount, size=size)
+        return account
+
+    def _backlog(self) -> int:
+        return self._waiting.qsize() + len(self._memory.pending)
+
+    async def submit(self, job: Job, images: Sequence[bytes],
+                     admission: Admission | None = None) -> Job:
+        admission = admission or Admission.unlimited()
         self._purge_expired()
-        job = self._stamp(job, images)
-        expires = self._clock() + self.ttl_seconds
+        size = sum(len(image) for image in images)
+        account = self._admit(admission, size)
+        job = self._stamp(job, images, admission)
+        now = self._clock()
+        expires = now + self.ttl_seconds
         self._memory.entries[constants.JOB_KEY.format(job.id)] = _Entry(job, expires)
         for index, image in enumerate(images):
             self._memory.entries[_image_key(job.id, index)] = _Entry(image, expires)
+        account.submitted.append(now)
+        account.retained[job.id] = (expires, size)
+        account.active.add(job.id)
         self._sequence += 1
-        await self._waiting.put((f"{self._sequence}-0", job.id))
+        self._waiting.put_nowait((f"{self._sequence}-0", job.id))
         return job
 
     async def get(self, job_id: str) -> Job | None:
         job: Job | None = self._live(constants.JOB_KEY.format(job_id))
         return job
 
-    async def save(self, job: Job, *, owner: str | None = None) -> bool:
-        key = constants.JOB_KEY.format(job.id)
-        current: Job | None = self._live(key)
+    def _owned(self, job_id: str, owner: str | None) -> Job | None:
+        """The stored job, if ``owner`` (when given) may write it."""
+        current: Job | None = self._live(constants.JOB_KEY.format(job_id))
         if current is None:
-            return False
+            return None
         if owner is not None and (current.status.finished or (current.worker or "") != owner):
+            return None
+        return current
+
+    async def save(self, job: Job, *, owner: str | None = None) -> bool:
+        if self._owned(job.id, owner) is None:
             return False
-        self._memory.entries[key].value = job
+        self._memory.entries[constants.JOB_KEY.format(job.id)].value = job
         return True
 
     async def images(self, job_id: str, count: int) -> list[bytes] | None:
         found = [self._live(_image_key(job_id, i)) for i in range(count)]
         return None if any(f is None for f in found) else found
 
-    async def put_result(self, job_id: str, data: bytes) -> bool:
-        return self._put_beside_job(job_id, constants.RESULT_KEY.format(job_id), data)
+    async def finish(self, claim: Claim, job: Job, result: bytes | None, *, owner: str) -> bool:
+        current = self._owned(job.id, owner)
+        if current is None:
+            return False
+        entry = self._memory.entries[constants.JOB_KEY.format(job.id)]
+        if result is not None:
+            self._memory.entries[constants.RESULT_KEY.format(job.id)] = _Entry(
+                result, entry.expires)
+        entry.value = job
+        self._memory.entries.pop(constants.PARTIAL_KEY.format(job.id), None)
+        self._account(current).active.discard(job.id)
+        self._memory.pending.pop(claim.message_id, None)
+        return True
+
+    def _account(self, job: Job) -> _Account:
+        return self._memory.accounts.get(job.account or "", _Account())
 
     async def result(self, job_id: str) -> bytes | None:
         data: bytes | None = self._live(constants.RESULT_KEY.format(job_id))
         return data
 
     async def put_partial(self, job_id: str, data: bytes) -> bool:
-        return self._put_beside_job(job_id, constants.PARTIAL_KEY.format(job_id), data)
+        job_key = constants.JOB_KEY.format(job_id)
+        if self._live(job_key) is None:
+            return False
+        self._memory.entries[constants.PARTIAL_KEY.format(job_id)] = _Entry(
+            data, self._memory.entries[job_key].expires)
+        return True
 
     async def partial(self, job_id: str) -> bytes | None:
         data: bytes | None = self._live(constants.PARTIAL_KEY.format(job_id))
         return data
 
-    def _put_beside_job(self, job_id: str, key: str, data: bytes) -> bool:
-        job_key = constants.JOB_KEY.format(job_id)
-        if self._live(job_key) is None:
-            return False
-        self._memory.entries[key] = _Entry(data, self._memory.entries[job_key].expires)
-        return True
-
     async def delete(self, job_id: str) -> bool:
-        existed = self._live(constants.JOB_KEY.format(job_id)) is not None
+        job: Job | None = self._live(constants.JOB_KEY.format(job_id))
         doomed = (constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
                   constants.PARTIAL_KEY.format(job_id))
         images = constants.IMAGE_KEY.format(job_id) + ":"
         for key in [k for k in self._memory.entries if k in doomed or k.startswith(images)]:
             del self._memory.entries[key]
-        return existed
+        if job is not None:
+            account = self._account(job)
+            account.retained.pop(job_id, None)
+            account.active.discard(job_id)
+        return job is not None
 
     async def claim(self, consumer: str, block_ms: int) -> Claim | None:
         self._purge_expired()  # workers claim often: expired patient data goes promptly
@@ -327,18 +471,6 @@ class InMemoryQueue(JobQueue):
     async def ping(self) -> bool:
         return True
 
-    async def backlog(self) -> int:
-        return self._waiting.qsize() + len(self._memory.pending)
-
-    async def count(self, bucket: str, window_seconds: int) -> tuple[int, int]:
-        now = self._clock()
-        window = int(now // window_seconds)
-        key = constants.RATE_KEY.format(bucket, window)
-        ends = (window + 1) * window_seconds
-        entry = self._memory.entries.setdefault(key, _Entry(0, ends))
-        entry.value += 1
-        return entry.value, max(1, math.ceil(ends - now))
-
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
         if self._configs is not None:
             return await asyncio.to_thread(self._configs.find, dataset)
@@ -352,14 +484,34 @@ class InMemoryQueue(JobQueue):
             self._memory.configs[config.dataset] = config
 
 
+# ---------------------------------------------------------------- Redis
+
+
+class _Pool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool, telling a wait that ran out (:class:`StoreBusy`) from an
+    unreachable server: the one is overload, the other an outage."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)
+        except RedisConnectionError as exc:
+            if isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
+                raise StoreBusy(f"all {self.max_connections} connections to Redis stayed in "
+                                f"use for {self.timeout:g} s") from exc
+            raise
+
+
 class RedisStreamQueue(JobQueue):
     """Jobs in a Redis Stream read by a consumer group; documents in keys with a TTL.
 
     ``claim`` first takes over messages idle for ``claim_idle_ms``
     (``XAUTOCLAIM``: their worker died), then reads new ones (``XREADGROUP``).
     Working workers ``touch`` their claim (``XCLAIM ... JUSTID``, only while
-    ``XPENDING`` still names them) so it never looks idle. Saves use
-    ``SET ... XX KEEPTTL`` so a deleted job stays deleted.
+    ``XPENDING`` still names them) so it never looks idle. Admission,
+    owner-checked saves, ``finish`` and ``delete`` are Lua scripts: each is one
+    step for Redis. A Redis that comes back empty loses the consumer group
+    too; ``claim`` creates it again, and jobs submitted before then are
+    answered as lost (:meth:`lost`) rather than as never having existed.
     """
 
     name = "redis"
@@ -371,14 +523,17 @@ class RedisStreamQueue(JobQueue):
         self._group_ready = False
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> RedisStreamQueue:
-        """A queue on a pooled client that checks idle connections and retries a command
-        once Redis is back (a restart leaves pooled connections dead)."""
-        client = aioredis.Redis.from_url(
-            url, decode_responses=False, health_check_interval=15, socket_keepalive=True,
+    def from_url(cls, url: str, *, max_connections: int = constants.REDIS_MAX_CONNECTIONS,
+                 **kwargs: Any) -> RedisStreamQueue:
+        """A queue on a blocking pool of at most ``max_connections``: a burst of requests
+        waits its turn for a connection instead of failing. Idle connections are checked
+        and a command is retried once Redis is back (a restart leaves pooled ones dead)."""
+        pool = _Pool.from_url(
+            url, max_connections=max_connections, timeout=constants.REDIS_POOL_WAIT_SECONDS,
+            decode_responses=False, health_check_interval=15, socket_keepalive=True,
             retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError])
-        return cls(client, **kwargs)
+        return cls(aioredis.Redis(connection_pool=pool), **kwargs)
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -391,19 +546,56 @@ class RedisStreamQueue(JobQueue):
                 raise
         self._group_ready = True
 
-    async def submit(self, job: Job, images: Sequence[bytes]) -> Job:
-        job = self._stamp(job, images)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(constants.JOB_KEY.format(job.id), job.model_dump_json(), ex=self.ttl_seconds)
-            for index, image in enumerate(images):
-                pipe.set(_image_key(job.id, index), image, ex=self.ttl_seconds)
-            pipe.xadd(constants.STREAM, {"job_id": job.id})
-            await pipe.execute()
+    async def _grouped(self, command: Callable[[], Any]) -> Any:
+        """Run a consumer-group command, creating the group again if Redis lost it."""
+        await self._ensure_group()
+        try:
+            return await command()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            logger.warning("the consumer group is gone (Redis lost its data); creating it again")
+            self._group_ready = False
+            await self._ensure_group()
+            return await command()
+
+    async def submit(self, job: Job, images: Sequence[bytes],
+                     admission: Admission | None = None) -> Job:
+        admission = admission or Admission.unlimited()
+        job = self._stamp(job, images, admission)
+        size = sum(len(image) for image in images)
+        account = admission.account
+        keys = [constants.STREAM, constants.JOB_KEY.format(job.id),
+                constants.RATE_KEY.format(account), constants.ACCOUNT_JOBS_KEY.format(account),
+                constants.ACCOUNT_BYTES_KEY.format(account),
+                constants.ACCOUNT_ACTIVE_KEY.format(account), constants.EPOCH_KEY,
+                *(_image_key(job.id, i) for i in range(len(images)))]
+        arguments = [job.model_dump_json(), self.ttl_seconds * 1000,
+                     constants.RATE_WINDOW_SECONDS * 1000, admission.rate_per_minute,
+                     admission.max_backlog, admission.max_jobs, admission.max_bytes, size,
+                     self.memory_reserve_bytes, constants.GROUP, job.id,
+                     constants.JOB_KEY.format(""), *images]
+        reason, retry_after, amount = await self.client.eval(
+            _ADMIT_AND_SUBMIT, len(keys), *keys, *arguments)
+        if _text(reason) != "ok":
+            raise _refusal(_text(reason), admission, retry_after=int(retry_after),
+                           amount=int(amount), size=size)
         return job
 
     async def get(self, job_id: str) -> Job | None:
         raw = await self.client.get(constants.JOB_KEY.format(job_id))
         return None if raw is None else Job.model_validate_json(raw)
+
+    async def lost(self, job_id: str) -> dt.datetime | None:
+        created = job_created_at(job_id)
+        if created is None:
+            return None
+        now_ms = int(time.time() * 1000)
+        await self.client.set(constants.EPOCH_KEY, now_ms, nx=True)
+        epoch = dt.datetime.fromtimestamp(int(await self.client.get(constants.EPOCH_KEY)) / 1000,
+                                          dt.UTC)
+        would_live = created > utcnow() - dt.timedelta(seconds=self.ttl_seconds)
+        return epoch if created < epoch and would_live else None
 
     async def save(self, job: Job, *, owner: str | None = None) -> bool:
         key = constants.JOB_KEY.format(job.id)
@@ -418,46 +610,53 @@ class RedisStreamQueue(JobQueue):
         found = await self.client.mget([_image_key(job_id, i) for i in range(count)])
         return None if any(f is None for f in found) else list(found)
 
-    async def put_result(self, job_id: str, data: bytes) -> bool:
-        return await self._put_beside_job(job_id, constants.RESULT_KEY.format(job_id), data)
+    async def finish(self, claim: Claim, job: Job, result: bytes | None, *, owner: str) -> bool:
+        keys = [constants.JOB_KEY.format(job.id), constants.RESULT_KEY.format(job.id),
+                constants.PARTIAL_KEY.format(job.id), constants.STREAM,
+                constants.ACCOUNT_ACTIVE_KEY.format(job.account or "")]
+        finished = await self.client.eval(
+            _FINISH_IF_OWNER, len(keys), *keys, job.model_dump_json(), owner,
+            b"" if result is None else result, "0" if result is None else "1",
+            constants.GROUP, claim.message_id, job.id)
+        return bool(finished)
 
     async def result(self, job_id: str) -> bytes | None:
         data: bytes | None = await self.client.get(constants.RESULT_KEY.format(job_id))
         return data
 
     async def put_partial(self, job_id: str, data: bytes) -> bool:
-        return await self._put_beside_job(job_id, constants.PARTIAL_KEY.format(job_id), data)
+        # One script, so a DELETE cannot slip between reading the TTL and writing.
+        stored = await self.client.eval(_PUT_BESIDE_JOB, 2, constants.JOB_KEY.format(job_id),
+                                        constants.PARTIAL_KEY.format(job_id), data)
+        return bool(stored)
 
     async def partial(self, job_id: str) -> bytes | None:
         data: bytes | None = await self.client.get(constants.PARTIAL_KEY.format(job_id))
         return data
 
-    async def _put_beside_job(self, job_id: str, key: str, data: bytes) -> bool:
-        # One script, so a DELETE cannot slip between reading the TTL and writing.
-        stored = await self.client.eval(_PUT_BESIDE_JOB, 2, constants.JOB_KEY.format(job_id),
-                                        key, data)
-        return bool(stored)
-
     async def delete(self, job_id: str) -> bool:
         job = await self.get(job_id)
         images = 1 if job is None else job.images
+        account = "" if job is None else job.account or ""
         keys = [constants.JOB_KEY.format(job_id), constants.RESULT_KEY.format(job_id),
                 constants.PARTIAL_KEY.format(job_id),
+                constants.ACCOUNT_JOBS_KEY.format(account),
+                constants.ACCOUNT_BYTES_KEY.format(account),
+                constants.ACCOUNT_ACTIVE_KEY.format(account),
                 *(_image_key(job_id, i) for i in range(max(images, 1)))]
-        removed = await self.client.delete(*keys)
-        return bool(removed) and job is not None
+        await self.client.eval(_DELETE, len(keys), *keys, job_id)
+        return job is not None
 
     async def claim(self, consumer: str, block_ms: int) -> Claim | None:
-        await self._ensure_group()
-        _, taken, *_ = await self.client.xautoclaim(
+        _, taken, *_ = await self._grouped(lambda: self.client.xautoclaim(
             constants.STREAM, constants.GROUP, consumer, min_idle_time=self.claim_idle_ms,
-            start_id="0-0", count=1)
+            start_id="0-0", count=1))
         if taken:
             message_id, fields = taken[0]
             logger.info("reclaimed message %s from an idle worker", _text(message_id))
             return Claim(_text(fields[b"job_id"]), _text(message_id))
-        read = await self.client.xreadgroup(constants.GROUP, consumer, {constants.STREAM: ">"},
-                                            count=1, block=block_ms)
+        read = await self._grouped(lambda: self.client.xreadgroup(
+            constants.GROUP, consumer, {constants.STREAM: ">"}, count=1, block=block_ms))
         if not read:
             return None
         message_id, fields = read[0][1][0]
@@ -498,8 +697,8 @@ class RedisStreamQueue(JobQueue):
 
     async def _consumers(self) -> dict[str, int]:
         """The consumer group's members and how many messages each holds."""
-        await self._ensure_group()
-        found = await self.client.xinfo_consumers(constants.STREAM, constants.GROUP)
+        found = await self._grouped(
+            lambda: self.client.xinfo_consumers(constants.STREAM, constants.GROUP))
         return {_text(c["name"]): int(c["pending"]) for c in found}
 
     async def _forget_consumers(self, names: set[str]) -> list[str]:
@@ -528,19 +727,14 @@ class RedisStreamQueue(JobQueue):
         except (RedisError, OSError):
             return False
 
-    async def backlog(self) -> int:
-        # Acknowledged entries are deleted from the stream, so its length is the backlog.
-        return int(await self.client.xlen(constants.STREAM))
-
-    async def count(self, bucket: str, window_seconds: int) -> tuple[int, int]:
-        now = time.time()
-        window = int(now // window_seconds)
-        key = constants.RATE_KEY.format(bucket, window)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window_seconds + 1)
-            events, _ = await pipe.execute()
-        return int(events), max(1, math.ceil((window + 1) * window_seconds - now))
+    async def claimable(self) -> bool:
+        try:
+            groups = await self.client.xinfo_groups(constants.STREAM)
+        except ResponseError:  # no stream: Redis lost it, and no worker made it again
+            return False
+        except (RedisError, OSError):
+            return False
+        return any(_text(group["name"]) == constants.GROUP for group in groups)
 
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
         raw = await self.client.get(constants.DATASET_KEY.format(dataset))
@@ -553,7 +747,66 @@ class RedisStreamQueue(JobQueue):
         await self.client.aclose()
 
 
-_SAVE_IF_OWNER = """
+_ADMIT_AND_SUBMIT = """
+-- KEYS: stream, job, rate, account jobs, account bytes, account active, epoch, images...
+-- ARGV: document, ttl ms, window ms, rate, backlog, jobs, bytes, size, reserve, group,
+--       job id, job key prefix, images...
+local ttl, window, size = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[8])
+-- Memory first, before any write: the upload already sits in this client's buffer.
+local info = redis.call('INFO', 'memory')
+local maxmemory = tonumber(string.match(info, 'maxmemory:(%d+)') or '0')
+if maxmemory > 0 then
+  local free = maxmemory - tonumber(string.match(info, 'used_memory:(%d+)'))
+  if free < size + tonumber(ARGV[9]) then return {'memory', 0, free} end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('SET', KEYS[7], now, 'NX')
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[4]) then
+  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  return {'rate', math.max(1, math.ceil((tonumber(oldest[2]) + window - now) / 1000)), 0}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[5]) then
+  return {'backlog', 0, 0}
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)) do
+  redis.call('HINCRBY', KEYS[5], '_total', -tonumber(redis.call('HGET', KEYS[5], id) or '0'))
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('SREM', KEYS[6], id)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local active = 0
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+  if redis.call('EXISTS', ARGV[12] .. id) == 1 then
+    active = active + 1
+  else
+    redis.call('SREM', KEYS[6], id)
+  end
+end
+if active >= tonumber(ARGV[6]) then return {'jobs', 0, active} end
+local used = tonumber(redis.call('HGET', KEYS[5], '_total') or '0')
+if used + size > tonumber(ARGV[7]) then
+  local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+  local wait = 60
+  if #oldest > 0 then wait = math.ceil((tonumber(oldest[2]) - now) / 1000) end
+  return {'bytes', wait, used}
+end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+for i = 8, #KEYS do redis.call('SET', KEYS[i], ARGV[i + 5], 'PX', ttl) end
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[10], '0', 'MKSTREAM')
+redis.call('XADD', KEYS[1], '*', 'job_id', ARGV[11])
+redis.call('ZADD', KEYS[3], now, ARGV[11])
+redis.call('PEXPIRE', KEYS[3], window)
+redis.call('ZADD', KEYS[4], now + ttl, ARGV[11])
+redis.call('HSET', KEYS[5], ARGV[11], size)
+redis.call('HINCRBY', KEYS[5], '_total', size)
+redis.call('SADD', KEYS[6], ARGV[11])
+for i = 4, 6 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return {'ok', 0, 0}
+"""
+
+_OWNED = """
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local current = cjson.decode(raw)
@@ -561,8 +814,39 @@ local worker = current['worker']
 if worker == cjson.null or worker == nil then worker = '' end
 if worker ~= ARGV[2] then return 0 end
 if current['status'] == 'succeeded' or current['status'] == 'failed' then return 0 end
+"""
+"""The head of an owner-checked script: stop unless worker ARGV[2] holds unfinished KEYS[1]."""
+
+_SAVE_IF_OWNER = _OWNED + """
 redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
 return 1
+"""
+
+_FINISH_IF_OWNER = _OWNED + """
+-- KEYS: job, result, partial, stream, account active
+-- ARGV: document, owner, result, has result, group, message id, job id
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[2], ARGV[3], 'PX', math.max(redis.call('PTTL', KEYS[1]), 1))
+end
+redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[5], ARGV[7])
+redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
+redis.call('XDEL', KEYS[4], ARGV[6])
+return 1
+"""
+
+_DELETE = """
+-- KEYS: job, result, partial, account jobs, account bytes, account active, images...
+local removed = 0
+for i = 1, 3 do removed = removed + redis.call('DEL', KEYS[i]) end
+for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
+if redis.call('ZREM', KEYS[4], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[5], '_total', -tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0'))
+  redis.call('HDEL', KEYS[5], ARGV[1])
+end
+redis.call('SREM', KEYS[6], ARGV[1])
+return removed
 """
 
 _TOUCH_IF_OWNER = """

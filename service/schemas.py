@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import re
+import secrets
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -26,6 +27,7 @@ __all__ = [
     "RunSummary",
     "Timings",
     "WorkerInfo",
+    "job_created_at",
     "new_job_id",
     "utcnow",
 ]
@@ -34,8 +36,23 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def new_job_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: the creation time in milliseconds (12), then 80 random bits.
+
+    The time lets the store tell a job it lost with its data from one that
+    never existed (:meth:`~krypton.service.queue.JobQueue.lost`).
+    """
+    return f"{int(utcnow().timestamp() * 1000):012x}{secrets.token_hex(10)}"
+
+
+def job_created_at(job_id: str) -> dt.datetime | None:
+    """When a job of this id was made, or ``None`` for an id :func:`new_job_id` did not make."""
+    if not _JOB_ID.fullmatch(job_id):
+        return None
+    return dt.datetime.fromtimestamp(int(job_id[:12], 16) / 1000, dt.UTC)
 
 
 class JobStatus(StrEnum):
@@ -139,7 +156,10 @@ class Job(BaseModel):
     worker: str | None = None
     expires_at: dt.datetime | None = None
     owner: str | None = Field(
-        default=None, description="Name of the API key that made the job; None running open.")
+        default=None, description="Id of the API key that made the job; None running open.")
+    account: str | None = Field(
+        default=None, description="Whose quotas the job counts against: the key's id, or "
+        "running open the client's address.")
     random_weights: bool = Field(
         default=False, description="The model has untrained (seeded random) weights: its "
         "answer shows the pipeline working and is not a diagnosis.")
@@ -228,7 +248,10 @@ class WorkerInfo(BaseModel):
 class ReadyReport(BaseModel):
     status: Literal["ready", "not ready"]
     queue: str
-    queue_ok: bool
+    queue_ok: bool = Field(description="The queue (Redis) answers.")
+    claimable: bool = Field(description="Workers can claim from it: it holds the consumer "
+                            "group, which a Redis that lost its data lacks until a worker "
+                            "makes it again.")
     live_workers: int
     workers: list[WorkerInfo] | None = Field(
         default=None, description="Each worker's details (host, pid, current job): for an "

@@ -84,6 +84,7 @@ class Worker:
         self.current: str | None = None
         self.started_at = utcnow()
         self._stopping = threading.Event()  # read by the loop and the compute thread
+        self._claimed_at = time.monotonic()
 
     def stop(self) -> None:
         """Finish now: a running job is handed back at its next batch."""
@@ -93,7 +94,8 @@ class Worker:
         """Work until :meth:`stop` (or, with ``burst``, until the queue is empty)."""
         logger.info("worker %s started on %s (queue: %s)", self.name, self.device,
                     self.queue.name)
-        beating = asyncio.create_task(self._beat_forever())
+        quiet = asyncio.Event()
+        beating = asyncio.create_task(self._beat_until(quiet))
         try:
             while not self._stopping.is_set():
                 try:
@@ -113,16 +115,19 @@ class Worker:
                 if burst and not worked:
                     break
         finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+            # Heartbeats stop first, and the wait for them is bounded: a cancellation
+            # that lands inside a Redis command can be lost (redis-py), and a worker
+            # must never go on looking alive while it takes no jobs.
+            await _stop_task(beating, quiet)
             with contextlib.suppress(Exception):
-                await self.queue.retire(self.name)
+                await asyncio.wait_for(self.queue.retire(self.name),
+                                       constants.SHUTDOWN_WAIT_SECONDS)
             logger.info("worker %s stopped after %d jobs", self.name, self.jobs_done)
 
     async def run_once(self, *, block_ms: int = 1000) -> bool:
         """Claim and finish one job; ``False`` when none came within ``block_ms``."""
         claim = await self.queue.claim(self.name, block_ms)
+        self._claimed_at = time.monotonic()
         if claim is None:
             return False
         self.current = claim.job_id
@@ -130,13 +135,23 @@ class Worker:
             await self._process(claim)
         finally:
             self.current = None
+            self._claimed_at = time.monotonic()
         return True
 
-    async def _beat_forever(self) -> None:
+    @property
+    def can_claim(self) -> bool:
+        """Whether this worker is at work: running a job, or its last claim answered
+        within a heartbeat's lifetime (a worker whose claims fail is not one to wait for)."""
+        recent = time.monotonic() - self._claimed_at < self.queue.heartbeat_ttl_seconds
+        return self.current is not None or recent
+
+    async def _beat_until(self, quiet: asyncio.Event) -> None:
+        """Beat every ``HEARTBEAT_SECONDS`` while the worker can claim, until ``quiet``."""
         beats = 0
-        while True:
+        while not quiet.is_set():
             try:
-                await self.queue.beat(self._info())
+                if self.can_claim:
+                    await self.queue.beat(self._info())
                 if beats % constants.PRUNE_EVERY_BEATS == 0:
                     forgotten = await self.queue.prune()
                     if forgotten:
@@ -144,7 +159,8 @@ class Worker:
             except Exception:  # a Redis blip must not kill the worker
                 logger.warning("worker %s: heartbeat failed", self.name, exc_info=True)
             beats += 1
-            await asyncio.sleep(constants.HEARTBEAT_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(quiet.wait(), constants.HEARTBEAT_SECONDS)
 
     def _info(self) -> WorkerInfo:
         return WorkerInfo(name=self.name, device=self.device, pid=os.getpid(),
@@ -188,17 +204,18 @@ class Worker:
         logger.info("job %s: %s on %s started (attempt %d)", job.id, job.kind.value,
                     job.params.model, job.attempts)
         running = _Running(deadline=time.monotonic() + self.job_timeout_seconds)
-        keeping = asyncio.create_task(self._keep_claim(claim))
-        writing = asyncio.create_task(self._write_progress(job, running))
+        released, computed = asyncio.Event(), asyncio.Event()
+        keeping = asyncio.create_task(self._keep_claim(claim, released))
+        writing = asyncio.create_task(self._write_progress(job, running, computed))
         try:
             outcome = await self._compute(job, running)
         except RunStopped:
             if self._stopping.is_set():
-                keeping.cancel()
+                await _stop_task(keeping, released)
                 await self._hand_back(claim, job)
                 return
             if running.gone.is_set():
-                keeping.cancel()
+                await _stop_task(keeping, released)
                 logger.info("job %s: deleted or taken over while running; dropped", job.id)
                 await self._let_go(claim)
                 return
@@ -212,14 +229,15 @@ class Worker:
             if document["status"] >= 500:
                 logger.exception("job %s failed", job.id)
             else:
-                logger.info("job %s: refused: %s", job.id, document["detail"])
+                # The type, not the detail: a detail may quote the image's header.
+                logger.info("job %s: refused: %s", job.id, document["type"])
             outcome = Outcome(updates={"status": JobStatus.failed, "error": document})
         finally:
-            writing.cancel()
+            await _stop_task(writing, computed)
         try:
             await self._finish_when_reachable(claim, job, outcome)
         finally:
-            keeping.cancel()
+            await _stop_task(keeping, released)
         logger.info("job %s: %s on %s %s in %.3f s", job.id, job.kind.value, job.params.model,
                     outcome.updates.get("status", JobStatus.succeeded).value,
                     time.perf_counter() - started)
@@ -244,15 +262,8 @@ class Worker:
                 await asyncio.sleep(constants.HEARTBEAT_SECONDS)
 
     async def _finish(self, claim: Claim, job: Job, outcome: Outcome) -> None:
-        current = await self.queue.get(job.id)
-        if current is not None and current.worker not in (None, self.name):
-            # Reclaimed by another worker while this one stalled: that one finishes it.
-            logger.warning("job %s: taken over by %s; dropping this result", job.id,
-                           current.worker)
-            return
-        if outcome.result is not None and not await self.queue.put_result(job.id, outcome.result):
-            await self._let_go(claim)
-            return
+        """Store the outcome, if this worker still holds the job (one step: a worker that
+        took the job over while this one stalled keeps its own outcome)."""
         if outcome.dataset_config is not None:
             await self.queue.save_dataset_config(outcome.dataset_config)
         updates = {"status": JobStatus.succeeded, "progress": 1.0} | outcome.updates
@@ -260,11 +271,10 @@ class Worker:
             update={"finished_at": utcnow()})})
         if finished.status is JobStatus.failed:
             finished = finished.model_copy(update={"progress": job.progress})
-        if not await self.queue.save(finished, owner=self.name):
+        if await self.queue.finish(claim, finished, outcome.result, owner=self.name):
+            self.jobs_done += 1
+        else:
             await self._let_go(claim)
-            return
-        await self.queue.ack(claim)
-        self.jobs_done += 1
 
     async def _let_go(self, claim: Claim) -> None:
         """Stop working on ``claim``: acknowledge it if the job is gone or finished;
@@ -290,11 +300,13 @@ class Worker:
         else:
             await self._let_go(claim)
 
-    async def _keep_claim(self, claim: Claim) -> None:
+    async def _keep_claim(self, claim: Claim, released: asyncio.Event) -> None:
         # Touch well within the idle time after which another worker may take the job.
         interval = min(constants.HEARTBEAT_SECONDS, self.queue.claim_idle_ms / 3000)
-        while True:
-            await asyncio.sleep(interval)
+        while not released.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(released.wait(), interval)
+                return
             try:
                 if not await self.queue.touch(claim, self.name):
                     # Taken over: the owner-checked saves stop this worker's run.
@@ -321,7 +333,8 @@ class Worker:
 
         return await asyncio.to_thread(compute)
 
-    async def _write_progress(self, job: Job, running: _Running) -> None:
+    async def _write_progress(self, job: Job, running: _Running,
+                              computed: asyncio.Event) -> None:
         """Save the running job's progress and heatmap so far now and then; notice
         when it is deleted.
 
@@ -332,8 +345,10 @@ class Worker:
         """
         written = 0.0
         shown: npt.NDArray[np.float32] | None = None
-        while True:
-            await asyncio.sleep(constants.PROGRESS_INTERVAL_SECONDS)
+        while not computed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(computed.wait(), constants.PROGRESS_INTERVAL_SECONDS)
+                return
             try:
                 current = await self.queue.get(job.id)
                 if current is None or current.worker != self.name or current.status.finished:
@@ -352,3 +367,14 @@ class Worker:
                         return
             except Exception:  # a Redis blip costs a progress update, not the job
                 logger.warning("job %s: progress not saved", job.id, exc_info=True)
+
+
+async def _stop_task(task: asyncio.Task[None], done: asyncio.Event) -> None:
+    """Stop a loop that watches ``done``: tell it, cancel it, wait a bounded time.
+
+    The event ends it even where a cancellation is lost inside a Redis command;
+    the bound keeps a stuck command from holding the worker.
+    """
+    done.set()
+    task.cancel()
+    await asyncio.wait({task}, timeout=constants.SHUTDOWN_WAIT_SECONDS)

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from krypton.cli import bench, demo, explain, keys, service
+from krypton.logs import configure_logging
 
 __all__ = ["app"]
 
@@ -23,10 +24,7 @@ app = typer.Typer(
 
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(logging.DEBUG if verbose else logging.WARNING)
 
 
 for _group in (explain, service, keys, bench, demo):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Callable
 from enum import StrEnum
 from typing import NoReturn, TypeVar
 
 import typer
+
+from krypton.logs import configure_logging
 
 __all__ = ["Device", "EngineMode", "configure_logging", "fail", "settings_or_fail"]
 
@@ -40,6 +40,4 @@ def settings_or_fail(get: Callable[[], T]) -> T:
         fail(f"invalid KRYPTON_* environment: {exc}")
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+

@@ -7,9 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
 from krypton.models.deployment import DeployedDataset, Deployment
+from krypton.service.auth import Caller
 from krypton.service.deps import (
     AdminDep,
-    AdmittedDep,
+    AdmissionDep,
     CallerDep,
     DeploymentDep,
     QueueDep,
@@ -24,7 +25,7 @@ from krypton.service.plans import (
     resolve_tuning,
 )
 from krypton.service.queue import JobQueue
-from krypton.service.routes.heatmaps import view
+from krypton.service.routes.heatmaps import view, visible_job
 from krypton.service.schemas import (
     DatasetInfo,
     Job,
@@ -93,7 +94,7 @@ async def tune_dataset(
     settings: SettingsDep,
     deployment: DeploymentDep,
     admin: AdminDep,
-    caller: AdmittedDep,
+    admission: AdmissionDep,
     response: Response,
     target_ssim: Annotated[float, Form(gt=0, le=1)] = 0.9,
     patch_size: Annotated[int, Form(ge=1)] = DEFAULT_PATCH_SIZE,
@@ -110,13 +111,13 @@ async def tune_dataset(
     blobs = [(await read_image(i, max_bytes=settings.max_upload_bytes,
                                max_pixels=settings.max_pixels)).data for i in images]
     job = await queue.submit(Job(id=new_job_id(), kind=JobKind.tuning, params=params,
-                                 owner=caller.name), blobs)
+                                 owner=admin.key_id), blobs, admission)
     response.headers["Location"] = f"/v1/datasets/{name}/tuning/{job.id}"
     return view(job)
 
 
-async def _tuning_job(queue: JobQueue, name: str, job_id: str) -> Job:
-    job = await queue.get(job_id)
+async def _tuning_job(queue: JobQueue, name: str, job_id: str, admin: Caller) -> Job:
+    job = await visible_job(queue, job_id, admin)
     if (job is None or not isinstance(job.params, TuningPlan)
             or job.params.dataset != name):
         raise JobNotFound(f"no tuning job {job_id!r} for dataset {name!r}", job_id=job_id)
@@ -127,13 +128,13 @@ async def _tuning_job(queue: JobQueue, name: str, job_id: str) -> Job:
             responses=problem_responses(401, 403, 404, 503))
 async def get_tuning(name: str, job_id: str, queue: QueueDep, admin: AdminDep) -> JobView:
     """Status and progress of a tuning job; ``tuned`` holds the config once it succeeded."""
-    return view(await _tuning_job(queue, name, job_id))
+    return view(await _tuning_job(queue, name, job_id, admin))
 
 
 @router.delete("/datasets/{name}/tuning/{job_id}", status_code=204,
                responses=problem_responses(401, 403, 404, 503))
 async def delete_tuning(name: str, job_id: str, queue: QueueDep, admin: AdminDep) -> Response:
     """Cancel the tuning job and purge its sample images now."""
-    await _tuning_job(queue, name, job_id)
+    await _tuning_job(queue, name, job_id, admin)
     await queue.delete(job_id)
     return Response(status_code=204)

@@ -6,8 +6,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from krypton.service.constants import RETRY_AFTER_SECONDS
 from krypton.service.deps import OptionalCallerDep, QueueDep
-from krypton.service.errors import RETRY_AFTER_SECONDS
 from krypton.service.schemas import ReadyReport
 
 router = APIRouter(tags=["health"])
@@ -22,16 +22,20 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=ReadyReport,
             responses={503: {"model": ReadyReport, "description": "Redis or workers missing"}})
 async def readyz(queue: QueueDep, caller: OptionalCallerDep) -> JSONResponse:
-    """Ready when the queue answers and at least one worker's heartbeat is live.
+    """Ready when workers can claim from the queue and at least one is at work.
 
+    The queue must answer and hold its consumer group (a Redis that came
+    back empty holds none until a worker makes it again), and a worker's
+    heartbeat must be live: workers beat only while their claims succeed.
     Open to probes without a key; the workers' details (host, pid, current
     job) only to an admin key.
     """
     queue_ok = await queue.ping()
+    claimable = queue_ok and await queue.claimable()
     workers = await queue.workers() if queue_ok else []
-    ready = queue_ok and bool(workers)
+    ready = claimable and bool(workers)
     report = ReadyReport(status="ready" if ready else "not ready", queue=queue.name,
-                         queue_ok=queue_ok, live_workers=len(workers),
+                         queue_ok=queue_ok, claimable=claimable, live_workers=len(workers),
                          workers=workers if caller is not None and caller.admin else None)
     headers = {} if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse(report.model_dump(mode="json"), status_code=200 if ready else 503,

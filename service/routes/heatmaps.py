@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Header, Query, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    File,
+    Form,
+    Header,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydicom.dataset import Dataset
@@ -21,21 +33,23 @@ from krypton.render import dicom as dicom_render
 from krypton.service import constants
 from krypton.service.auth import Caller
 from krypton.service.deps import (
-    AdmittedDep,
+    AdmissionDep,
     CallerDep,
     DeploymentDep,
     QueueDep,
     SettingsDep,
+    get_optional_caller,
     refuse_ambiguous_fields,
 )
 from krypton.service.errors import (
+    JobLost,
     JobNotFound,
     NotForThisInput,
     QueueUnavailable,
     ResultNotReady,
     problem_responses,
 )
-from krypton.service.events import job_events
+from krypton.service.events import EventHub, job_events
 from krypton.service.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
@@ -50,10 +64,14 @@ from krypton.service.schemas import (
 )
 from krypton.service.uploads import read_image
 
+logger = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/v1", tags=["heatmaps"])
 
 DICOM_MEDIA_TYPE = "application/dicom"
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d+)", re.IGNORECASE)
+DROPPED_HEADER = "Krypton-Dropped-Attributes"
+"""Names the source header attributes a DICOM result left out for their invalid values."""
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})(?!\d)", re.IGNORECASE)
 _POLL_SECONDS = 0.02
 
 ImagePart = Annotated[UploadFile, File(description=(
@@ -98,7 +116,8 @@ async def wait_for(queue: JobQueue, job: Job, seconds: float) -> Job:
 
 
 def prefer_wait(prefer: str | None) -> int:
-    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 without it."""
+    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 without it (or with a
+    number too long to be one: a preference the server may ignore)."""
     match = _PREFER_WAIT.search(prefer or "")
     return min(int(match.group(1)), constants.MAX_WAIT_SECONDS) if match else 0
 
@@ -120,7 +139,8 @@ async def submit_heatmap(
     queue: QueueDep,
     settings: SettingsDep,
     deployment: DeploymentDep,
-    caller: AdmittedDep,
+    caller: CallerDep,
+    admission: AdmissionDep,
     response: Response,
     model: Annotated[str | None, Form(description="Deployed model; default the dataset's "
                                       "or the first deployed.")] = None,
@@ -143,6 +163,7 @@ async def submit_heatmap(
     book more work than the service allows one job is refused (422) with the
     smallest stride that fits.
     """
+    wait_seconds = prefer_wait(prefer)
     plan = resolve_heatmap(
         deployment, model=model, dataset=dataset,
         config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
@@ -151,20 +172,33 @@ async def submit_heatmap(
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
                               max_pixels=settings.max_pixels, frame=frame)
     job = await queue.submit(Job(
-        id=new_job_id(), params=plan, image_size=upload.size, owner=caller.name,
+        id=new_job_id(), params=plan, image_size=upload.size, owner=caller.key_id,
         dicom=upload.dicom, random_weights=deployment.model(plan.model).random_weights),
-        upload.stored)
+        upload.stored, admission)
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
-    job = await wait_for(queue, job, prefer_wait(prefer))
+    job = await wait_for(queue, job, wait_seconds)
     if job.status.finished:
         response.status_code = 200
     return view(job)
 
 
+async def visible_job(queue: JobQueue, job_id: str, caller: Caller) -> Job | None:
+    """The job, if ``caller`` may see it; raises :class:`JobLost` for one the store lost."""
+    job = await queue.get(job_id)
+    if job is None:
+        since = await queue.lost(job_id)
+        if since is not None:
+            raise JobLost(f"job {job_id} was accepted before the job store (Redis) started "
+                          f"afresh without its data at {since:%Y-%m-%d %H:%M:%S} UTC; it "
+                          "is gone: submit it again", job_id=job_id)
+        return None
+    return job if caller.may_see(job.owner) else None
+
+
 async def _job(queue: JobQueue, job_id: str, caller: Caller) -> Job:
     """The heatmap job, if ``caller`` may see it; 404 otherwise (existence is not told)."""
-    job = await queue.get(job_id)
-    if job is None or job.kind is not JobKind.heatmap or not caller.may_see(job.owner):
+    job = await visible_job(queue, job_id, caller)
+    if job is None or job.kind is not JobKind.heatmap:
         raise JobNotFound(f"no heatmap job {job_id!r}; it may have expired or been deleted",
                           job_id=job_id)
     return job
@@ -182,16 +216,20 @@ async def _visible_job(job_id: str, queue: QueueDep, caller: CallerDep) -> Job:
 
 @router.get("/heatmaps/{job_id}/events", response_class=EventSourceResponse,
             responses=_JOB_PROBLEMS)
-async def heatmap_events(job: Annotated[Job, Depends(_visible_job)],
-                         queue: QueueDep) -> AsyncIterator[ServerSentEvent]:
-    """The job as Server-Sent Events, until it has finished.
+async def heatmap_events(request: Request, job: Annotated[Job, Depends(_visible_job)]
+                         ) -> AsyncIterator[ServerSentEvent]:
+    """The job as Server-Sent Events, until one terminal event.
 
     ``progress`` (status and fraction done), ``partial`` (the heatmap so far:
     ``heatmap`` rows with ``null`` where not computed yet; for approximate
     mode the coarse map first), then ``succeeded`` or ``failed`` with the job
-    document. Probabilities, as ``view=probability``.
+    document, or ``error`` with a problem document (the queue stopped
+    answering, with a ``retry`` hint; or the key was revoked). Probabilities,
+    as ``view=probability``.
     """
-    async for event in job_events(queue, job, view):
+    hub: EventHub = request.app.state.events
+    async for event in job_events(hub, job, view,
+                                  authorized=lambda: get_optional_caller(request) is not None):
         yield event
 
 
@@ -268,8 +306,23 @@ async def _overlay_inputs(queue: JobQueue, job: Job, size: int
     return pixels, geometry
 
 
+@dataclass(frozen=True)
+class _DicomSource:
+    """The source header a DICOM result copies, repaired, and what the repair dropped."""
+
+    header: Dataset
+    dropped: list[str]
+
+    def headers(self, filename: str) -> dict[str, str]:
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        if self.dropped:
+            # Keywords only: the values may be the patient's.
+            headers[DROPPED_HEADER] = ", ".join(self.dropped)
+        return headers
+
+
 async def _dicom_job(queue: JobQueue, job_id: str, caller: Caller, view: render.View
-                     ) -> tuple[Job, np.ndarray, Dataset]:
+                     ) -> tuple[Job, np.ndarray, _DicomSource]:
     """A succeeded job made from a single-frame DICOM image, its values, the source header."""
     job, values = await _result(queue, job_id, caller, view)
     if not job.dicom:
@@ -279,7 +332,11 @@ async def _dicom_job(queue: JobQueue, job_id: str, caller: Caller, view: render.
     if int(source.get("NumberOfFrames") or 1) > 1:
         raise NotForThisInput(f"job {job_id} explains one frame of a multi-frame image; "
                               "DICOM results are made for single-frame images", job_id=job_id)
-    return job, values, source
+    header, dropped = dicom_render.repaired(source)
+    if dropped:
+        logger.info("job %s: %d invalid attribute(s) of the source header left out of its "
+                    "DICOM results: %s", job_id, len(dropped), ", ".join(dropped))
+    return job, values, _DicomSource(header, dropped)
 
 
 @router.get("/heatmaps/{job_id}/heatmap.dcm", response_class=Response,
@@ -289,20 +346,22 @@ async def heatmap_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
     """A DICOM Parametric Map of the heatmap on the source image's pixel grid, in its study.
 
     For DICOM input only (409 otherwise). Float values, windowed to their
-    range; a PACS viewer can blend it over the image it references.
+    range; a PACS viewer can blend it over the image it references. Source
+    header attributes with invalid values are left out, and named in the
+    ``Krypton-Dropped-Attributes`` header.
     """
     job, values, source = await _dicom_job(queue, job_id, caller, view_)
     assert isinstance(job.params, HeatmapPlan) and job.run is not None
     geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
                                       job.run.input_size, job.run.input_size)
     grid = await asyncio.to_thread(render.resample_to_image, values, geometry,
-                                   int(source.Rows), int(source.Columns))
+                                   int(source.header.Rows), int(source.header.Columns))
     what = ("drop of p(class) with the patch" if view_ == "drop"
             else "p(class) with the patch")
-    document = await asyncio.to_thread(dicom_render.parametric_map, source, grid,
+    document = await asyncio.to_thread(dicom_render.parametric_map, source.header, grid,
                                        label=view_.upper(), explanation=f"Occlusion: {what}")
-    return Response(document, media_type=DICOM_MEDIA_TYPE,
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}.dcm"'})
+    return Response(document, media_type=DICOM_MEDIA_TYPE, headers=source.headers(
+        f"{job_id}.dcm"))
 
 
 @router.get("/heatmaps/{job_id}/overlay.dcm", response_class=Response,
@@ -314,9 +373,9 @@ async def overlay_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
     pixels, geometry = await _overlay_inputs(queue, job, constants.MAX_OVERLAY_SIDE)
     rgb = await asyncio.to_thread(render.overlay_rgb, values, pixels, geometry,
                                   untrained=job.random_weights)
-    document = await asyncio.to_thread(dicom_render.secondary_capture, source, rgb)
-    return Response(document, media_type=DICOM_MEDIA_TYPE,
-                    headers={"Content-Disposition": f'attachment; filename="{job_id}-overlay.dcm"'})
+    document = await asyncio.to_thread(dicom_render.secondary_capture, source.header, rgb)
+    return Response(document, media_type=DICOM_MEDIA_TYPE, headers=source.headers(
+        f"{job_id}-overlay.dcm"))
 
 
 @router.get("/heatmaps/{job_id}/heatmap.json", responses=_RESULT_PROBLEMS)
@@ -347,17 +406,17 @@ async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
              dependencies=[Depends(refuse_ambiguous_fields)],
              responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
 async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
-                  deployment: DeploymentDep, caller: AdmittedDep,
+                  deployment: DeploymentDep, caller: CallerDep, admission: AdmissionDep,
                   model: Annotated[str | None, Form()] = None,
                   frame: FramePart = None) -> PredictResponse:
     """Classify one image now (a worker runs the model; the API waits for it)."""
     deployed: DeployedModel = deployment.model(model) if model else deployment.default_model()
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
                               max_pixels=settings.max_pixels, frame=frame)
-    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict, owner=caller.name,
+    job = await queue.submit(Job(id=new_job_id(), kind=JobKind.predict, owner=caller.key_id,
                                  random_weights=deployed.random_weights,
                                  params=PredictParams(model=deployed.name, frame=frame)),
-                             [upload.data])
+                             [upload.data], admission)
     try:
         job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS)
     finally:

@@ -162,12 +162,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop_redis(process)
 
 
-def start_redis(binary: str, folder: Path, port: int) -> subprocess.Popen[bytes]:
-    """``redis-server`` on ``port``, once it answers PING (the test fails if it never does)."""
+def start_redis(binary: str, folder: Path, port: int, *,
+                persistent: bool = False) -> subprocess.Popen[bytes]:
+    """``redis-server`` on ``port``, once it answers PING (the test fails if it never does).
+
+    ``persistent`` runs it as the README does, with its append-only file in
+    ``folder``, so a restart on the same folder finds everything it acknowledged.
+    """
     log = (folder / "redis.log").open("ab")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(folder)],
+         "--appendonly", "yes" if persistent else "no",
+         "--dir", str(folder)],
         stdout=log, stderr=subprocess.STDOUT)
     client = redis.Redis(host="127.0.0.1", port=port)
     try:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -312,30 +313,35 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(registry: Path, **environment: str) -> Iterator[str]:
+def serving(registry: Path, *, log: Path | None = None, **environment: str) -> Iterator[str]:
     """``krypton serve`` as a user starts it (embedded, on a free port); its URL once ready.
 
     ``environment`` adds ``KRYPTON_*`` settings (none of the test run's own leak in).
+    Its output goes to ``log`` (a file, so a busy server never blocks on a full pipe).
     """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRYPTON_")
            and k != "REDIS_URL"} | {"KRYPTON_REGISTRY": str(registry)} | environment
     krypton = Path(sys.executable).with_name("krypton")
-    process = subprocess.Popen([str(krypton), "serve", "--port", str(port)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(
-                    f"{url}/healthz", timeout=2) as response:
-                if response.status == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"krypton serve did not start: "
-                                     f"{process.stderr.read().decode() if process.stderr else ''}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "serve.log"
+        output = stack.enter_context(log.open("wb"))
+        process = subprocess.Popen([str(krypton), "serve", "--port", str(port)], env=env,
+                                   stdout=output, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                with contextlib.suppress(OSError), urllib.request.urlopen(
+                        f"{url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"krypton serve did not start: "
+                                         f"{log.read_text(errors='replace')[-3000:]}")
+                time.sleep(0.2)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(timeout=30)

@@ -210,3 +210,35 @@ def test_keys_command_adds_lists_and_revokes(tmp_path: Path) -> None:
     assert "cdss" in listed.output and "admin" in listed.output and token not in listed.output
     assert runner.invoke(cli, ["keys", "revoke", "cdss", "--file", file]).exit_code == 0
     assert KeyStore(file).find(token) is None
+
+
+# ---------------------------------------------------------------- keys revoked
+
+
+def test_a_key_revoked_and_added_again_under_its_name_sees_none_of_the_old_keys_jobs(
+        make_client: ClientFactory, tmp_path: Path, retina_png: bytes) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    first = store.add("clinic", "heatmaps")
+    client = make_client(keys_file=store.path, embedded_workers=0)
+    job = _submit(client, retina_png, first)
+    store.revoke("clinic")
+    second = store.add("clinic", "heatmaps")
+    helpers.assert_problem(client.get(job["links"]["self"], headers=_as(second)), 404)
+
+
+def test_an_event_stream_ends_with_a_401_event_once_its_key_is_revoked(
+        make_client: ClientFactory, tmp_path: Path, retina_png: bytes) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    token = store.add("viewer", "heatmaps")
+    client = make_client(keys_file=store.path, embedded_workers=0)  # the job stays queued
+    job = _submit(client, retina_png, token)
+    events = []
+    with client.stream("GET", job["links"]["events"], headers=_as(token)) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                events.append(line.split(":", 1)[1].strip())
+                if events == ["progress"]:
+                    store.revoke("viewer")
+            if line.startswith("data:") and events[-1] == "error":
+                assert '"status":401' in line.replace(" ", "")
+    assert events == ["progress", "error"]

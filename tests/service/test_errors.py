@@ -340,3 +340,19 @@ def test_problem_for_client_error_keeps_the_message() -> None:
 def test_unknown_route_answers_404_problem(api: TestClient) -> None:
     helpers.assert_problem(api.get("/v2/heatmaps"), 404)
 
+
+
+# ---------------------------------------------------------------- hostile values
+
+
+def test_a_prefer_wait_too_long_to_be_a_number_is_ignored_not_a_500(
+        api: TestClient, retina_png: bytes) -> None:
+    response = helpers.submit(api, retina_png, prefer="wait=" + "9" * 5000, **FAST)
+    assert response.status_code == 202, response.text
+
+
+def test_a_100_kb_parameter_is_not_echoed_back_whole(api: TestClient,
+                                                    retina_png: bytes) -> None:
+    response = helpers.submit(api, retina_png, model="m" * 100_000, **FAST)
+    document = helpers.assert_problem(response, 422)
+    assert len(response.content) < 4000 and "more characters" in document["detail"]

@@ -50,7 +50,7 @@ def test_readyz_without_workers_answers_503(idle_api: TestClient) -> None:
     response = idle_api.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not ready", "queue": "memory", "queue_ok": True,
-                               "live_workers": 0, "workers": []}
+                               "claimable": True, "live_workers": 0, "workers": []}
     assert response.headers["Retry-After"].isdigit()
 
 

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from krypton.render import UNTRAINED_WARNING
+from krypton.service.app import create_app
+from krypton.service.auth import KeyStore
+from krypton.service.config import Settings
+from krypton.service.queue import InMemoryQueue
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 from tests.service.helpers import FAST, SLOW
@@ -37,6 +42,43 @@ def test_submissions_beyond_the_rate_limit_answer_429_with_retry_after(
     response = helpers.submit(client, retina_png, **FAST)
     helpers.assert_problem(response, 429)
     assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+def test_rate_limit_counts_the_last_minute_across_a_calendar_minute_boundary(
+        make_settings: Callable[..., Settings], retina_png: bytes) -> None:
+    clock = helpers.FakeClock(start=60 * 1000 - 0.5)  # half a second before a minute ends
+    queue = InMemoryQueue(ttl_seconds=600, clock=clock)
+    app = create_app(make_settings(rate_limit_per_minute=3, embedded_workers=0), queue=queue)
+    with TestClient(app) as client:
+        statuses = [helpers.submit(client, retina_png, **FAST).status_code for _ in range(3)]
+        clock.advance(1.0)  # into the next calendar minute, still within the last minute
+        statuses.append(helpers.submit(client, retina_png, **FAST).status_code)
+    assert statuses == [202, 202, 202, 429]
+
+
+def test_jobs_beyond_one_keys_quota_answer_429_and_others_are_served(
+        make_client: ClientFactory, retina_png: bytes, tmp_path: Path) -> None:
+    keys = KeyStore(tmp_path / "keys.json")
+    busy, other = (keys.add(name, "heatmaps") for name in ("busy", "other"))
+    client = make_client(max_jobs_per_key=2, embedded_workers=0, keys_file=keys.path)
+
+    def submit(token: str) -> Any:
+        return client.post("/v1/heatmaps", files={"image": ("r.png", retina_png, "image/png")},
+                           data=FAST, headers={"Authorization": f"Bearer {token}"})
+
+    assert [submit(busy).status_code for _ in range(2)] == [202, 202]
+    refused = submit(busy)
+    assert helpers.assert_problem(refused, 429)["type"] == "urn:krypton:problem:quota-exceeded"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert submit(other).status_code == 202
+
+
+def test_an_upload_past_the_keys_byte_quota_answers_429_naming_the_bytes(
+        make_client: ClientFactory, retina_png: bytes) -> None:
+    client = make_client(max_bytes_per_key=len(retina_png) + 1, embedded_workers=0)
+    assert helpers.submit(client, retina_png, **FAST).status_code == 202
+    detail = helpers.assert_problem(helpers.submit(client, retina_png, **FAST), 429)["detail"]
+    assert f"quota of {len(retina_png) + 1}" in detail
 
 
 def test_submission_to_a_full_queue_answers_503_with_retry_after(
@@ -72,12 +114,14 @@ def test_tuning_booking_more_work_than_allowed_is_refused(make_client: ClientFac
 
 def test_job_running_past_its_deadline_fails_and_frees_the_worker(
         make_client: ClientFactory, retina_png: bytes) -> None:
-    client = make_client(job_timeout_seconds=0.3)
+    # No preloading: loading the other models beside the second job would take its 0.3 s.
+    client = make_client(job_timeout_seconds=0.3, preload_models=False)
     job = helpers.finished(client, retina_png, **SLOW)
     assert job["status"] == "failed"
     assert (job["error"]["status"], job["error"]["type"]) == (
         504, "urn:krypton:problem:job-deadline")
-    assert helpers.finished(client, retina_png, **FAST)["status"] == "succeeded"
+    second = helpers.finished(client, retina_png, **FAST)
+    assert second["status"] == "succeeded", second["error"]
 
 
 def test_method_not_allowed_lists_every_method_of_the_path(api: TestClient) -> None:
@@ -177,9 +221,10 @@ MEMORY_PROBE = textwrap.dedent("""
                                     target_label="a", target_probability=0.9)
             run = RunSummary(positions=16, input_size=64, heatmap_shape=(4, 4), seconds=0.1,
                              device="cpu", mode="exact")
-            await queue.put_result(job_id, heatmap_npy(np.random.rand(4, 4)))
-            await queue.save(job.model_copy(update={"status": JobStatus.succeeded,
-                                                     "prediction": prediction, "run": run}))
+            claim = await queue.claim("probe", 100)
+            await queue.finish(claim, job.model_copy(update={
+                "status": JobStatus.succeeded, "prediction": prediction, "run": run}),
+                heatmap_npy(np.random.rand(4, 4)), owner="")
         client.portal.call(finish)
         overlay = client.get(f"/v1/heatmaps/{job_id}/heatmap.png",
                              params={"overlay": "1", "size": "2048"})

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from krypton.models import DatasetConfig, DatasetStore
+from krypton.service.errors import RateLimited, ServiceError
 from krypton.service.plans import HeatmapPlan
-from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
+from krypton.service.queue import Admission, InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
 from tests.service.helpers import FakeClock
 
@@ -67,6 +68,15 @@ def _job() -> Job:
 def _worker(name: str) -> WorkerInfo:
     return WorkerInfo(name=name, device="cpu", pid=1, host="h", started_at=utcnow(),
                       jobs_done=0, current_job=None)
+
+
+async def _finish(queue: JobQueue, job: Job, result: bytes | None = b"npy", *,
+                  owner: str = "") -> bool:
+    """Claim ``job`` and store it as succeeded with ``result``, as worker ``owner``."""
+    claim = await queue.claim(owner or "w", 100)
+    assert claim is not None and claim.job_id == job.id
+    return await queue.finish(claim, job.model_copy(update={"status": JobStatus.succeeded}),
+                              result, owner=owner)
 
 
 async def _until(queue: JobQueue, check: Callable[[], Awaitable[bool]],
@@ -163,7 +173,7 @@ def test_queue_save_with_owner_never_overwrites_a_finished_job(run: Runner) -> N
 def test_queue_result_round_trips_the_bytes(run: Runner) -> None:
     async def scenario(queue: JobQueue) -> tuple[bool, bytes | None]:
         job = await queue.submit(_job(), [b"image"])
-        return await queue.put_result(job.id, b"npy"), await queue.result(job.id)
+        return await _finish(queue, job), await queue.result(job.id)
 
     assert run(scenario) == (True, b"npy")
 
@@ -172,7 +182,7 @@ def test_queue_result_round_trips_the_bytes(run: Runner) -> None:
 def test_queue_delete_purges_job_images_and_result(run: Runner, what: str) -> None:
     async def scenario(queue: JobQueue) -> object:
         job = await queue.submit(_job(), [b"first", b"second"])
-        await queue.put_result(job.id, b"npy")
+        await _finish(queue, job)
         assert await queue.delete(job.id)
         return {"job": await queue.get(job.id), "images": await queue.images(job.id, 2),
                 "result": await queue.result(job.id)}[what]
@@ -197,19 +207,41 @@ def test_queue_save_after_delete_does_not_bring_the_job_back(run: Runner) -> Non
     assert run(scenario) == (False, None)
 
 
-def test_queue_put_result_after_delete_stores_nothing(run: Runner) -> None:
+def test_queue_finish_after_delete_stores_nothing(run: Runner) -> None:
     async def scenario(queue: JobQueue) -> tuple[bool, bytes | None]:
         job = await queue.submit(_job(), [b"image"])
         await queue.delete(job.id)
-        return await queue.put_result(job.id, b"npy"), await queue.result(job.id)
+        return await _finish(queue, job), await queue.result(job.id)
 
     assert run(scenario) == (False, None)
+
+
+def test_queue_finish_by_a_worker_that_lost_the_job_stores_nothing(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[bool, Job | None, bytes | None]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.save(job.model_copy(update={"worker": "b", "status": JobStatus.running}))
+        stale = await _finish(queue, job, b"stale", owner="a")
+        return stale, await queue.get(job.id), await queue.result(job.id)
+
+    stale, job, result = run(scenario)
+    assert (stale, result) == (False, None)
+    assert job is not None and job.worker == "b" and job.status is JobStatus.running
+
+
+def test_queue_finish_acknowledges_the_claim(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> Any:
+        job = await queue.submit(_job(), [b"image"])
+        assert await _finish(queue, job)
+        await _elapse(queue, 0.2)
+        return await queue.claim("later", 10)
+
+    assert run(scenario, claim_idle_ms=100) is None
 
 
 def test_queue_job_images_and_result_expire_after_the_ttl(run: Runner) -> None:
     async def scenario(queue: JobQueue) -> list[object]:
         job = await queue.submit(_job(), [b"image"])
-        await queue.put_result(job.id, b"npy")
+        await _finish(queue, job)
         assert await queue.get(job.id) is not None
         await _until(queue, lambda: _gone(queue, job.id))
         return [await queue.images(job.id, 1), await queue.result(job.id)]
@@ -431,3 +463,93 @@ def test_queue_submit_records_how_many_images_the_job_has(run: Runner) -> None:
         return job.images, stored and stored.images
 
     assert run(scenario) == (3, 3)
+
+
+# ---------------------------------------------------------------- admission
+
+
+async def _outcomes(queue: JobQueue, admission: Admission, count: int,
+                    image: bytes = b"image") -> list[str]:
+    """Submit ``count`` jobs at once; each one's outcome: "ok" or the refusal's type."""
+    async def one() -> str:
+        try:
+            await queue.submit(_job(), [image], admission)
+        except ServiceError as exc:
+            return exc.slug
+        return "ok"
+
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+def test_queue_admits_no_more_than_its_backlog_under_concurrent_submissions(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[str]:
+        return await _outcomes(queue, Admission(account="a", max_backlog=20), 60)
+
+    outcomes = run(scenario)
+    assert (outcomes.count("ok"), outcomes.count("queue-full")) == (20, 40)
+
+
+def test_queue_rate_counts_the_last_minute_not_the_calendar_minute(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[str]:
+        admission = Admission(account="a", rate_per_minute=3)
+        first = await _outcomes(queue, admission, 3)
+        await _elapse(queue, 1.0)  # a calendar minute may end here; the last minute does not
+        return first + await _outcomes(queue, admission, 1)
+
+    assert run(scenario) == ["ok", "ok", "ok", "rate-limited"]
+
+
+def test_queue_rate_refusal_says_when_the_oldest_submission_leaves_the_minute(
+        run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> int:
+        admission = Admission(account="a", rate_per_minute=1)
+        await queue.submit(_job(), [b"image"], admission)
+        await _elapse(queue, 0.5)
+        with pytest.raises(RateLimited) as refused:
+            await queue.submit(_job(), [b"image"], admission)
+        return int(refused.value.headers["Retry-After"])
+
+    assert 59 <= run(scenario) <= 60
+
+
+def test_queue_limits_one_accounts_unfinished_jobs_not_anothers(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[list[str], list[str]]:
+        busy = await _outcomes(queue, Admission(account="busy", max_jobs=2), 3)
+        other = await _outcomes(queue, Admission(account="other", max_jobs=2), 1)
+        return busy, other
+
+    busy, other = run(scenario)
+    assert sorted(busy) == ["ok", "ok", "quota-exceeded"] and other == ["ok"]
+
+
+def test_queue_frees_an_accounts_job_quota_when_a_job_finishes(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[str]:
+        admission = Admission(account="a", max_jobs=1)
+        job = await queue.submit(_job(), [b"image"], admission)
+        await _finish(queue, job)
+        return await _outcomes(queue, admission, 1)
+
+    assert run(scenario) == ["ok"]
+
+
+def test_queue_limits_the_bytes_an_account_keeps_until_it_deletes_a_job(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> tuple[str, str, str]:
+        admission = Admission(account="a", max_bytes=2500)
+        kept = await queue.submit(_job(), [b"x" * 1000], admission)
+        await queue.submit(_job(), [b"x" * 1000], admission)
+        refused = await _outcomes(queue, admission, 1, b"x" * 1000)
+        await queue.delete(kept.id)
+        return refused[0], (await _outcomes(queue, admission, 1, b"x" * 1000))[0], \
+            (await _outcomes(queue, Admission(account="b", max_bytes=2500), 1, b"x" * 2000))[0]
+
+    assert run(scenario) == ("quota-exceeded", "ok", "ok")
+
+
+def test_queue_forgets_an_accounts_bytes_once_its_jobs_expire(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[str]:
+        admission = Admission(account="a", max_bytes=1500)
+        job = await queue.submit(_job(), [b"x" * 1000], admission)
+        await _until(queue, lambda: _gone(queue, job.id))
+        return await _outcomes(queue, admission, 1, b"x" * 1000)
+
+    assert run(scenario, ttl_seconds=1) == ["ok"]

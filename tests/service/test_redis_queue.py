@@ -261,7 +261,7 @@ def test_redis_readyz_without_workers_answers_503(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not ready", "queue": "redis", "queue_ok": True,
-                               "live_workers": 0, "workers": []}
+                               "claimable": False, "live_workers": 0, "workers": []}
 
 
 def test_redis_readyz_lists_a_live_worker(client: TestClient, redis_url: str,

@@ -283,9 +283,9 @@ class _FlakyQueue(InMemoryQueue):
         self._fail_once("claim")
         return await super().claim(consumer, block_ms)
 
-    async def put_result(self, job_id: str, data: bytes) -> bool:
-        self._fail_once("put_result")
-        return await super().put_result(job_id, data)
+    async def finish(self, *args: Any, **kwargs: Any) -> bool:
+        self._fail_once("finish")
+        return await super().finish(*args, **kwargs)
 
 
 def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
@@ -300,7 +300,7 @@ def test_worker_survives_an_unreachable_queue_and_then_runs_the_job(
 
 def test_worker_holds_a_finished_outcome_until_the_queue_answers_again(
         deployment: Deployment, cache: ModelCache, retina_png: bytes) -> None:
-    queue = _FlakyQueue("put_result", ttl_seconds=60)  # Redis away as the job finishes
+    queue = _FlakyQueue("finish", ttl_seconds=60)  # Redis away as the job finishes
     job = asyncio.run(queue.submit(_job(), [retina_png]))
     worker = _burst(queue, deployment, cache)
     done = asyncio.run(queue.get(job.id))

@@ -1,0 +1,80 @@
+"""Logging that never writes patient data, for every ``krypton`` process.
+
+A DICOM header holds the patient's name, birth date and more, and the
+libraries that read it quote its values when they complain: pydicom warns
+``Invalid value for VR DA: '1999-13-45'``, highdicom raises ``Unable to
+convert '1999-13-45'``. So what reaches a log is cut at two places:
+
+- records of the DICOM libraries (``pydicom``, ``highdicom``) and Python
+  warnings (which those libraries also raise) keep their level and origin,
+  and their message is withheld;
+- an exception in any record is written as its type and its stack frames
+  (file, line, function), without its message.
+
+Krypton's own messages name jobs, models and sizes, never a header value or
+image bytes; :func:`configure_logging` installs both cuts on the one handler
+every record goes through.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from types import TracebackType
+
+__all__ = ["SafeFormatter", "WithholdQuoting", "configure_logging"]
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings")
+"""Loggers whose messages may quote a header value."""
+
+ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
+
+
+class WithholdQuoting(logging.Filter):
+    """Replace the message of a record from a library that may quote header values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if any(record.name == name or record.name.startswith(f"{name}.")
+               for name in QUOTING_LOGGERS):
+            record.msg = (f"{record.levelname.lower()} from {record.name} (message withheld: "
+                          "it may quote an image's header)")
+            record.args = None
+        return True
+
+
+class SafeFormatter(logging.Formatter):
+    """Exceptions as their types and stack frames, never their messages."""
+
+    def formatException(self, ei: ExcInfo | tuple[None, None, None]) -> str:  # noqa: N802
+        _, exc, _ = ei
+        return "\n".join(_chain(exc)) if exc is not None else ""
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - frames only: safe
+        return stack_info
+
+
+def _chain(exc: BaseException) -> list[str]:
+    """The exception, and what caused it, as type and frames, outermost last (as Python)."""
+    lines: list[str] = []
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
+        lines += [*_chain(cause), "", "The above exception led to:", ""]
+    lines.append("Traceback (most recent call last):")
+    for frame in traceback.extract_tb(exc.__traceback__):
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+    lines.append(f"{type(exc).__module__}.{type(exc).__qualname__} (message withheld: it may "
+                 "quote patient data)")
+    return lines
+
+
+def configure_logging(level: str | int) -> None:
+    """Log at ``level`` to stderr through the two cuts; Python warnings included."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter(FORMAT))
+    handler.addFilter(WithholdQuoting())
+    logging.basicConfig(level=level.upper() if isinstance(level, str) else level,
+                        handlers=[handler], force=True)
+    logging.captureWarnings(True)

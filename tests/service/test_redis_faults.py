@@ -1,0 +1,279 @@
+"""Redis-mode faults a hospital network produces: workers stopped mid-command, stale
+workers, and a Redis that comes back empty or is killed.
+
+Every test here runs real :class:`Worker` objects on a real ``redis-server``;
+what they break is timing (a signal landing inside a Redis command, a worker
+that stalls past its claim) or the server itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import torch
+from PIL import Image
+
+from krypton.models import build_model, decode_image
+from krypton.models.deployment import Deployment, load_deployment
+from krypton.models.images import INFERENCE_SIDE
+from krypton.service import constants
+from krypton.service.jobs import explain
+from krypton.service.model_cache import ModelCache
+from krypton.service.plans import HeatmapPlan
+from krypton.service.queue import Claim, RedisStreamQueue
+from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
+from krypton.service.worker import Worker
+from tests.service import helpers
+from tests.service.conftest import ClientFactory, start_redis, stop_redis
+from tests.service.helpers import FAST, MODEL, ThreadedWorker
+
+pytestmark = pytest.mark.redis
+
+
+# ---------------------------------------------------------------- stopping
+
+
+class _SlowBeats(RedisStreamQueue):
+    """A queue whose heartbeat spends 0.3 s inside Redis commands (its own transaction,
+    again and again), so that a stop lands during one."""
+
+    beating: asyncio.Event
+
+    async def beat(self, info: WorkerInfo) -> None:
+        self.beating.set()
+        until = time.monotonic() + 0.3
+        while time.monotonic() < until:
+            await super().beat(info)
+
+
+def test_worker_told_to_stop_during_a_heartbeat_command_stops_and_stays_stopped(
+        redis_url: str, redis_client: redis.Redis, deployment: Deployment) -> None:
+    cache = ModelCache(deployment, "cpu")
+
+    async def stop_once(attempt: int) -> tuple[bool, bool]:
+        queue = _SlowBeats.from_url(redis_url, ttl_seconds=60)
+        assert isinstance(queue, _SlowBeats)
+        queue.beating = asyncio.Event()
+        worker = Worker(queue, deployment, name=f"stopping-{attempt}", cache=cache)
+        task = asyncio.create_task(worker.run(block_ms=20))
+        await asyncio.wait_for(queue.beating.wait(), 10)
+        worker.stop()  # what SIGTERM does, while the heartbeat waits on Redis
+        done, _ = await asyncio.wait({task}, timeout=5)
+        await asyncio.sleep(0.1)
+        beating_after = bool(redis_client.exists(constants.WORKER_KEY.format(worker.name)))
+        if not done:
+            task.cancel()
+        await queue.close()
+        return bool(done), beating_after
+
+    async def scenario() -> list[tuple[bool, bool]]:
+        return [await stop_once(attempt) for attempt in range(40)]
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes == [(True, False)] * 40, (
+        f"{sum(not stopped for stopped, _ in outcomes)} of 40 runs did not stop within 5 s; "
+        f"{sum(beating for _, beating in outcomes)} still had a heartbeat")
+
+
+# ---------------------------------------------------------------- stale workers
+
+
+def _second_deployment(tmp_path: Path, registry: Path) -> Deployment:
+    """The test deployment with another checkpoint under the same model name."""
+    folder = tmp_path / "other"
+    (folder / "weights").mkdir(parents=True)
+    network = build_model("resnet18", num_classes=len(helpers.LABELS), seed=29)
+    torch.save(network.state_dict(), folder / "weights" / f"{MODEL}.pt")
+    other = folder / "registry.toml"
+    other.write_text(registry.read_text(encoding="utf-8"), encoding="utf-8")
+    return load_deployment(other)
+
+
+class _Interposed(RedisStreamQueue):
+    """A worker's queue that lets another worker take its job over, and finish it, just
+    before this worker stores its outcome: after every check this worker makes."""
+
+    takeover: Any = None
+    """Coroutine function run once, before the first outcome write."""
+    frozen = False
+
+    async def touch(self, claim: Claim, consumer: str) -> bool:
+        if self.frozen:  # stalled: its claim ages until another worker may take it
+            return True
+        return await super().touch(claim, consumer)
+
+    async def _before_outcome(self) -> None:
+        if self.takeover is not None:
+            takeover, self.takeover = self.takeover, None
+            self.frozen = True
+            await takeover()
+
+    async def finish(self, *args: Any, **kwargs: Any) -> bool:
+        await self._before_outcome()
+        return await super().finish(*args, **kwargs)
+
+
+def test_stale_worker_never_overwrites_the_result_of_the_worker_that_took_its_job_over(
+        tmp_path: Path, redis_url: str, registry: Path, deployment: Deployment,
+        retina_png: bytes) -> None:
+    stale_cache = ModelCache(deployment, "cpu")
+    other = _second_deployment(tmp_path, registry)
+    live_cache = ModelCache(other, "cpu")
+    plan = HeatmapPlan(model=MODEL, patch_size=16, stride=16)
+    pixels = decode_image(retina_png, max_side=INFERENCE_SIDE)
+    expected = {name: explain(cache, plan, pixels).heatmap
+                for name, cache in (("stale", stale_cache), ("live", live_cache))}
+    assert not np.allclose(expected["stale"], expected["live"]), "the two must differ"
+
+    async def scenario() -> tuple[Job | None, bytes | None]:
+        stale_queue = _Interposed.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
+        live_queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
+        assert isinstance(stale_queue, _Interposed)
+        stale = Worker(stale_queue, deployment, name="stale", cache=stale_cache)
+        live = Worker(live_queue, other, name="live", cache=live_cache)
+
+        async def takeover() -> None:
+            await asyncio.sleep(0.3)  # the stale worker's claim goes idle
+            assert await live.run_once(block_ms=100), "the live worker found no job"
+
+        stale_queue.takeover = takeover
+        job = await stale_queue.submit(Job(id=new_job_id(), params=plan), [retina_png])
+        assert await stale.run_once(block_ms=100)
+        stored = await live_queue.get(job.id), await live_queue.result(job.id)
+        await stale_queue.close()
+        await live_queue.close()
+        return stored
+
+    document, result = asyncio.run(scenario())
+    assert document is not None and document.status is JobStatus.succeeded
+    assert document.worker == "live"
+    assert result is not None
+    np.testing.assert_allclose(np.load(io.BytesIO(result)), expected["live"], rtol=1e-6)
+
+
+# ---------------------------------------------------------------- Redis comes back empty
+
+
+def test_workers_take_new_jobs_after_redis_comes_back_empty(
+        redis_url: str, redis_client: redis.Redis, make_client: ClientFactory,
+        deployment: Deployment, retina_png: bytes) -> None:
+    client = make_client(redis_url=redis_url)
+    with ThreadedWorker(redis_url, deployment, name="survivor"):
+        assert helpers.finished(client, retina_png, **FAST)["status"] == "succeeded"
+        redis_client.flushall()  # what a restart without persistence leaves
+        job = helpers.finished(client, retina_png, **FAST)
+    assert job["status"] == "succeeded", job["error"]
+
+
+def test_readyz_says_not_ready_while_no_worker_can_claim(
+        redis_url: str, redis_client: redis.Redis, make_client: ClientFactory) -> None:
+    client = make_client(redis_url=redis_url)
+
+    async def beat_only() -> None:
+        # A worker that beats but whose queue has no consumer group to claim from.
+        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
+        await queue.beat(WorkerInfo(name="beats-only", device="cpu", pid=1, host="h",
+                                    started_at=utcnow(), jobs_done=0,
+                                    current_job=None))
+        await queue.close()
+
+    asyncio.run(beat_only())
+    redis_client.delete(constants.STREAM)
+    response = client.get("/readyz")
+    assert response.status_code == 503, response.text
+    assert response.json()["status"] == "not ready"
+
+
+def test_a_job_redis_lost_is_answered_as_lost_not_as_never_existing(
+        redis_url: str, redis_client: redis.Redis, make_client: ClientFactory,
+        retina_png: bytes) -> None:
+    client = make_client(redis_url=redis_url, embedded_workers=0)
+    submitted = helpers.submit(client, retina_png, **FAST)
+    assert submitted.status_code == 202, submitted.text
+    time.sleep(0.01)
+    redis_client.flushall()
+    assert helpers.submit(client, retina_png, **FAST).status_code == 202  # Redis in use again
+    document = helpers.assert_problem(client.get(submitted.headers["Location"]), 404)
+    assert document["type"] == "urn:krypton:problem:job-lost", document
+    assert "submit it again" in document["detail"]
+    never = helpers.assert_problem(client.get(f"/v1/heatmaps/{new_job_id()}"), 404)
+    assert never["type"] == "urn:krypton:problem:job-not-found"
+
+
+# ---------------------------------------------------------------- Redis killed
+
+
+@pytest.fixture
+def persistent_redis(tmp_path: Path) -> Any:
+    """A ``redis-server`` run as the README says (append-only file), that a test may kill."""
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    port = helpers.free_port()
+
+    class Server:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        def __init__(self) -> None:
+            self.process = start_redis(binary, tmp_path, port, persistent=True)
+
+        def kill_and_restart(self) -> None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = start_redis(binary, tmp_path, port, persistent=True)
+
+    server = Server()
+    yield server
+    stop_redis(server.process)
+
+
+def test_redis_killed_with_jobs_in_flight_loses_none_and_runs_none_twice(
+        persistent_redis: Any, make_client: ClientFactory, deployment: Deployment,
+        retina_png: bytes) -> None:
+    client = make_client(redis_url=persistent_redis.url)
+    locations = []
+    with ThreadedWorker(persistent_redis.url, deployment, name="w1", claim_idle_ms=1000), \
+            ThreadedWorker(persistent_redis.url, deployment, name="w2", claim_idle_ms=1000):
+        for _ in range(6):
+            response = helpers.submit(client, retina_png, **helpers.SLOW)
+            assert response.status_code == 202, response.text
+            locations.append(response.headers["Location"])
+        helpers.wait_until(lambda: any(client.get(url).json()["status"] == "running"
+                                       for url in locations), what="a job to run")
+        persistent_redis.kill_and_restart()
+        jobs = [helpers.wait_for_job(client, url, timeout=180) for url in locations]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 6, [j["error"] for j in jobs]
+    stream = redis.Redis.from_url(persistent_redis.url)
+    assert stream.xlen(constants.STREAM) == 0, "every job acknowledged once"
+
+
+# ---------------------------------------------------------------- Redis full
+
+
+@pytest.fixture
+def nearly_full_redis(redis_url: str, redis_client: redis.Redis) -> Any:
+    """The private server with ``maxmemory`` 256 KB above what it uses now."""
+    used = int(redis_client.info("memory")["used_memory"])
+    redis_client.config_set("maxmemory", used + 256 * 1024)
+    yield redis_url
+    redis_client.config_set("maxmemory", 0)
+
+
+def test_an_upload_redis_has_no_room_for_is_refused_as_store_full(
+        nearly_full_redis: str, make_client: ClientFactory) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)
+    image = helpers.encode(Image.fromarray(noise), "PNG")
+    assert len(image) > 256 * 1024
+    client = make_client(redis_url=nearly_full_redis, embedded_workers=0)
+    response = helpers.submit(client, image, **FAST)
+    document = helpers.assert_problem(response, 503)
+    assert document["type"] == "urn:krypton:problem:store-full", document
+    assert response.headers["Retry-After"].isdigit()
+    assert client.get("/healthz").status_code == 200
