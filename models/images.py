@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from krypton.models.budget import DECODING
 from krypton.models.dicom import decode_dicom, dicom_header, is_dicom
 from krypton.models.errors import ImageDecodeError, ImageTooLargeError, InvalidArgumentError
 
@@ -128,7 +129,9 @@ def decode_image(
     if isinstance(data, str | os.PathLike) and is_dicom(_head(data)):
         data = _read_file(data)
     if isinstance(data, bytes | bytearray | memoryview) and is_dicom(bytes(data[:132])):
-        return _reduce_array(decode_dicom(data, frame=frame, max_pixels=max_pixels), max_side)
+        pixels: npt.NDArray[np.float32] = decode_dicom(bytes(data), frame=frame,
+                                                       max_pixels=max_pixels, max_side=max_side)
+        return pixels
     if frame not in (None, 1):
         raise ImageDecodeError(f"frame {frame} was asked for, but only DICOM files have frames")
     with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
@@ -149,8 +152,8 @@ def reduced_png(data: bytes, *, max_side: int, max_pixels: int | None = DEFAULT_
         ImageDecodeError: as :func:`decode_image`.
     """
     if is_dicom(data):
-        pixels = decode_image(data, max_pixels=max_pixels, max_side=max_side, frame=frame)
-        rgb = Image.fromarray((pixels * 255.0).round().astype(np.uint8))
+        rgb = Image.fromarray(decode_dicom(data, frame=frame, max_pixels=max_pixels,
+                                           max_side=max_side, eight_bit=True))
     else:
         with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
             if image.mode in _EIGHT_BIT_MODES:
@@ -189,12 +192,14 @@ def _upright(data: bytes | str | os.PathLike[str], max_pixels: int | None,
                 )
             if max_side is not None:
                 image.draft(image.mode, (max_side, max_side))  # JPEG: decode smaller
-            image.load()
-            # Read before exif_transpose, whose copy no longer carries the TIFF tags.
-            tiff_tags = _tiff_sample_tags(image)
-            reduced = _reduce(image, max_side)
-            upright = ImageOps.exif_transpose(reduced)
-            yield (upright if upright is not None else reduced), tiff_tags, source
+            with DECODING.reserve(_decode_cost(image, max_side),
+                                  f"{source} ({width}x{height} {image.format})"):
+                image.load()
+                # Read before exif_transpose, whose copy no longer carries the TIFF tags.
+                tiff_tags = _tiff_sample_tags(image)
+                reduced = _reduce(image, max_side)
+                upright = ImageOps.exif_transpose(reduced)
+                yield (upright if upright is not None else reduced), tiff_tags, source
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -210,6 +215,20 @@ def _upright(data: bytes | str | os.PathLike[str], max_pixels: int | None,
         # Pillow's decoders raise a zoo of types on hostile or truncated input
         # (OSError, SyntaxError, struct.error, zlib.error, IndexError, ...).
         raise ImageDecodeError(f"cannot decode {source}: {_reason(exc)}") from exc
+
+
+def _decode_cost(image: Image.Image, max_side: int | None) -> int:
+    """Estimated peak bytes of decoding ``image`` (opened, not loaded) and reducing it:
+    Pillow's buffer (4 bytes a pixel for every mode but the 8- and 16-bit single-band
+    ones), the copy a mode ``reduce`` refuses is converted to, and the reduced copies and
+    float output (16 bytes a reduced pixel, measured)."""
+    width, height = image.size
+    per_pixel = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    decoded = width * height * per_pixel
+    factor = 1 if max_side is None else max(1, math.ceil(max(width, height) / max_side))
+    if factor > 1 and image.mode in _REDUCIBLE:
+        decoded += width * height * 4
+    return decoded + (width // factor + 1) * (height // factor + 1) * 16
 
 
 def _head(path: str | os.PathLike[str]) -> bytes:
@@ -229,21 +248,6 @@ def _read_file(path: str | os.PathLike[str]) -> bytes:
         raise ImageDecodeError(f"image file {os.fspath(path)!r} does not exist") from exc
     except OSError as exc:
         raise ImageDecodeError(f"cannot read image file {os.fspath(path)!r}: {exc}") from exc
-
-
-def _reduce_array(pixels: npt.NDArray[np.float32], max_side: int | None
-                  ) -> npt.NDArray[np.float32]:
-    """``pixels`` averaged in blocks so the longer side fits ``max_side`` (as Pillow's reduce)."""
-    longest = max(pixels.shape[:2])
-    if max_side is None or longest <= max_side:
-        return pixels
-    factor = math.ceil(longest / max_side)
-    height, width = (-(-side // factor) * factor for side in pixels.shape[:2])
-    padded = np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1]), (0, 0)),
-                    mode="edge")
-    blocks = padded.reshape(height // factor, factor, width // factor, factor, 3)
-    reduced: npt.NDArray[np.float32] = blocks.mean(axis=(1, 3), dtype=np.float32)
-    return reduced
 
 
 def _reason(exc: BaseException) -> str:

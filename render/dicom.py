@@ -18,6 +18,7 @@ data is logged or kept, and no value appears in their errors.
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import highdicom as hd
@@ -32,9 +33,12 @@ from pydicom.valuerep import validate_value
 
 from krypton import __version__
 
-__all__ = ["PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "parametric_map", "repaired",
-           "secondary_capture"]
+__all__ = ["MAX_MAP_SIDE", "PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "map_grid",
+           "parametric_map", "repaired", "secondary_capture"]
 
+MAX_MAP_SIDE = 1024
+"""Longest side of a Parametric Map: a heatmap has a few hundred cells at most, so a
+finer grid over a large image adds bytes (4 per pixel), not information."""
 PARAMETRIC_MAP_SERIES = 9101
 SECONDARY_CAPTURE_SERIES = 9102
 _MANUFACTURER = "Krypton"
@@ -85,13 +89,24 @@ def _valid(vr: str, value: object) -> bool:
     return True
 
 
+def map_grid(rows: int, columns: int) -> tuple[int, int]:
+    """The Parametric Map's grid for a source of ``rows x columns``: the source's own up
+    to :data:`MAX_MAP_SIDE` a side, else the same field of view a whole factor coarser."""
+    factor = max(1, math.ceil(max(rows, columns) / MAX_MAP_SIDE))
+    return -(-rows // factor), -(-columns // factor)
+
+
 def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: str,
                    explanation: str) -> bytes:
-    """``values`` (``(Rows, Columns)`` of the source) as a Parametric Map, encoded.
+    """``values`` on the source's field of view as a Parametric Map, encoded.
 
-    A source without a patient coordinate system (a photograph, a secondary
-    capture) is given one for its pixel grid (a new frame of reference, axial,
-    spacing from the source or 1 mm), as the Parametric Map IOD needs one.
+    ``values`` has the source's rows and columns, or a coarser grid over the
+    same field of view (:func:`map_grid`): then the map states its own pixel
+    spacing and the position of its first pixel, so a viewer lays it over the
+    source exactly. A source without a patient coordinate system (a
+    photograph, a secondary capture) is given one for its pixel grid (a new
+    frame of reference, axial, spacing from the source or 1 mm), as the
+    Parametric Map IOD needs one.
     """
     reference = _completed(source)
     low, high = float(np.min(values)), float(np.max(values))
@@ -107,9 +122,35 @@ def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: 
         content_description=explanation[:64],
         voi_lut_transformations=[hd.VOILUTTransformation(
             window_center=low + width / 2, window_width=width,
-            voi_lut_function="LINEAR_EXACT")])  # probabilities: a window under 1 wide
+            voi_lut_function="LINEAR_EXACT"),  # probabilities: a window under 1 wide
+        ], **_coarser_geometry(reference, values.shape[:2]))
+    document.SeriesDescription = "Krypton occlusion heatmap"
     _state_laterality(document, source)
     return _encoded(document)
+
+
+def _coarser_geometry(reference: Dataset, grid: tuple[int, ...]) -> dict[str, Any]:
+    """highdicom's plane arguments for a map on ``grid`` over the reference's field of view;
+    none when the grid is the reference's own."""
+    rows, columns = int(reference.Rows), int(reference.Columns)
+    if tuple(grid) == (rows, columns):
+        return {}
+    down, across = rows / grid[0], columns / grid[1]  # source pixels per map pixel
+    spacing = [float(s) for s in reference.PixelSpacing]
+    cosines = np.array([float(c) for c in reference.ImageOrientationPatient])
+    first = np.array([float(p) for p in reference.ImagePositionPatient])
+    # The map's first pixel centre: half a map pixel in from the source's first pixel edge.
+    centre = (first + (across - 1) / 2 * spacing[1] * cosines[:3]
+              + (down - 1) / 2 * spacing[0] * cosines[3:])
+    return {
+        "pixel_measures": hd.PixelMeasuresSequence(
+            pixel_spacing=[spacing[0] * down, spacing[1] * across],
+            slice_thickness=float(reference.SliceThickness)),
+        "plane_orientation": hd.PlaneOrientationSequence(
+            coordinate_system="PATIENT", image_orientation=[float(c) for c in cosines]),
+        "plane_positions": [hd.PlanePositionSequence(
+            coordinate_system="PATIENT", image_position=[float(p) for p in centre])],
+    }
 
 
 def secondary_capture(source: Dataset, rgb: npt.NDArray[np.uint8]) -> bytes:

@@ -20,11 +20,13 @@ from fastapi import FastAPI
 
 from krypton import __version__
 from krypton.models import DatasetStore
+from krypton.models.budget import DECODING, return_freed_memory
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
 from krypton.service.auth import KeyStore
 from krypton.service.config import Settings, get_settings
-from krypton.service.errors import BodyLimit, install_handlers
+from krypton.service.errors import install_handlers
 from krypton.service.events import EventHub
+from krypton.service.intake import Intake
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
 from krypton.service.pages import install_pages
@@ -81,6 +83,8 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     """The API. ``queue`` overrides the one the settings describe (tests)."""
     settings = settings or get_settings()
     deployment = make_deployment(settings)
+    return_freed_memory()
+    DECODING.capacity = settings.decode_memory_bytes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -121,10 +125,10 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     app = FastAPI(title="Krypton", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)
-    # Refuse an oversized body from its Content-Length, before it is spooled to disk;
+    # Refuse a body without a key, or larger than its route takes, before reading it;
     # read_image then holds each image to max_upload_bytes.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes
-                       * MAX_TUNING_IMAGES + 1024 * 1024)
+    app.add_middleware(Intake, max_upload_bytes=settings.max_upload_bytes,
+                       max_images=MAX_TUNING_IMAGES)
     app.state.settings = settings
     app.state.deployment = deployment
     app.state.keys = None if settings.keys_file is None else _keys(settings.keys_file)

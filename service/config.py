@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field, RedisDsn
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from krypton.models import DEFAULT_DATASETS_DIR, DEFAULT_MAX_PIXELS
+from krypton.models.budget import DEFAULT_DECODE_MEMORY_BYTES
 from krypton.service import constants
 
 __all__ = ["Settings", "get_settings"]
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     result_ttl_seconds: int = Field(default=constants.DEFAULT_RESULT_TTL_SECONDS, ge=1)
     max_upload_bytes: int = Field(default=constants.DEFAULT_MAX_UPLOAD_BYTES, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    decode_memory_bytes: int = Field(
+        default=DEFAULT_DECODE_MEMORY_BYTES, ge=16 * 1024**2,
+        description="Memory one process may spend decoding images at once; a decode waits "
+        "for its share, and one that alone needs more is refused with 413.")
     embedded_workers: int = Field(default=1, ge=0, description="Workers in embedded mode.")
     preload_models: bool = Field(default=True, description="Embedded mode: load and trace "
                                  "every deployed model in the background at start.")

@@ -20,7 +20,6 @@ from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton.models import CheckpointError, ModelError
 from krypton.service.constants import RETRY_AFTER_SECONDS
@@ -29,7 +28,6 @@ __all__ = [
     "PROBLEM_MEDIA_TYPE",
     "RETRY_AFTER_SECONDS",
     "Problem",
-    "BodyLimit",
     "Forbidden",
     "QueueFull",
     "QuotaExceeded",
@@ -305,43 +303,3 @@ def _allowed_methods(request: Request) -> list[str]:
     return [method for method in _METHODS
             if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
                    for route in request.app.routes)]
-
-
-class BodyLimit:
-    """ASGI middleware: 413 problem+json for a request body over ``max_bytes``.
-
-    A declared Content-Length is refused before anything is read; a chunked
-    body is counted as it streams and cut off at the limit, so nothing larger
-    is ever spooled to disk.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _detail(self, size: str) -> str:
-        return f"the request body is {size} bytes, more than the limit of {self.max_bytes}"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes:
-            document = problem(413, PayloadTooLarge.slug, PayloadTooLarge.title,
-                               self._detail(str(int(length))), instance=scope["path"])
-            response = JSONResponse(document, status_code=413, media_type=PROBLEM_MEDIA_TYPE)
-            await response(scope, receive, send)
-            return
-        received = 0
-
-        async def counted() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                # An HTTPException, so FastAPI's body parsing lets it through to the handler.
-                raise StarletteHTTPException(413, self._detail(f"over {self.max_bytes}"))
-            return message
-
-        await self.app(scope, counted, send)

@@ -60,6 +60,7 @@ def worker(
     import asyncio
     import signal
 
+    from krypton.models.budget import DECODING, return_freed_memory
     from krypton.service.app import make_deployment, make_queue
     from krypton.service.config import get_settings
     from krypton.service.worker import Worker
@@ -69,6 +70,9 @@ def worker(
     if settings.embedded:
         fail("krypton worker needs KRYPTON_REDIS_URL (e.g. redis://localhost:6379/0); "
              "`krypton serve` without it runs its own worker")
+
+    return_freed_memory()
+    DECODING.capacity = settings.decode_memory_bytes
 
     async def main() -> None:
         deployment = make_deployment(settings)

@@ -343,10 +343,12 @@ async def _dicom_job(queue: JobQueue, job_id: str, caller: Caller, view: render.
             responses={200: {"content": {DICOM_MEDIA_TYPE: {}}}, **_RESULT_PROBLEMS})
 async def heatmap_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
                       view_: View = "drop") -> Response:
-    """A DICOM Parametric Map of the heatmap on the source image's pixel grid, in its study.
+    """A DICOM Parametric Map of the heatmap over the source image, in its study.
 
     For DICOM input only (409 otherwise). Float values, windowed to their
-    range; a PACS viewer can blend it over the image it references. Source
+    range; a PACS viewer can blend it over the image it references. On the
+    source's pixel grid up to 1024 pixels a side; a larger source gets the
+    same field of view on a coarser grid, with its own spacing. Source
     header attributes with invalid values are left out, and named in the
     ``Krypton-Dropped-Attributes`` header.
     """
@@ -354,8 +356,8 @@ async def heatmap_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
     assert isinstance(job.params, HeatmapPlan) and job.run is not None
     geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
                                       job.run.input_size, job.run.input_size)
-    grid = await asyncio.to_thread(render.resample_to_image, values, geometry,
-                                   int(source.header.Rows), int(source.header.Columns))
+    rows, columns = dicom_render.map_grid(int(source.header.Rows), int(source.header.Columns))
+    grid = await asyncio.to_thread(render.resample_to_image, values, geometry, rows, columns)
     what = ("drop of p(class) with the patch" if view_ == "drop"
             else "p(class) with the patch")
     document = await asyncio.to_thread(dicom_render.parametric_map, source.header, grid,

@@ -150,12 +150,63 @@ def test_dicom_results_of_non_dicom_input_answer_409_saying_why(
 @pytest.mark.parametrize("link", ["dcm", "overlay_dcm"])
 def test_dicom_results_pass_the_dciodvfy_iod_validator(
         api: TestClient, dicom_job: dict[str, Any], tmp_path: Path, link: str) -> None:
+    path = tmp_path / "result.dcm"
+    path.write_bytes(api.get(dicom_job["links"][link]).content)
+    assert _dciodvfy_errors(path) == []
+
+
+def _dciodvfy_errors(path: Path) -> list[str]:
+    """What dicom3tools' IOD validator reports as errors in the file."""
     if shutil.which("dciodvfy") is None:
         pytest.fail("dciodvfy is not installed: the test command installs Debian's dicom3tools "
                     "(`apt-get install dicom3tools`)", pytrace=False)
-    path = tmp_path / "result.dcm"
-    path.write_bytes(api.get(dicom_job["links"][link]).content)
     report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    errors = [line for line in (report.stdout + report.stderr).splitlines()
-              if line.startswith("Error")]
-    assert errors == [], "\n".join(errors)
+    return [line for line in (report.stdout + report.stderr).splitlines()
+            if line.startswith("Error")]
+
+
+def test_dicom_whose_jpeg_2000_data_is_corrupt_answers_422_not_415(api: TestClient) -> None:
+    data = bytearray(files.shipped("JPEG2000.dcm"))
+    start = data.find(b"\xff\x4f\xff\x51")  # the codestream's first markers
+    data[start + 100 : start + 150] = bytes(50)  # its main header, zeroed
+    problem = helpers.assert_problem(_submit(api, bytes(data)), 422)
+    assert "JPEG 2000" in problem["detail"] and "corrupt" in problem["detail"]
+
+
+@pytest.fixture(scope="module")
+def large_dicom_job(api: TestClient) -> tuple[bytes, dict[str, Any]]:
+    """A 1500 x 2600 radiograph-like image with patient geometry, and its finished job."""
+    rows, columns = 1500, 2600
+    gradient = np.add.outer(np.arange(rows), np.arange(columns)) % 256
+    data = files.build(gradient.astype(np.uint8), "MONOCHROME2")
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.PixelSpacing = [0.2, 0.1]
+    dataset.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    dataset.ImagePositionPatient = [-50, -80, 0]
+    dataset.FrameOfReferenceUID = pydicom.uid.generate_uid()
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue(), _finished(api, buffer.getvalue())
+
+
+def test_parametric_map_of_a_large_image_is_a_coarser_grid_over_the_same_field_of_view(
+        api: TestClient, large_dicom_job: tuple[bytes, dict[str, Any]]) -> None:
+    _, job = large_dicom_job
+    parametric = _dataset(api, job["links"]["dcm"])
+    assert (parametric.Rows, parametric.Columns) == (500, 867)  # 1500 x 2600 by 3
+    frame = parametric.SharedFunctionalGroupsSequence[0]
+    spacing = [float(s) for s in frame.PixelMeasuresSequence[0].PixelSpacing]
+    np.testing.assert_allclose(spacing, [0.2 * 1500 / 500, 0.1 * 2600 / 867])
+    position = parametric.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+    first = [float(p) for p in position.ImagePositionPatient]
+    # Its first pixel's centre sits half of its own pixel in from the source's first edge.
+    np.testing.assert_allclose(first, [-50 - 0.05 + spacing[1] / 2,
+                                       -80 - 0.1 + spacing[0] / 2, 0])
+
+
+def test_parametric_map_of_a_large_image_passes_dciodvfy(
+        api: TestClient, large_dicom_job: tuple[bytes, dict[str, Any]], tmp_path: Path) -> None:
+    _, job = large_dicom_job
+    path = tmp_path / "map.dcm"
+    path.write_bytes(api.get(job["links"]["dcm"]).content)
+    assert _dciodvfy_errors(path) == []

@@ -1,0 +1,139 @@
+"""Memory one large image costs a process, measured as resident memory of a real process.
+
+The API must stay within :data:`MEMORY_BOUND` over its warm idle for any
+upload it accepts, three large ones at once included, and for every result it
+draws; a worker within the same bound for the image it explains. Each probe
+runs in its own process (``memory_probe.py``) and reports ``VmHWM``, the
+kernel's peak, over the warm process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from tests import dicom_files as files
+
+PROBE = Path(__file__).with_name("memory_probe.py")
+MEMORY_BOUND = 300 * 2**20
+"""What the worst accepted image may add to a process's resident memory (README, Limits)."""
+SIDE = 7000
+"""7000 x 7000 = 49 megapixels: just under the default 50-megapixel limit."""
+
+
+def _probe(*arguments: str | Path) -> dict[str, int]:
+    result = subprocess.run([sys.executable, str(PROBE), *map(str, arguments)],
+                            capture_output=True, text=True, timeout=600, cwd="/")
+    assert result.returncode == 0, result.stderr[-3000:]
+    peaks: dict[str, int] = json.loads(result.stdout.strip().splitlines()[-1])
+    return peaks
+
+
+def _within_bound(peaks: dict[str, int]) -> bool:
+    return all(value < MEMORY_BOUND for value in peaks.values())
+
+
+def _radiograph(compression: str | None, bits: int = 16) -> bytes:
+    """A 7000 x 7000 grayscale DICOM image with smooth content, compressed as asked."""
+    rows = np.arange(SIDE, dtype=np.uint32)
+    pixels = ((rows[:, None] // 500 + rows[None, :] // 500) % 2 * (900 if bits == 16 else 200)
+              + rows[:, None] // 100).astype(np.uint16 if bits == 16 else np.uint8)
+    data = files.build(pixels, "MONOCHROME2")
+    if compression is None:
+        return data
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    dataset.compress(compression)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory, registry: Path,
+           retina_png: bytes) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("memory")
+    paths = {"small": folder / "small.png", "png": folder / "big.png",
+             "rle": folder / "rle.dcm", "raw": folder / "raw.dcm"}
+    paths["small"].write_bytes(retina_png)
+    buffer = io.BytesIO()
+    Image.new("RGB", (SIDE, SIDE), (90, 40, 30)).save(buffer, format="PNG", optimize=True)
+    paths["png"].write_bytes(buffer.getvalue())
+    paths["rle"].write_bytes(_radiograph(RLELossless))
+    # Uncompressed 8-bit: 5600 x 5600 is the largest that fits the 32 MiB upload limit.
+    raw = _radiograph(None, bits=8)
+    dataset = pydicom.dcmread(io.BytesIO(raw))
+    dataset.PixelData = dataset.pixel_array[:5600, :5600].tobytes()
+    dataset.Rows = dataset.Columns = 5600
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    paths["raw"].write_bytes(buffer.getvalue())
+    return paths
+
+
+def _api_peaks(images: dict[str, Path], registry: Path, tmp_path: Path,
+               **spec: Any) -> dict[str, int]:
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    return _probe("api", registry, images["small"], tmp_path / "spec.json")
+
+
+def test_api_memory_for_a_49_megapixel_png_and_its_overlay_stays_under_the_bound(
+        images: dict[str, Path], registry: Path, tmp_path: Path) -> None:
+    assert images["png"].stat().st_size < 200_000, "the upload itself is small"
+    peaks = _api_peaks(images, registry, tmp_path, uploads=[str(images["png"])],
+                       fetch=["overlay.png"])
+    assert _within_bound(peaks), peaks
+
+
+def test_api_memory_for_a_compressed_49_megapixel_dicom_and_its_results_stays_under_the_bound(
+        images: dict[str, Path], registry: Path, tmp_path: Path) -> None:
+    assert images["rle"].stat().st_size < 4 * 2**20, "the upload itself is small"
+    peaks = _api_peaks(images, registry, tmp_path, uploads=[str(images["rle"])],
+                       fetch=["heatmap.dcm", "overlay.dcm", "overlay.png"])
+    assert _within_bound(peaks), peaks
+
+
+def test_api_memory_for_three_compressed_49_megapixel_dicoms_at_once_stays_under_the_bound(
+        images: dict[str, Path], registry: Path, tmp_path: Path) -> None:
+    peaks = _api_peaks(images, registry, tmp_path, uploads=[str(images["rle"])] * 3,
+                       concurrent=True)
+    assert _within_bound(peaks), peaks
+
+
+def test_api_memory_for_the_largest_uncompressed_dicom_stays_under_the_bound(
+        images: dict[str, Path], registry: Path, tmp_path: Path) -> None:
+    peaks = _api_peaks(images, registry, tmp_path, uploads=[str(images["raw"])],
+                       fetch=["heatmap.dcm"])
+    assert _within_bound(peaks), peaks
+
+
+def test_worker_memory_for_a_compressed_49_megapixel_dicom_stays_under_the_bound(
+        images: dict[str, Path], registry: Path) -> None:
+    peaks = _probe("worker", registry, images["small"], images["rle"])
+    assert _within_bound(peaks), peaks
+
+
+def test_a_dicom_frame_too_costly_to_decode_is_refused_with_413_before_decoding(
+        make_client: Any, tmp_path: Path) -> None:
+    # JPEG 2000 decodes large frames at reduced resolution; signed data cannot take that
+    # path, and a full 7000 x 7000 frame of it costs more than the decoding budget.
+    rows = np.arange(SIDE, dtype=np.int32)
+    pixels = ((rows[:, None] // 700 + rows[None, :] // 700) % 2 * 300 - 150).astype(np.int16)
+    dataset = pydicom.dcmread(io.BytesIO(files.build(pixels, "MONOCHROME2", signed=True)))
+    dataset.compress(JPEG2000Lossless)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    client = make_client(embedded_workers=0)
+    response = client.post("/v1/heatmaps", files={"image": ("big.dcm", buffer.getvalue())},
+                           data={"patch_size": "16", "stride": "16"})
+    assert response.status_code == 413, response.text
+    assert "MiB to decode" in response.json()["detail"]
