@@ -413,3 +413,12 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert ci_command.endswith(".venv/bin/python -m pytest")
     assert f"\n{ci_command}\n" in (ROOT / "README.md").read_text()
+
+
+def test_compose_redis_persists_and_bounds_its_memory_without_evicting(
+        services: dict[str, dict[str, Any]]) -> None:
+    command = services["redis"]["command"]
+    options = dict(zip(command[1::2], command[2::2], strict=False))
+    assert options["--appendonly"] == "yes", "jobs must survive a Redis restart"
+    assert options["--maxmemory-policy"] == "noeviction", "eviction would drop jobs silently"
+    assert options["--maxmemory"], "the API refuses uploads before Redis reaches it"

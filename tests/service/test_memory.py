@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from krypton.benchmarks import samples
 from tests import dicom_files as files
 
 PROBE = Path(__file__).with_name("memory_probe.py")
@@ -43,21 +44,6 @@ def _within_bound(peaks: dict[str, int]) -> bool:
     return all(value < MEMORY_BOUND for value in peaks.values())
 
 
-def _radiograph(compression: str | None, bits: int = 16) -> bytes:
-    """A 7000 x 7000 grayscale DICOM image with smooth content, compressed as asked."""
-    rows = np.arange(SIDE, dtype=np.uint32)
-    pixels = ((rows[:, None] // 500 + rows[None, :] // 500) % 2 * (900 if bits == 16 else 200)
-              + rows[:, None] // 100).astype(np.uint16 if bits == 16 else np.uint8)
-    data = files.build(pixels, "MONOCHROME2")
-    if compression is None:
-        return data
-    dataset = pydicom.dcmread(io.BytesIO(data))
-    dataset.compress(compression)
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory, registry: Path,
            retina_png: bytes) -> dict[str, Path]:
@@ -68,15 +54,9 @@ def images(tmp_path_factory: pytest.TempPathFactory, registry: Path,
     buffer = io.BytesIO()
     Image.new("RGB", (SIDE, SIDE), (90, 40, 30)).save(buffer, format="PNG", optimize=True)
     paths["png"].write_bytes(buffer.getvalue())
-    paths["rle"].write_bytes(_radiograph(RLELossless))
+    paths["rle"].write_bytes(samples.radiograph(SIDE, compression=RLELossless))
     # Uncompressed 8-bit: 5600 x 5600 is the largest that fits the 32 MiB upload limit.
-    raw = _radiograph(None, bits=8)
-    dataset = pydicom.dcmread(io.BytesIO(raw))
-    dataset.PixelData = dataset.pixel_array[:5600, :5600].tobytes()
-    dataset.Rows = dataset.Columns = 5600
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
-    paths["raw"].write_bytes(buffer.getvalue())
+    paths["raw"].write_bytes(samples.radiograph(5600, bits=8))
     return paths
 
 

@@ -22,39 +22,13 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.dataset import Dataset
 
+from krypton.benchmarks import samples
 from tests import dicom_files as files
 from tests.service import helpers
 from tests.service.helpers import FAST
 
-MARK = "ZQXMARK"
-"""Every marker starts with this; none of Krypton's own words does."""
-BAD_DATE = "19991345"
-"""A birth date in month 13: invalid as DICOM DA, and a marker in itself."""
-
-_MARKED = ["PatientName", "PatientID", "OtherPatientIDs", "PatientAddress",
-           "PatientTelephoneNumbers", "EthnicGroup", "PatientComments", "InstitutionName",
-           "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName",
-           "OperatorsName", "StudyDescription", "SeriesDescription", "AccessionNumber",
-           "StudyID", "ImageComments", "ProtocolName", "StationName", "BodyPartExamined",
-           "Manufacturer", "ManufacturerModelName", "DeviceSerialNumber",
-           "AdmittingDiagnosesDescription", "MedicalRecordLocator", "Occupation"]
-_DATES = ["PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"]
-
-
-def _marked(data: bytes) -> bytes:
-    """``data`` with a marker in every text attribute above and in a private one, and an
-    invalid birth date."""
-    dataset = pydicom.dcmread(io.BytesIO(data))
-    for number, keyword in enumerate(_MARKED):
-        dataset.add_new(keyword, pydicom.datadict.dictionary_VR(keyword),
-                        f"{MARK}{number:02d}")
-    for keyword in _DATES:
-        setattr(dataset, keyword, BAD_DATE)
-    block = dataset.private_block(0x0011, "ZQXMARK CREATOR", create=True)
-    block.add_new(0x01, "LO", f"{MARK}-private")
-    buffer = io.BytesIO()
-    dataset.save_as(buffer)
-    return buffer.getvalue()
+MARK, BAD_DATE = samples.MARK, samples.BAD_DATE
+_marked = samples.marked
 
 
 def _with(data: bytes, **attributes: str) -> bytes:
