@@ -180,8 +180,8 @@ def redis_empty(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any
             started = time.monotonic()
             while time.monotonic() - started < 15:
                 ready = http.get("/readyz").json()
-                readiness.append((round(time.monotonic() - started, 1), ready["status"],
-                                  ready["live_workers"]))
+                readiness.append(f"{time.monotonic() - started:.0f} s: {ready['status']}, "
+                                 f"{ready['live_workers']} live")
                 time.sleep(1)
             fresh = [_submit(http, args.image.read_bytes(), form).json()["id"] for _ in range(4)]
             deadline = time.monotonic() + 90
@@ -219,16 +219,22 @@ def crowd(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any]:
             limits = httpx.Limits(max_connections=clients + 10)
             async with httpx.AsyncClient(base_url=running.url, timeout=300, headers=headers,
                                          limits=limits) as http:
+                accepted: list[str] = []
+
                 async def submit() -> str:
                     try:
                         response = await http.post("/v1/heatmaps", data=form,
                                                    files={"image": ("image", image)})
                     except httpx.HTTPError as exc:
                         return type(exc).__name__
+                    if response.status_code == 202:
+                        accepted.append(response.json()["id"])
                     return f"{response.status_code} {response.json().get('type', '')}".strip()
 
                 submitted = collections.Counter(await asyncio.gather(
                     *(submit() for _ in range(clients))))
+                for job_id in accepted:  # out of the way of the job the streams follow
+                    await http.delete(f"/v1/heatmaps/{job_id}")
                 job = (await http.post("/v1/heatmaps", data=form,
                                        files={"image": ("image", image)})).json()
                 opened = [asyncio.Event() for _ in range(clients)]
@@ -249,10 +255,11 @@ def crowd(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any]:
                     return last
 
                 streams = [asyncio.create_task(follow(flag)) for flag in opened]
-                await asyncio.gather(*(flag.wait() for flag in opened))
+                await asyncio.wait_for(asyncio.gather(*(flag.wait() for flag in opened)), 300)
                 running.workers = 1
                 await asyncio.to_thread(running.start_workers)
-                return submitted, collections.Counter(await asyncio.gather(*streams))
+                endings = await asyncio.wait_for(asyncio.gather(*streams), 600)
+                return submitted, collections.Counter(endings)
 
         submitted, endings = asyncio.run(run())
     false_503 = sum(n for answer, n in submitted.items() if answer.startswith("503"))
@@ -416,20 +423,29 @@ def _every_dicom_path(running: Cluster, form: dict[str, str]) -> dict[str, int]:
     unknown.save_as(buffer)
     statuses: dict[str, int] = {}
     with _http(running, running.admin_key) as http:
-        def post(name: str, route: str, data: bytes, **fields: str) -> dict[str, Any]:
-            response = http.post(route, files={"image": ("scan.dcm", data)}, data=fields,
-                                 headers={"Prefer": "wait=60"})
+        def call(name: str, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+            """The answer's document; its status under ``name`` (599: the connection broke)."""
+            try:
+                response = http.request(method, url, **kwargs)
+            except httpx.HTTPError:
+                statuses[name] = 599
+                return {}
             statuses[name] = response.status_code
+            if not response.headers.get("content-type", "").endswith("json"):
+                return {}
             document: dict[str, Any] = response.json()
             return document
+
+        def post(name: str, route: str, data: bytes, **fields: str) -> dict[str, Any]:
+            return call(name, "POST", route, files={"image": ("scan.dcm", data)}, data=fields,
+                        headers={"Prefer": "wait=60"})
 
         job = post("heatmap", "/v1/heatmaps", single, **form)
         if "links" in job:
             job = _finished(http, job["id"], 120)
             for link, url in job["links"].items():
-                statuses[link] = http.get(url).status_code
-            statuses["overlay.png"] = http.get(job["links"]["png"],
-                                               params={"overlay": "1"}).status_code
+                call(link, "GET", url)
+            call("overlay.png", "GET", job["links"]["png"], params={"overlay": "1"})
         post("predict", "/v1/predict", single)
         post("frame", "/v1/heatmaps", multi, frame="2", **form)
         post("no frame", "/v1/heatmaps", multi, **form)

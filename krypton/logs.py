@@ -8,8 +8,11 @@ convert '1999-13-45'``. So what reaches a log is cut at two places:
 - records of the DICOM libraries (``pydicom``, ``highdicom``) and Python
   warnings (which those libraries also raise) keep their level and origin,
   and their message is withheld;
-- an exception in any record is written as its type and its stack frames
-  (file, line, function), without its message.
+- an exception raised where image bytes or headers are read (the DICOM and
+  image libraries, Krypton's decoding and DICOM rendering) is written as its
+  type and its stack frames (file, line, function), without its message;
+  any other keeps its message (a checkpoint that does not fit, a missing
+  CUDA device), which an operator needs.
 
 Krypton's own messages name jobs, models and sizes, never a header value or
 image bytes; :func:`configure_logging` installs both cuts on the one handler
@@ -19,6 +22,7 @@ every record goes through.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import traceback
 from types import TracebackType
@@ -45,8 +49,14 @@ class WithholdQuoting(logging.Filter):
         return True
 
 
+_READS_IMAGES = re.compile(r"[/\\](pydicom|highdicom|PIL)[/\\]|[/\\]models[/\\](dicom|images)\.py$"
+                           r"|[/\\]render[/\\]dicom\.py$")
+"""Where an exception's message may quote an image's header: frames in these files."""
+
+
 class SafeFormatter(logging.Formatter):
-    """Exceptions as their types and stack frames, never their messages."""
+    """Exceptions with their stack frames; the message withheld where it may quote an
+    image's header."""
 
     def formatException(self, ei: ExcInfo | tuple[None, None, None]) -> str:  # noqa: N802
         _, exc, _ = ei
@@ -63,10 +73,15 @@ def _chain(exc: BaseException) -> list[str]:
     if cause is not None:
         lines += [*_chain(cause), "", "The above exception led to:", ""]
     lines.append("Traceback (most recent call last):")
-    for frame in traceback.extract_tb(exc.__traceback__):
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in frames:
         lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
-    lines.append(f"{type(exc).__module__}.{type(exc).__qualname__} (message withheld: it may "
-                 "quote patient data)")
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    if any(_READS_IMAGES.search(frame.filename) for frame in frames):
+        lines.append(f"{name} (message withheld: raised reading an image, it may quote "
+                     "patient data)")
+    else:
+        lines.append(f"{name}: {exc}")
     return lines
 
 

@@ -74,11 +74,21 @@ class Intake:
                                    "NAME`")
         elif length.isdigit() and int(length) > limit:
             refusal = PayloadTooLarge(f"the request body is {int(length)} bytes, more than "
-                                      f"this route's limit of {limit}")
+                                      f"this route takes: {_described(limit, self)}")
         if refusal is not None:
             await _refuse(refusal, scope, receive, send)
             return
         await self.app(scope, _counted(receive, limit) if chunked else receive, send)
+
+
+def _described(limit: int, intake: Intake) -> str:
+    """A route's body limit as what it is made of."""
+    if limit == SMALL_BODY_BYTES:
+        return f"{limit} bytes (it takes no upload)"
+    images = (limit - FORM_OVERHEAD_BYTES) // intake.max_upload_bytes
+    each = f"{intake.max_upload_bytes / 2**20:g} MiB"
+    return (f"{images} images of at most {each}" if images > 1 else f"an image of at most "
+            f"{each}") + " and 1 MiB for the rest of the form"
 
 
 def _has_valid_key(keys: KeyStore, headers: dict[bytes, bytes]) -> bool:

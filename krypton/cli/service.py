@@ -60,6 +60,8 @@ def worker(
     import asyncio
     import signal
 
+    import torch
+
     from krypton.models.budget import DECODING, return_freed_memory
     from krypton.service.app import make_deployment, make_queue
     from krypton.service.config import get_settings
@@ -71,6 +73,9 @@ def worker(
         fail("krypton worker needs KRYPTON_REDIS_URL (e.g. redis://localhost:6379/0); "
              "`krypton serve` without it runs its own worker")
 
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        fail("KRYPTON_DEVICE=cuda, but this machine has no CUDA device PyTorch can use; "
+             "leave KRYPTON_DEVICE unset (or cpu) to run on the CPU")
     return_freed_memory()
     DECODING.capacity = settings.decode_memory_bytes
 
@@ -81,7 +86,12 @@ def worker(
                         max_pixels=settings.max_pixels,
                         job_timeout_seconds=settings.job_timeout_seconds)
         if preload:
-            await asyncio.to_thread(runner.cache.preload)
+            failed = await asyncio.to_thread(runner.cache.preload)
+            if failed and len(failed) == len(deployment.models):
+                # A worker that can run nothing must not take (and fail) every job.
+                await queue.close()
+                fail(f"none of the deployed models can be loaded on {settings.device} "
+                     f"({', '.join(failed)}); the log above says why")
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, runner.stop)

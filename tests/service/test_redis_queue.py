@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import redis
+import torch
 from fastapi.testclient import TestClient
 
 from krypton.models import DatasetStore
@@ -391,3 +392,35 @@ def test_redis_queue_answers_again_once_a_restarted_redis_is_back(
         assert asyncio.run(scenario()) == (True, None)
     finally:
         stop_redis(process)
+
+
+def _worker_start(registry: Path, redis_url: str, tmp_path: Path, **env: str
+                  ) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KRYPTON_")} | {
+        "KRYPTON_REGISTRY": str(registry), "KRYPTON_REDIS_URL": redis_url} | env
+    return subprocess.run([sys.executable, "-c", "from krypton.cli import app; app()", "worker"],
+                          env=environment, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_worker_told_to_use_cuda_without_a_cuda_device_refuses_to_start(
+        registry: Path, redis_url: str, tmp_path: Path) -> None:
+    started = _worker_start(registry, redis_url, tmp_path, KRYPTON_DEVICE="cuda")
+    assert started.returncode == 2
+    assert "no CUDA device" in started.stderr
+
+
+def test_worker_that_can_load_none_of_the_models_refuses_to_start(
+        registry: Path, redis_url: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    (broken / "weights").mkdir(parents=True)
+    (broken / "weights" / "only.pt").write_bytes(b"not a checkpoint")
+    (broken / "registry.toml").write_text(
+        '[[models]]\nname = "only"\narchitecture = "resnet18"\ncheckpoint = "weights/only.pt"\n'
+        'labels = ["a", "b"]\n', encoding="utf-8")
+    started = _worker_start(broken / "registry.toml", redis_url, tmp_path)
+    assert started.returncode == 2, started.stderr[-2000:]
+    assert "none of the deployed models can be loaded" in started.stderr
+    assert "does not" in started.stderr or "not a readable" in started.stderr, (
+        "the log says why: the checkpoint's error is not withheld")
