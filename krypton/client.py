@@ -73,13 +73,23 @@ class _Requests:
         return {"Prefer": f"wait={wait}"} if wait > 0 else {}
 
     @staticmethod
-    def result_url(job: Job | str, fmt: Format) -> str:
-        base = f"/v1/heatmaps/{_job_id(job)}"
-        if fmt == "overlay.png":
-            return f"{base}/heatmap.png?overlay=1"
-        if fmt == "overlay.dcm":
-            return f"{base}/overlay.dcm"
-        return f"{base}/heatmap.{fmt}"
+    def result_url(job: Job, fmt: Format, query: Mapping[str, Any]) -> httpx.URL:
+        """The job document's link for ``fmt``, with ``query`` added to its own.
+
+        Links are the service's to name (the overlay is ``heatmap.png?overlay=1``);
+        a result the job does not offer is refused here with what it does offer.
+        """
+        links: dict[str, str] = job.get("links", {})
+        name = fmt.replace(".", "_")
+        if name not in links:
+            offered = sorted(set(links) - {"self", "events"})
+            raise KryptonError({
+                "type": "urn:krypton:problem:result-not-offered",
+                "title": "Result not offered",
+                "detail": f"job {_job_id(job)} is {job.get('status')} and offers "
+                          f"{', '.join(offered) or 'no results'}, not {fmt}"}, 409)
+        return httpx.URL(links[name]).copy_merge_params(
+            {key: str(value) for key, value in query.items()})
 
     @staticmethod
     def checked(response: httpx.Response) -> httpx.Response:
@@ -151,9 +161,13 @@ class Client(_Requests):
         return self.job(job)
 
     def heatmap(self, job: Job | str, fmt: Format = "png", **query: Any) -> bytes:
-        """A result's bytes (``view="drop"`` or ``"probability"`` as keyword)."""
-        response = self.http.get(self.result_url(job, fmt), params=query)
-        return self.checked(response).content
+        """A result's bytes, fetched by the link the job's current document gives.
+
+        Query keywords go with it: ``view="probability"``, and for the overlay
+        ``size`` and ``alpha``.
+        """
+        url = self.result_url(self.job(job), fmt, query)
+        return self.checked(self.http.get(url)).content
 
     def predict(self, image: ImageSource, **fields: Any) -> dict[str, Any]:
         answer: dict[str, Any] = self.checked(self.http.post(
@@ -216,8 +230,8 @@ class AsyncClient(_Requests):
         return await self.job(job)
 
     async def heatmap(self, job: Job | str, fmt: Format = "png", **query: Any) -> bytes:
-        response = await self.http.get(self.result_url(job, fmt), params=query)
-        return self.checked(response).content
+        url = self.result_url(await self.job(job), fmt, query)
+        return self.checked(await self.http.get(url)).content
 
     async def predict(self, image: ImageSource, **fields: Any) -> dict[str, Any]:
         response = await self.http.post("/v1/predict", **self.upload(image, fields))

@@ -7,7 +7,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from krypton.service.constants import RETRY_AFTER_SECONDS
-from krypton.service.deps import OptionalCallerDep, QueueDep
+from krypton.service.deps import AdminDep, OptionalCallerDep, QueueDep
+from krypton.service.errors import problem_responses
 from krypton.service.schemas import ReadyReport
 
 router = APIRouter(tags=["health"])
@@ -42,8 +43,14 @@ async def readyz(queue: QueueDep, caller: OptionalCallerDep) -> JSONResponse:
                         headers=headers)
 
 
-@router.get("/metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    """Prometheus text format: requests by route and status, and their latency."""
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}},
+                       **problem_responses(401, 403)})
+async def metrics(request: Request, _: AdminDep) -> Response:
+    """Prometheus text format: requests by route and status, and their latency.
+
+    Where the service has keys, an admin key only (Prometheus sends one with
+    ``authorization: {credentials: KEY}``): route counts tell who is busy.
+    """
     return Response(generate_latest(request.app.state.metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)

@@ -94,6 +94,7 @@ def job_links(job: Job) -> dict[str, str]:
         links["events"] = f"{base}/events"
     if job.status is JobStatus.succeeded and job.kind is JobKind.heatmap:
         links |= {fmt: f"{base}/heatmap.{fmt}" for fmt in ("png", "json", "npy")}
+        links["overlay_png"] = f"{base}/heatmap.png?overlay=1"
         if job.dicom:
             links |= {"dcm": f"{base}/heatmap.dcm", "overlay_dcm": f"{base}/overlay.dcm"}
     return links

@@ -70,6 +70,13 @@ def test_healthz_needs_no_key(keyed: TestClient) -> None:
     assert keyed.get("/healthz").status_code == 200
 
 
+@pytest.mark.parametrize(("key", "status"), [(None, 401), ("alice", 403), ("ops", 200)])
+def test_metrics_answer_an_admin_key_only(keyed: TestClient, keys: tuple[Path, dict[str, str]],
+                                          key: str | None, status: int) -> None:
+    response = keyed.get("/metrics", headers=_as(keys[1][key]) if key else {})
+    assert response.status_code == status
+
+
 def test_a_key_reads_its_own_job(keyed: TestClient, keys: tuple[Path, dict[str, str]],
                                  retina_png: bytes) -> None:
     job = _submit(keyed, retina_png, keys[1]["alice"])

@@ -92,7 +92,8 @@ def test_get_heatmap_of_finished_job_links_every_result_format(job: dict[str, An
     base = f"/v1/heatmaps/{job['id']}"
     assert job["links"] == {"self": base, "events": f"{base}/events",
                             "png": f"{base}/heatmap.png",
-                            "json": f"{base}/heatmap.json", "npy": f"{base}/heatmap.npy"}
+                            "json": f"{base}/heatmap.json", "npy": f"{base}/heatmap.npy",
+                            "overlay_png": f"{base}/heatmap.png?overlay=1"}
 
 
 def test_job_progress_never_decreases_and_ends_at_one(api: TestClient,

@@ -7,9 +7,12 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from krypton.client import AsyncClient, Client, KryptonError
 from krypton.service.auth import KeyStore
@@ -60,6 +63,30 @@ def test_results_come_in_every_format(client: Client, image: Path, fmt: str) -> 
         assert np.load(io.BytesIO(data)).shape == (4, 4)
     else:
         assert data.startswith(b"\x89PNG")
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@pytest.mark.parametrize("query", [{}, {"alpha": 0.2, "size": 64}, {"view": "probability"}])
+def test_overlay_is_the_services_overlay(client: Client, service: tuple[str, str], image: Path,
+                                         query: dict[str, Any]) -> None:
+    job = client.wait(client.submit(image, **FAST))
+    served = httpx.get(f"{service[0]}/v1/heatmaps/{job['id']}/heatmap.png",
+                       params={"overlay": 1, **query},
+                       headers={"Authorization": f"Bearer {service[1]}"}, timeout=60)
+    assert served.status_code == 200
+    mine = _pixels(client.heatmap(job["id"], "overlay.png", **query))
+    assert mine.shape == _pixels(served.content).shape
+    assert np.array_equal(mine, _pixels(served.content))
+
+
+def test_a_result_the_job_does_not_offer_raises(client: Client, image: Path) -> None:
+    job = client.wait(client.submit(image, **FAST))
+    with pytest.raises(KryptonError) as raised:
+        client.heatmap(job, "dcm")
+    assert raised.value.status == 409 and "png" in raised.value.problem["detail"]
 
 
 def test_dicom_input_gives_dicom_results(client: Client) -> None:

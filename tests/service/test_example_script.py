@@ -13,17 +13,26 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from krypton.service.auth import KeyStore
 from tests.service import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def served(registry: Path) -> Iterator[str]:
-    """A real uvicorn process in embedded mode (no Redis), once a worker is ready."""
-    with helpers.serving(registry) as url:
+@pytest.fixture(scope="module", params=["open", "keyed"])
+def served(request: pytest.FixtureRequest, registry: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real uvicorn process in embedded mode (no Redis), once a worker is ready, and
+    the environment the script needs for it: open on loopback, or with keys enforced."""
+    environment: dict[str, str] = {}
+    script_env: dict[str, str] = {}
+    if request.param == "keyed":
+        store = KeyStore(tmp_path_factory.mktemp("keys") / "keys.json")
+        script_env["KRYPTON_API_KEY"] = store.add("script", "heatmaps")
+        environment["KRYPTON_KEYS_FILE"] = str(store.path)
+    with helpers.serving(registry, **environment) as url:
         helpers.wait_until(lambda: _ready(url), what="krypton serve to be ready")
-        yield url
+        yield url, script_env | {"KRYPTON_URL": url}
 
 
 def _ready(url: str) -> bool:
@@ -36,12 +45,12 @@ def _ready(url: str) -> bool:
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="examples/heatmap.sh uses curl")
 def test_example_script_against_krypton_serve_writes_png_overlay_and_json(
-        served: str, tmp_path: Path) -> None:
+        served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
     image = tmp_path / "retina.jpg"
     helpers.retina_image().save(image)
     completed = subprocess.run(
         ["bash", str(ROOT / "examples" / "heatmap.sh"), str(image), str(tmp_path / "out")],
-        env={**os.environ, "KRYPTON_URL": served, "KRYPTON_MODEL": helpers.MODEL},
+        env={**os.environ, **served[1], "KRYPTON_MODEL": helpers.MODEL},
         capture_output=True, text=True, timeout=120, check=False)
     assert completed.returncode == 0, completed.stderr
     with Image.open(tmp_path / "out" / "overlay.png") as overlay:

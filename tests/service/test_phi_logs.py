@@ -60,10 +60,9 @@ def log_of_every_dicom_path(registry: Path, tmp_path_factory: pytest.TempPathFac
             return response
 
         job = post("heatmap", "/v1/heatmaps", single, **FAST).json()
-        for link in ("self", "png", "json", "npy", "dcm", "overlay_dcm", "events"):
+        for link in ("self", "png", "json", "npy", "overlay_png", "dcm", "overlay_dcm",
+                     "events"):
             statuses[link] = client.get(job["links"][link]).status_code
-        statuses["overlay.png"] = client.get(job["links"]["png"],
-                                             params={"overlay": "1"}).status_code
         post("predict", "/v1/predict", single)
         frame = post("frame", "/v1/heatmaps", multi, frame="2", **FAST).json()
         statuses["frame.dcm"] = client.get(f"/v1/heatmaps/{frame['id']}/heatmap.dcm"
@@ -88,7 +87,7 @@ def test_every_dicom_path_ran(log_of_every_dicom_path: tuple[str, dict[str, int]
     _, statuses = log_of_every_dicom_path
     assert statuses == {
         "heatmap": 200, "self": 200, "png": 200, "json": 200, "npy": 200, "dcm": 200,
-        "overlay_dcm": 200, "events": 200, "overlay.png": 200, "predict": 200, "frame": 200,
+        "overlay_dcm": 200, "events": 200, "overlay_png": 200, "predict": 200, "frame": 200,
         "frame.dcm": 409, "no frame": 422, "truncated": 422, "transfer syntax": 415,
         "photometric": 422, "tuning": 202}
 
