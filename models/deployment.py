@@ -25,6 +25,7 @@ from krypton.models.errors import DatasetConfigError, InvalidArgumentError, Unkn
 from krypton.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from krypton.models.registry import get_model_spec
 from krypton.models.weights import weights_id
+from krypton.models.windows import Window, WindowChoice
 
 __all__ = [
     "DEMO_LABELS",
@@ -53,6 +54,9 @@ class DeployedModel:
     input_size: int | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    window: WindowChoice = None
+    """How a grayscale DICOM frame is windowed for this model (see
+    :mod:`krypton.models.windows`): part of its preprocessing, like mean and std."""
     description: str = ""
 
     @property
@@ -68,7 +72,7 @@ class DeployedModel:
         size = self.input_size
         if size is None:
             size = get_model_spec(self.architecture).input_size
-        return Preprocessing(size=size, mean=self.mean, std=self.std)
+        return Preprocessing(size=size, mean=self.mean, std=self.std, window=self.window)
 
     def weights_id(self) -> str:
         """What identifies the weights: the checkpoint's sha256 (reads the whole
@@ -180,7 +184,7 @@ def load_deployment(path: str | os.PathLike[str],
 
 
 _MODEL_KEYS = {"name", "architecture", "checkpoint", "labels", "seed", "input_size", "mean",
-               "std", "description"}
+               "std", "window", "description"}
 
 
 def _model(entry: dict[str, Any], base: Path, file: Path) -> DeployedModel:
@@ -207,10 +211,25 @@ def _model(entry: dict[str, Any], base: Path, file: Path) -> DeployedModel:
         input_size=entry.get("input_size"),
         mean=tuple(entry.get("mean", IMAGENET_MEAN)),
         std=tuple(entry.get("std", IMAGENET_STD)),
+        window=_window(entry.get("window"), where),
         description=str(entry.get("description", "")),
     )
     deployed.preprocessing  # noqa: B018 - validates size, mean and std now, not per request
     return deployed
+
+
+def _window(value: object, where: str) -> WindowChoice:
+    """``window = {center = 40, width = 400}``, ``window = "image"``, or none."""
+    if value is None or value == "image":
+        return value  # type: ignore[return-value]
+    if isinstance(value, dict) and set(value) == {"center", "width"}:
+        try:
+            return Window(value["center"], value["width"])
+        except InvalidArgumentError as exc:
+            raise InvalidArgumentError(f"{where}: {exc}") from None
+    raise InvalidArgumentError(f"{where}: window must be {{center = C, width = W}} (units "
+                               f"after the Modality LUT, e.g. Hounsfield) or \"image\", "
+                               f"got {value!r}")
 
 
 def _resolve(base: Path, value: object) -> Path:

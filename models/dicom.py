@@ -1,11 +1,10 @@
 """DICOM files to pixels: what a radiology or ophthalmology system sends, read with pydicom.
 
 The pixels go through the standard's own display pipeline before a model
-sees them: the Modality LUT (Rescale Slope and Intercept), then the first
-VOI LUT or window (Window Center and Width) when the file has one, else the
-full range of values the stored bits can hold, so that an 8-bit image reads
-as a PNG of the same pixels would. MONOCHROME1 is inverted; RGB, YBR (turned
-to RGB by pydicom) and palette colour give colour. A multi-frame file needs
+sees them: the Modality LUT (Rescale Slope and Intercept), then a window
+(:mod:`krypton.models.windows`: the model's own, else the file's, else the
+image's range), and MONOCHROME1 is inverted; RGB, YBR (turned to RGB by
+pydicom) and palette colour give colour. A multi-frame file needs
 the ``frame`` to explain (1-based, as DICOM numbers frames).
 
 Compressed transfer syntaxes decode where an installed pydicom plugin does
@@ -37,12 +36,13 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import get_decoder
-from pydicom.pixels.processing import apply_color_lut, apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
 from pydicom.uid import JPEG2000, UID, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
 
 from krypton.models.budget import DECODING
 from krypton.models.errors import ImageDecodeError, ImageTooLargeError
+from krypton.models.windows import AppliedWindow, WindowChoice, grayscale_display
 
 __all__ = [
     "DicomHeader",
@@ -154,8 +154,10 @@ def decode_cost(header: DicomHeader, max_side: int | None) -> int:
 
 
 def decode_dicom(data: bytes, *, frame: int | None = None, max_pixels: int | None = None,
-                 max_side: int | None = None, eight_bit: bool = False) -> npt.NDArray[Any]:
-    """The image (``frame`` of a multi-frame one) as float RGB in ``[0, 1]``, ``(H, W, 3)``.
+                 max_side: int | None = None, eight_bit: bool = False,
+                 window: WindowChoice = None) -> tuple[npt.NDArray[Any], AppliedWindow | None]:
+    """The image (``frame`` of a multi-frame one) as float RGB in ``[0, 1]``, ``(H, W, 3)``,
+    and for a grayscale one the window that mapped it (``window`` chooses it).
 
     A frame whose longer side passes ``max_side`` is reduced by a whole
     factor (averaging blocks of pixels) on the way, never held as full-size
@@ -173,28 +175,29 @@ def decode_dicom(data: bytes, *, frame: int | None = None, max_pixels: int | Non
     header = _header_of(dataset, max_pixels=max_pixels)
     index = _frame_index(frame, header.frames)
     with DECODING.reserve(decode_cost(header, max_side), _what(header)):
-        pixels = _display(dataset, header, index, max_side)
+        pixels, applied = _display(dataset, header, index, max_side, window)
         if not eight_bit:
-            return pixels
+            return pixels, applied
         np.multiply(pixels, 255.0, out=pixels)
-        return np.round(pixels, out=pixels).astype(np.uint8)
+        return np.round(pixels, out=pixels).astype(np.uint8), applied
 
 
-def _display(dataset: Dataset, header: DicomHeader, index: int | None,
-             max_side: int | None) -> npt.NDArray[np.float32]:
+def _display(dataset: Dataset, header: DicomHeader, index: int | None, max_side: int | None,
+             window: WindowChoice) -> tuple[npt.NDArray[np.float32], AppliedWindow | None]:
     """The frame through the display pipeline, reduced to ``max_side``, as float RGB."""
     stored, photometric = _stored_frame(dataset, header, index, max_side)
     longest = max(stored.shape[:2])
     factor = 1 if max_side is None or longest <= max_side else math.ceil(longest / max_side)
     if photometric in _MONOCHROME:
-        gray = _reduced(stored, factor, _display_transform(dataset, photometric))
-        return np.repeat(gray[..., None], 3, axis=2)
+        display, applied = grayscale_display(dataset, stored, photometric, window)
+        gray = _reduced(stored, factor, display)
+        return np.repeat(gray[..., None], 3, axis=2), applied
     if photometric == "PALETTE COLOR":
-        return _reduced(stored, factor, lambda band: _palette(band, dataset))
+        return _reduced(stored, factor, lambda band: _palette(band, dataset)), None
     if photometric in _COLOUR:
         full = float(2 ** int(dataset.BitsStored) - 1)
         return _reduced(stored, factor, lambda band: np.clip(
-            np.asarray(band, dtype=np.float32) / full, 0.0, 1.0))
+            np.asarray(band, dtype=np.float32) / full, 0.0, 1.0)), None
     raise ImageDecodeError(f"DICOM photometric interpretation {photometric!r} is not supported")
 
 
@@ -311,44 +314,11 @@ def _frame_index(frame: int | None, frames: int) -> int | None:
     return frame - 1
 
 
-def _display_transform(dataset: Dataset, photometric: str
-                       ) -> Callable[[npt.NDArray[np.generic]], npt.NDArray[np.float32]]:
-    """Grayscale through the Modality and VOI LUTs, scaled to ``[0, 1]`` by their range
-    (and inverted for MONOCHROME1), as a function of a band of stored values."""
-    lowest, highest = _stored_range(dataset)
-    span = apply_modality_lut(np.linspace(lowest, highest, 4096), dataset)
-    windowed = "WindowCenter" in dataset or "VOILUTSequence" in dataset
-    if windowed:
-        span = apply_voi_lut(span, dataset, index=0)
-    low, high = float(np.min(span)), float(np.max(span))
-
-    def display(band: npt.NDArray[np.generic]) -> npt.NDArray[np.float32]:
-        if high <= low:
-            return np.zeros(band.shape, dtype=np.float32)
-        values = apply_modality_lut(band, dataset)
-        if windowed:
-            values = apply_voi_lut(values, dataset, index=0)
-        scaled: npt.NDArray[np.float32] = np.clip(
-            (np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0
-        ).astype(np.float32)
-        return 1.0 - scaled if photometric == "MONOCHROME1" else scaled
-
-    return display
-
-
 def _palette(band: npt.NDArray[np.generic], dataset: Dataset) -> npt.NDArray[np.float32]:
     colour = np.asarray(apply_color_lut(band, dataset))
     scaled: npt.NDArray[np.float32] = (colour / float(np.iinfo(colour.dtype).max)
                                        ).astype(np.float32)
     return scaled
-
-
-def _stored_range(dataset: Dataset) -> tuple[int, int]:
-    """The smallest and largest value the stored bits can hold."""
-    bits = int(dataset.BitsStored)
-    if int(dataset.get("PixelRepresentation", 0)) == 1:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
 
 
 def _transfer_syntax(dataset: Dataset) -> str:

@@ -12,6 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -20,9 +21,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from krypton.models.budget import DECODING
 from krypton.models.dicom import decode_dicom, dicom_header, is_dicom
 from krypton.models.errors import ImageDecodeError, ImageTooLargeError, InvalidArgumentError
+from krypton.models.windows import AppliedWindow, WindowChoice
 
-__all__ = ["DEFAULT_MAX_PIXELS", "INFERENCE_SIDE", "SUPPORTED_FORMATS", "decode_image",
-           "image_size", "reduced_png"]
+__all__ = ["DEFAULT_MAX_PIXELS", "INFERENCE_SIDE", "SUPPORTED_FORMATS", "Decoded", "decode",
+           "decode_image", "image_size", "reduced_png"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,13 +94,35 @@ def _orientation(header: Image.Image) -> int | None:
     return value if isinstance(value, int) else None
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """Pixels, and for a grayscale DICOM frame the window that made them."""
+
+    pixels: npt.NDArray[np.float32]
+    window: AppliedWindow | None = None
+
+
 def decode_image(
     data: bytes | str | os.PathLike[str],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     max_side: int | None = None,
     frame: int | None = None,
+    window: WindowChoice = None,
 ) -> npt.NDArray[np.float32]:
+    """The pixels of :func:`decode`."""
+    return decode(data, max_pixels=max_pixels, max_side=max_side, frame=frame,
+                  window=window).pixels
+
+
+def decode(
+    data: bytes | str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_side: int | None = None,
+    frame: int | None = None,
+    window: WindowChoice = None,
+) -> Decoded:
     """Decode an uploaded or on-disk image to float RGB in ``[0, 1]``.
 
     Every bit depth is scaled by its own full range, so a 16-bit medical image
@@ -117,9 +141,11 @@ def decode_image(
             the 8- or 16-bit image. ``None`` keeps the full size.
         frame: Which frame of a multi-frame DICOM file (1-based); DICOM data
             is recognised by its content (:mod:`krypton.models.dicom`).
+        window: How a grayscale DICOM frame's values map to ``[0, 1]``
+            (:mod:`krypton.models.windows`); other images have no window.
 
     Returns:
-        ``(H, W, 3)`` float32 array in ``[0, 1]``.
+        ``(H, W, 3)`` float32 array in ``[0, 1]``, and the window used.
 
     Raises:
         ImageDecodeError: The data is not a readable PNG/JPEG/TIFF, is
@@ -129,19 +155,19 @@ def decode_image(
     if isinstance(data, str | os.PathLike) and is_dicom(_head(data)):
         data = _read_file(data)
     if isinstance(data, bytes | bytearray | memoryview) and is_dicom(bytes(data[:132])):
-        pixels: npt.NDArray[np.float32] = decode_dicom(bytes(data), frame=frame,
-                                                       max_pixels=max_pixels, max_side=max_side)
-        return pixels
+        pixels, applied = decode_dicom(bytes(data), frame=frame, max_pixels=max_pixels,
+                                       max_side=max_side, window=window)
+        return Decoded(pixels, applied)
     if frame not in (None, 1):
         raise ImageDecodeError(f"frame {frame} was asked for, but only DICOM files have frames")
     with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
         array = _to_float_rgb(image, tiff_tags, source)
     logger.debug("decoded %s: %dx%d", source, array.shape[1], array.shape[0])
-    return array
+    return Decoded(array)
 
 
 def reduced_png(data: bytes, *, max_side: int, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                frame: int | None = None) -> bytes:
+                frame: int | None = None, window: WindowChoice = None) -> bytes:
     """The image reduced as :func:`decode_image` reduces it, as an 8-bit RGB PNG.
 
     8-bit PNG, JPEG and TIFF images go straight from Pillow's buffer to the
@@ -153,7 +179,8 @@ def reduced_png(data: bytes, *, max_side: int, max_pixels: int | None = DEFAULT_
     """
     if is_dicom(data):
         rgb = Image.fromarray(decode_dicom(data, frame=frame, max_pixels=max_pixels,
-                                           max_side=max_side, eight_bit=True))
+                                           max_side=max_side, eight_bit=True,
+                                           window=window)[0])
     else:
         with _upright(data, max_pixels, max_side) as (image, tiff_tags, source):
             if image.mode in _EIGHT_BIT_MODES:

@@ -19,6 +19,7 @@ from numbers import Real
 import numpy as np
 
 from krypton.models.errors import InvalidArgumentError
+from krypton.models.windows import Window, WindowChoice
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing", "patch_value"]
 
@@ -34,7 +35,8 @@ _RGB_STRING = re.compile(r"^\s*(\d{1,3})\s*,\s*(\d{1,3})\s*,\s*(\d{1,3})\s*$")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How one model wants its input: square side and normalisation statistics.
+    """How one model wants its input: square side, normalisation statistics, and the
+    window that maps a grayscale DICOM frame's values to ``[0, 1]``.
 
     Kept separate from the model so the same image can be prepared once per
     request and the colour of an occluding patch derived from the same numbers.
@@ -43,15 +45,20 @@ class Preprocessing:
         size: Side of the square input in pixels (224 for most torchvision models).
         mean: Per-channel mean subtracted in ``[0, 1]`` RGB.
         std: Per-channel standard deviation divided by.
+        window: A :class:`~krypton.models.windows.Window`, ``"image"``, or ``None``
+            for the file's own window, else the image's range
+            (:mod:`krypton.models.windows`).
 
     Raises:
-        InvalidArgumentError: ``size`` is not a positive integer, or ``mean``/``std``
-            are not three finite numbers (``std`` also positive).
+        InvalidArgumentError: ``size`` is not a positive integer, ``mean``/``std``
+            are not three finite numbers (``std`` also positive), or ``window``
+            is none of those.
     """
 
     size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    window: WindowChoice = None
 
     def __post_init__(self) -> None:
         if not _is_int(self.size) or self.size < 1:
@@ -60,6 +67,9 @@ class Preprocessing:
         std = _three_floats(self.std, "std")
         if min(std) <= 0:
             raise InvalidArgumentError(f"std must be positive, got {std}")
+        if not (self.window is None or self.window == "image" or isinstance(self.window, Window)):
+            raise InvalidArgumentError(f"window must be a center and width, 'image' or none, "
+                                       f"got {self.window!r}")
         # Normalise lists and numpy scalars so equal configurations compare and hash equal.
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)

@@ -33,7 +33,8 @@ from krypton.engine import (
     tune,
 )
 from krypton.models import DatasetConfig, decode_image, patch_value
-from krypton.models.images import INFERENCE_SIDE
+from krypton.models.deployment import DeployedModel
+from krypton.models.images import INFERENCE_SIDE, decode
 from krypton.render import heatmap_npy
 from krypton.service.errors import invalid_input, problem_for
 from krypton.service.model_cache import ModelCache
@@ -45,7 +46,7 @@ from krypton.service.schemas import (
     RunSummary,
 )
 
-__all__ = ["JobContext", "Outcome", "explain", "failure", "job_body", "run_body"]
+__all__ = ["JobContext", "Outcome", "explain", "failure", "job_body", "run_body", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,33 +117,43 @@ def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floatin
 
 @job_body(JobKind.heatmap)
 def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outcome:
-    pixels = decode_image(images[0], max_pixels=context.max_pixels, max_side=INFERENCE_SIDE,
-                          frame=plan.frame)
-    result = explain(context.cache, plan, pixels, progress=context.progress,
-                     should_stop=context.should_stop, partial=context.partial)
     loaded = context.cache.get(plan.model)
-    labels, stats = loaded.deployed.labels, result.stats
-    return Outcome(updates={
-        "prediction": Prediction(
-            predicted_class=result.predicted_class,
-            predicted_label=labels[result.predicted_class],
-            predicted_probability=result.predicted_probability, target_class=result.target,
-            target_label=labels[result.target], target_probability=result.target_probability),
-        "run": RunSummary(
-            positions=stats.positions, input_size=loaded.deployed.preprocessing.size,
-            heatmap_shape=result.heatmap.shape, seconds=stats.seconds,
-            device=stats.device, mode=plan.mode, flops_ratio=stats.flops_ratio, tau=stats.tau,
-            drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride,
-            drilldown_tolerance=stats.drilldown_tolerance,
-            refined_positions=stats.refined_positions, refine_rounds=stats.refine_rounds),
-    }, result=heatmap_npy(result.heatmap))
+    decoded = decode(images[0], max_pixels=context.max_pixels, max_side=INFERENCE_SIDE,
+                     frame=plan.frame, window=loaded.deployed.preprocessing.window)
+    result = explain(context.cache, plan, decoded.pixels, progress=context.progress,
+                     should_stop=context.should_stop, partial=context.partial)
+    prediction, run = summarize(result, loaded.deployed, plan)
+    return Outcome(updates={"window": decoded.window, "prediction": prediction, "run": run},
+                   result=heatmap_npy(result.heatmap))
+
+
+def summarize(result: OcclusionResult, deployed: DeployedModel, plan: HeatmapPlan
+              ) -> tuple[Prediction, RunSummary]:
+    """What a heatmap's job records of its run: the prediction, and how the engine ran.
+
+    The command line writes the same into its heatmap.json.
+    """
+    labels, stats = deployed.labels, result.stats
+    prediction = Prediction(
+        predicted_class=result.predicted_class, predicted_label=labels[result.predicted_class],
+        predicted_probability=result.predicted_probability, target_class=result.target,
+        target_label=labels[result.target], target_probability=result.target_probability)
+    run = RunSummary(
+        positions=stats.positions, input_size=deployed.preprocessing.size,
+        heatmap_shape=result.heatmap.shape, seconds=stats.seconds, device=stats.device,
+        mode=plan.mode, flops_ratio=stats.flops_ratio, tau=stats.tau,
+        drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride,
+        drilldown_tolerance=stats.drilldown_tolerance,
+        refined_positions=stats.refined_positions, refine_rounds=stats.refine_rounds)
+    return prediction, run
 
 
 @job_body(JobKind.predict)
 def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> Outcome:
     loaded = context.cache.get(params.model)
-    tensor = loaded.model_input(decode_image(images[0], max_pixels=context.max_pixels,
-                                             max_side=INFERENCE_SIDE, frame=params.frame))
+    decoded = decode(images[0], max_pixels=context.max_pixels, max_side=INFERENCE_SIDE,
+                     frame=params.frame, window=loaded.deployed.preprocessing.window)
+    tensor = loaded.model_input(decoded.pixels)
     with torch.inference_mode():
         logits = loaded.network(tensor.unsqueeze(0).to(context.cache.device))
     probabilities = torch.softmax(logits.float(), dim=1)[0].cpu().numpy()
@@ -150,6 +161,7 @@ def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> 
     label, probability = loaded.deployed.labels[top], float(probabilities[top])
     context.progress(1, 1)
     return Outcome(updates={
+        "window": decoded.window,
         "probabilities": [float(p) for p in probabilities],
         "prediction": Prediction(predicted_class=top, predicted_label=label,
                                  predicted_probability=probability, target_class=top,
@@ -160,8 +172,10 @@ def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> 
 @job_body(JobKind.tuning)
 def tuning(context: JobContext, params: TuningPlan, images: list[bytes]) -> Outcome:
     loaded = context.cache.get(params.model)
+    window = loaded.deployed.preprocessing.window
     tensors = [loaded.model_input(decode_image(i, max_pixels=context.max_pixels,
-                                               max_side=INFERENCE_SIDE)) for i in images]
+                                               max_side=INFERENCE_SIDE, window=window))
+               for i in images]
     steps = [0]
 
     def report(line: str) -> None:

@@ -70,6 +70,11 @@ class ModelCache:
                             self.device, time.perf_counter() - started)
             return self._loaded[name]
 
+    def weights(self) -> dict[str, str]:
+        """The weights id of each model built so far."""
+        with self._lock:
+            return {name: loaded.weights_id for name, loaded in self._loaded.items()}
+
     def engine(self, name: str, mode: str) -> OcclusionEngine:
         """The model's engine for ``mode`` (``naive`` or the incremental one), built once."""
         loaded = self.get(name)

@@ -41,6 +41,7 @@ __all__ = [
     "positions",
     "resolve_heatmap",
     "resolve_tuning",
+    "stale_reason",
     "work",
 ]
 
@@ -87,16 +88,25 @@ class HeatmapPlan(BaseModel):
     frame: int | None = Field(
         default=None, description="Which frame of a multi-frame DICOM image (1-based).")
 
-    def check_weights(self, weights_id: str) -> None:
-        """Refuse to run a dataset's tuned knobs on weights they were not tuned on.
+    def check_weights(self, weights_id: str | None) -> None:
+        """Refuse to run a dataset's tuned knobs on weights they were not tuned on
+        (``None``: the weights are not known yet, nothing to refuse).
 
         Raises:
-            DatasetConfigError: naming the dataset and both identities.
+            DatasetConfigError: naming the dataset and both identities in full.
         """
-        if self.tuned_for is not None and weights_id != self.tuned_for:
-            raise DatasetConfigError(
-                f"dataset {self.dataset!r} was tuned for checkpoint {self.tuned_for[:16]}..., "
-                f"not {weights_id[:16]}...; tune it again for this checkpoint")
+        reason = stale_reason(self.dataset, self.tuned_for, weights_id, self.model)
+        if reason is not None:
+            raise DatasetConfigError(reason)
+
+
+def stale_reason(dataset: str | None, tuned_for: str | None, weights_id: str | None,
+                 model: str) -> str | None:
+    """Why a config tuned for ``tuned_for`` cannot run on ``weights_id``; ``None`` if it can."""
+    if tuned_for is None or weights_id is None or tuned_for == weights_id:
+        return None
+    return (f"dataset {dataset!r} was tuned for checkpoint {tuned_for}, not {weights_id}, "
+            f"the weights model {model!r} is served with; tune it again for this checkpoint")
 
 
 class TuningPlan(BaseModel):

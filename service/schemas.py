@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from krypton.models.windows import AppliedWindow, Window
 from krypton.service.plans import HeatmapPlan, TuningPlan
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "RunSummary",
     "Timings",
     "WorkerInfo",
+    "heatmap_metadata",
     "job_created_at",
     "new_job_id",
     "utcnow",
@@ -148,6 +150,9 @@ class Job(BaseModel):
     prediction: Prediction | None = None
     probabilities: list[float] | None = None
     run: RunSummary | None = None
+    window: AppliedWindow | None = Field(
+        default=None, description="For a grayscale DICOM image: the window that mapped its "
+        "values to what the model saw (the model's, the file's, or the image's own range).")
     tuned: dict[str, Any] | None = Field(
         default=None, description="The dataset config a tuning job wrote.")
     error: dict[str, Any] | None = Field(
@@ -175,6 +180,7 @@ class JobView(BaseModel):
     params: HeatmapPlan | PredictParams | TuningPlan
     prediction: Prediction | None
     run: RunSummary | None
+    window: AppliedWindow | None
     tuned: dict[str, Any] | None
     error: dict[str, Any] | None
     created_at: dt.datetime
@@ -194,12 +200,23 @@ class JobView(BaseModel):
     def of(cls, job: Job, links: dict[str, str]) -> JobView:
         t = job.timings
         return cls(id=job.id, kind=job.kind, status=job.status, progress=job.progress,
-                   params=job.params, prediction=job.prediction, run=job.run, tuned=job.tuned,
+                   params=job.params, prediction=job.prediction, run=job.run,
+                   window=job.window, tuned=job.tuned,
                    error=job.error, created_at=t.created_at, started_at=t.started_at,
                    finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
                    compute_seconds=t.compute_seconds, expires_at=job.expires_at,
                    dicom=job.dicom, random_weights=job.random_weights, images=job.images,
                    attempts=job.attempts, worker=job.worker, links=links)
+
+
+def heatmap_metadata(job_id: str | None, view: str, params: HeatmapPlan,
+                     prediction: Prediction, random_weights: bool,
+                     run: RunSummary | None) -> dict[str, Any]:
+    """What heatmap.json says beside the array, from the service and the command line alike
+    (``job_id`` is ``None`` for the command line's)."""
+    return {"id": job_id, "view": view, "params": params.model_dump(),
+            "prediction": prediction.model_dump(), "random_weights": random_weights,
+            "run": run.model_dump() if run else None}
 
 
 class ClassProbability(BaseModel):
@@ -222,6 +239,9 @@ class ModelInfo(BaseModel):
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    window: Window | Literal["image"] | None = Field(
+        default=None, description="The model's window for grayscale DICOM; null: the file's "
+        "window, else the image's own range.")
     random_weights: bool
     description: str
     datasets: list[str]
@@ -232,7 +252,11 @@ class DatasetInfo(BaseModel):
     model: str
     description: str
     tuned: dict[str, Any] | None = Field(
-        default=None, description="The tuned approximation config; null until tuned.")
+        default=None, description="The tuned approximation config; null until tuned, and "
+        "while the config is stale.")
+    stale: str | None = Field(
+        default=None, description="Why the dataset's config is not used: it was tuned for "
+        "other weights than the model is served with.")
 
 
 class WorkerInfo(BaseModel):
@@ -243,6 +267,9 @@ class WorkerInfo(BaseModel):
     started_at: dt.datetime
     jobs_done: int
     current_job: str | None
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="The weights id of each model the worker has "
+        "loaded (a checkpoint's SHA-256): what tuned dataset configs are checked against.")
 
 
 class ReadyReport(BaseModel):

@@ -14,6 +14,7 @@ from fastapi import UploadFile
 from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
 from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom
 from krypton.models.images import image_size, reduced_png
+from krypton.models.windows import WindowChoice
 from krypton.service import constants
 from krypton.service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
@@ -49,7 +50,7 @@ class Upload:
 
 
 async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
-                     frame: int | None = None) -> Upload:
+                     frame: int | None = None, window: WindowChoice = None) -> Upload:
     """The accepted upload, or a 413/415/422 problem.
 
     The type comes from the first bytes, never from the file name or the
@@ -58,7 +59,8 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
     then decoded once to prove it whole, reduced on the way (JPEG at a lower
     scale, others in blocks), so the API never holds a float copy at full
     size. A large image keeps that reduced copy, so overlays never decode
-    the original again.
+    the original again: a grayscale DICOM one through the model's ``window``,
+    as the model sees it.
     """
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
@@ -77,7 +79,8 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
                                     max_side=CHECK_SIDE, frame=frame)
             return Upload(data, size, dicom=dicom)
         reduced = await asyncio.to_thread(reduced_png, data, max_pixels=max_pixels,
-                                          max_side=constants.MAX_OVERLAY_SIDE, frame=frame)
+                                          max_side=constants.MAX_OVERLAY_SIDE, frame=frame,
+                                          window=window)
     except UnsupportedTransferSyntaxError as exc:
         raise UnsupportedMediaType(str(exc)) from exc
     except ImageTooLargeError as exc:

@@ -165,7 +165,8 @@ class Worker:
     def _info(self) -> WorkerInfo:
         return WorkerInfo(name=self.name, device=self.device, pid=os.getpid(),
                           host=socket.gethostname(), started_at=self.started_at,
-                          jobs_done=self.jobs_done, current_job=self.current)
+                          jobs_done=self.jobs_done, current_job=self.current,
+                          weights=self.cache.weights())
 
     async def _process(self, claim: Claim) -> None:
         try:

@@ -17,6 +17,8 @@ from skimage import data
 from typer.testing import CliRunner
 
 from krypton.cli import app
+from krypton.models.deployment import default_deployment
+from krypton.service.schemas import Prediction, RunSummary
 
 runner = CliRunner()
 FAST = ["--model", "resnet18", "--num-classes", "3", "--patch", "32", "--stride", "32"]
@@ -45,10 +47,44 @@ def test_explain_writes_json_with_heatmap_and_metadata(retina_png: Path, tmp_pat
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())
     assert np.asarray(document["heatmap"]).shape == (7, 7)
-    assert document["view"] == "probability"
-    assert document["params"] == {"patch_size": 32, "stride": 32, "patch_color": "gray",
-                                  "mode": "exact"}
-    assert 0 <= document["predicted_class"] < 3
+    assert document["view"] == "probability" and document["random_weights"] is True
+    assert {key: document["params"][key] for key in ("patch_size", "stride", "patch_color",
+                                                     "mode")} == {
+        "patch_size": 32, "stride": 32, "patch_color": "gray", "mode": "exact"}
+    assert 0 <= document["prediction"]["predicted_class"] < 3
+    assert document["run"]["heatmap_shape"] == [7, 7]
+
+
+def test_explain_json_has_the_keys_of_the_services(retina_png: Path, tmp_path: Path) -> None:
+    out = tmp_path / "heat.json"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert set(document) == {"id", "view", "params", "prediction", "random_weights", "run",
+                             "heatmap", "shape", "min", "max"}
+    assert set(document["prediction"]) == set(Prediction.model_fields)
+    assert set(document["run"]) == set(RunSummary.model_fields)
+
+
+def test_explain_pictures_of_random_weights_carry_the_warning(retina_png: Path,
+                                                             tmp_path: Path) -> None:
+    out = tmp_path / "heat.png"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    for picture in (out, tmp_path / "heat.overlay.png"):
+        with Image.open(picture) as png:
+            assert "Warning" in png.text  # type: ignore[attr-defined]
+
+
+def test_explain_without_weights_runs_the_services_built_in_model(retina_png: Path,
+                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "heat.json"
+    result = runner.invoke(app, ["explain", str(retina_png), "-o", str(out), "--model",
+                                 "resnet18", "--patch", "32", "--stride", "32"])
+    assert result.exit_code == 0, result.output
+    prediction = json.loads(out.read_text())["prediction"]
+    built_in = default_deployment().model("resnet18")
+    assert prediction["predicted_label"] in built_in.labels and len(built_in.labels) == 4
 
 
 def test_explain_exact_npy_equals_naive_npy(retina_png: Path, tmp_path: Path) -> None:
@@ -85,7 +121,7 @@ def test_explain_sizes_the_head_from_the_checkpoint_labels_and_names_the_class(
                                  "resnet18", "--patch", "32", "--stride", "32", "--weights",
                                  str(checkpoint)])  # no --num-classes: three labels
     assert result.exit_code == 0, result.output
-    predicted = json.loads(out.read_text())["predicted_class"]
+    predicted = json.loads(out.read_text())["prediction"]["predicted_class"]
     name = ("NORMAL", "DRUSEN", "CNV")[predicted]
     assert f"class {predicted} ({name}) predicted" in result.output
 

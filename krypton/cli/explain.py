@@ -9,6 +9,7 @@ through the API gives the same array.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -31,9 +32,20 @@ from krypton.models import (
     list_models,
     patch_value,
 )
-from krypton.models.deployment import DeployedDataset, DeployedModel, Deployment, load_deployment
+from krypton.models.deployment import (
+    DeployedDataset,
+    DeployedModel,
+    Deployment,
+    default_deployment,
+    load_deployment,
+)
 from krypton.models.images import INFERENCE_SIDE
-from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE, resolve_heatmap
+from krypton.service.plans import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_STRIDE,
+    HeatmapPlan,
+    resolve_heatmap,
+)
 
 if TYPE_CHECKING:
     from krypton.engine import OcclusionResult, TuningResult
@@ -127,13 +139,14 @@ def explain(
     try:
         deployment = _deployment(registry, model, weights, num_classes, seed, dataset, configs)
         plan = resolve_heatmap(
-            deployment, model=model if registry else None, dataset=dataset,
+            deployment, model=model, dataset=dataset,
             config=DatasetStore(deployment.datasets_dir).find(dataset) if dataset else None,
             patch_size=patch, stride=stride, patch_color=color, target_class=target,
             mode=mode.value, tau=tau, drilldown_ratio=drilldown_ratio,
             coarse_stride=coarse_stride, drilldown_tolerance=drilldown_tolerance, frame=frame)
         deployed = deployment.model(plan.model)
-        pixels = decode_image(image, max_side=INFERENCE_SIDE, frame=frame)
+        pixels = decode_image(image, max_side=INFERENCE_SIDE, frame=frame,
+                              window=deployed.preprocessing.window)
         with tqdm(total=None, unit="pos", disable=not sys.stderr.isatty(),
                   desc=f"{mode.value} occlusion") as bar:
 
@@ -149,7 +162,7 @@ def explain(
     picked = view or (ViewChoice.drop if suffix == ".png" else ViewChoice.probability)
     chosen: render.View = "drop" if picked is ViewChoice.drop else "probability"
     values = render.view_values(result.heatmap, result.target_probability, chosen)
-    written = _write(output, values, result, pixels, deployed, chosen, color)
+    written = _write(output, values, result, pixels, deployed, plan, chosen)
     stats = result.stats
     typer.echo(
         f"{deployed.name}: class {_class_name(result.predicted_class, deployed)} predicted "
@@ -168,16 +181,28 @@ def explain(
 def _deployment(registry: Path | None, model: str | None, weights: Path | None,
                 num_classes: int | None, seed: int, dataset: str | None,
                 configs: Path) -> Deployment:
-    """The registry's deployment, or one made of ``model`` with these weights.
+    """What ``--model`` names: a model of the registry's deployment, or of the service's
+    built-in one (so a dataset tuned here is tuned for the weights the service runs), or
+    with ``--weights`` or ``--num-classes`` one made up of that architecture.
 
-    Without a registry, the model's head has one class per checkpoint label,
-    or ``num_classes`` (default ImageNet's 1000) neutrally named ones.
+    A made-up model's head has one class per checkpoint label, or ``num_classes``
+    (default ImageNet's 1000) neutrally named ones.
     """
     if registry is not None:
         if weights is not None or num_classes is not None:
             raise ValueError("--weights and --num-classes describe a model without --registry; "
                              "a registry names its models' checkpoints and labels")
         return load_deployment(registry, configs)
+    builtin = default_deployment(configs)
+    if weights is None and num_classes is None and (model is None or model in builtin.models):
+        name = model or builtin.default_model().name
+        typer.echo(f"note: {name} is the service's built-in model, with seeded random weights "
+                   "and neutral class names: the heatmap shows the pipeline working, not a "
+                   "diagnosis (--registry names a deployment's own).", err=True)
+        if dataset is None or dataset in builtin.datasets:
+            return builtin
+        return dataclasses.replace(
+            builtin, datasets={**builtin.datasets, dataset: DeployedDataset(dataset, name)})
     from krypton.models.checkpoints import read_labels
 
     architecture = model or "resnet18"
@@ -202,44 +227,30 @@ def _class_name(index: int, deployed: DeployedModel) -> str:
 
 
 def _write(output: Path, values: npt.NDArray[np.float32], result: OcclusionResult,
-           pixels: npt.NDArray[np.float32], deployed: DeployedModel, view: str,
-           color: str) -> list[Path]:
+           pixels: npt.NDArray[np.float32], deployed: DeployedModel, plan: HeatmapPlan,
+           view: str) -> list[Path]:
+    """The files the service would give for this heatmap: its array, its JSON document,
+    or its PNG and overlay (with the untrained-model band where weights are random)."""
+    from krypton.service.jobs import summarize
+    from krypton.service.schemas import heatmap_metadata
+
     output.parent.mkdir(parents=True, exist_ok=True)
     suffix = output.suffix.lower()
     if suffix == ".npy":
         output.write_bytes(render.heatmap_npy(values))
         return [output]
     if suffix == ".json":
-        output.write_text(render.heatmap_json(values, _metadata(result, view, deployed, color)))
+        prediction, run = summarize(result, deployed, plan)
+        output.write_text(render.heatmap_json(values, heatmap_metadata(
+            None, view, plan, prediction, deployed.random_weights, run)))
         return [output]
     size = deployed.preprocessing.size
     geometry = render.HeatmapGeometry(result.patch_size, result.stride, size, size)
     overlay = output.with_name(output.stem + ".overlay.png")
-    output.write_bytes(render.heatmap_png(values))
-    overlay.write_bytes(render.overlay_png(values, pixels, geometry))
+    untrained = deployed.random_weights
+    output.write_bytes(render.heatmap_png(values, untrained=untrained))
+    overlay.write_bytes(render.overlay_png(values, pixels, geometry, untrained=untrained))
     return [output, overlay]
-
-
-def _metadata(result: OcclusionResult, view: str, deployed: DeployedModel,
-              color: str) -> dict[str, object]:
-    stats = result.stats
-    return {
-        "view": view,
-        "model": deployed.name,
-        "random_weights": deployed.random_weights,
-        "target": result.target,
-        "target_probability": result.target_probability,
-        "predicted_class": result.predicted_class,
-        "predicted_probability": result.predicted_probability,
-        "params": {"patch_size": result.patch_size, "stride": result.stride,
-                   "patch_color": color, "mode": stats.mode},
-        "stats": {"positions": stats.positions, "batches": stats.batches,
-                  "batch_size": stats.batch_size, "seconds": stats.seconds,
-                  "device": stats.device, "flops_full": stats.flops_full,
-                  "flops_incremental": stats.flops_incremental,
-                  "flops_ratio": stats.flops_ratio,
-                  "theoretical_ratio": stats.theoretical_ratio},
-    }
 
 
 def models() -> None:
@@ -280,13 +291,15 @@ def tune_dataset(
         if len(files) < 2:
             raise ValueError(f"{images} holds {len(files)} image(s); tuning needs at least 2")
         deployment = _deployment(registry, model, weights, num_classes, seed, dataset, configs)
-        plan = resolve_heatmap(deployment, model=model if registry else None, dataset=dataset,
+        plan = resolve_heatmap(deployment, model=model, dataset=dataset,
                                patch_size=patch, stride=stride, patch_color=color)
         cache = ModelCache(deployment, device.value)
         loaded = cache.get(plan.model)
         engine = cache.engine(plan.model, "exact")
         assert isinstance(engine, IncrementalOcclusion)
-        samples = [loaded.model_input(decode_image(f, max_side=INFERENCE_SIDE)) for f in files]
+        window = loaded.deployed.preprocessing.window
+        samples = [loaded.model_input(decode_image(f, max_side=INFERENCE_SIDE, window=window))
+                   for f in files]
         typer.echo(f"tuning {dataset!r} on {len(files)} images, {plan.model}, patch {patch}, "
                    f"stride {stride}, target SSIM {target_ssim}", err=True)
         result = tune(

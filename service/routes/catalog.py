@@ -23,6 +23,7 @@ from krypton.service.plans import (
     DEFAULT_STRIDE,
     TuningPlan,
     resolve_tuning,
+    stale_reason,
 )
 from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view, visible_job
@@ -35,6 +36,7 @@ from krypton.service.schemas import (
     new_job_id,
 )
 from krypton.service.uploads import read_image
+from krypton.service.weights import served_weights
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -44,7 +46,7 @@ async def list_models(deployment: DeploymentDep, caller: CallerDep) -> list[Mode
     """Every deployed model, its classes and preprocessing."""
     return [
         ModelInfo(name=m.name, architecture=m.architecture, labels=list(m.labels),
-                  input_size=m.preprocessing.size, mean=m.mean, std=m.std,
+                  input_size=m.preprocessing.size, mean=m.mean, std=m.std, window=m.window,
                   random_weights=m.random_weights, description=m.description,
                   datasets=sorted(d.name for d in deployment.datasets.values()
                                   if d.model == m.name))
@@ -63,8 +65,11 @@ def _deployed_dataset(deployment: Deployment, name: str) -> DeployedDataset:
 async def _dataset_info(queue: JobQueue, deployment: Deployment, name: str) -> DatasetInfo:
     dataset = _deployed_dataset(deployment, name)
     tuned = await queue.dataset_config(name)
+    stale = None if tuned is None else stale_reason(
+        name, tuned.checkpoint, await served_weights(queue, deployment.model(dataset.model)),
+        dataset.model)
     return DatasetInfo(name=dataset.name, model=dataset.model, description=dataset.description,
-                       tuned=None if tuned is None else tuned.as_dict())
+                       tuned=None if tuned is None or stale else tuned.as_dict(), stale=stale)
 
 
 @router.get("/datasets", response_model=list[DatasetInfo],

@@ -60,9 +60,11 @@ from krypton.service.schemas import (
     JobView,
     PredictParams,
     PredictResponse,
+    heatmap_metadata,
     new_job_id,
 )
 from krypton.service.uploads import read_image
+from krypton.service.weights import served_weights
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +172,10 @@ async def submit_heatmap(
         config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
         stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
         max_gflop=settings.max_job_gflop, frame=frame)
+    plan.check_weights(await served_weights(queue, deployment.model(plan.model)))
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
-                              max_pixels=settings.max_pixels, frame=frame)
+                              max_pixels=settings.max_pixels, frame=frame,
+                              window=deployment.model(plan.model).preprocessing.window)
     job = await queue.submit(Job(
         id=new_job_id(), params=plan, image_size=upload.size, owner=caller.key_id,
         dicom=upload.dicom, random_weights=deployment.model(plan.model).random_weights),
@@ -300,8 +304,10 @@ async def _overlay_inputs(queue: JobQueue, job: Job, size: int
     assert isinstance(job.params, HeatmapPlan) and job.run is not None
     images = await _images(queue, job)
     # The reduced copy of a large upload, if it has one: the original would cost gigabytes.
-    pixels = await asyncio.to_thread(decode_image, images[-1], max_pixels=None, max_side=size,
-                                     frame=job.params.frame if len(images) == 1 else None)
+    pixels = await asyncio.to_thread(
+        decode_image, images[-1], max_pixels=None, max_side=size,
+        frame=job.params.frame if len(images) == 1 else None,
+        window=job.window.replay() if job.window is not None else None)
     geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
                                       job.run.input_size, job.run.input_size)
     return pixels, geometry
@@ -387,10 +393,9 @@ async def heatmap_json(job_id: str, queue: QueueDep, caller: CallerDep,
     """The 2-D heatmap under ``heatmap``, with its parameters, prediction and run."""
     job, values = await _result(queue, job_id, caller, view_)
     assert job.prediction is not None
-    document = render.heatmap_json(values, {
-        "id": job.id, "view": view_, "params": job.params.model_dump(),
-        "prediction": job.prediction.model_dump(), "random_weights": job.random_weights,
-        "run": job.run.model_dump() if job.run else None})
+    assert isinstance(job.params, HeatmapPlan)
+    document = render.heatmap_json(values, heatmap_metadata(
+        job.id, view_, job.params, job.prediction, job.random_weights, job.run))
     return Response(document, media_type="application/json")
 
 

@@ -21,6 +21,7 @@ from krypton.models.deployment import (
     default_deployment,
     load_deployment,
 )
+from krypton.models.windows import Window, WindowChoice
 
 REGISTRY = """\
 datasets_dir = "configs"
@@ -132,6 +133,17 @@ def test_load_deployment_preprocessing_uses_input_size_mean_and_std(
         128, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
+@pytest.mark.parametrize(("line", "window"), [
+    ("window = { center = 40, width = 400 }", Window(40.0, 400.0)),
+    ('window = "image"', "image"),
+    ("", None),
+])
+def test_load_deployment_reads_a_models_window(tmp_path: Path, line: str,
+                                               window: WindowChoice) -> None:
+    loaded = load_deployment(_write(tmp_path, _models_only(model_extra=line)))
+    assert loaded.models["m"].preprocessing.window == window
+
+
 def test_deployed_model_without_input_size_uses_the_architecture_default() -> None:
     model = DeployedModel(name="i", architecture="inception_v3", labels=("a",))
     assert model.preprocessing.size == 299
@@ -171,6 +183,11 @@ def test_deployed_model_without_input_size_uses_the_architecture_default() -> No
     pytest.param(_models_only(model_extra="seed = 1.7"), "seed", id="float-seed"),
     pytest.param(_models_only(model_extra="std = [0.2, 0.0, 0.2]"), "std", id="zero-std"),
     pytest.param("[[models]\nname = ", "cannot read registry", id="not-toml"),
+    pytest.param(_models_only(model_extra="window = { center = 40, width = 0 }"), "width",
+                 id="window-width-0"),
+    pytest.param(_models_only(model_extra="window = { center = 40 }"), "window",
+                 id="window-without-width"),
+    pytest.param(_models_only(model_extra='window = "lung"'), "window", id="named-window"),
 ])
 def test_load_deployment_with_bad_registry_raises_naming_the_fault(
     tmp_path: Path, text: str, message: str

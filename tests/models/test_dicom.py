@@ -7,7 +7,8 @@ import pytest
 
 from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
 from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom
-from krypton.models.images import image_size
+from krypton.models.images import decode, image_size
+from krypton.models.windows import AppliedWindow, Window
 from tests import dicom_files as files
 
 
@@ -28,16 +29,19 @@ def test_dicom_is_recognised_by_content_not_by_name() -> None:
     assert not is_dicom(files.png_of(files.example_pixels()))
 
 
-@pytest.mark.parametrize(("mode", "photometric", "scale"), [
-    pytest.param("RGB", "RGB", 1, id="rgb-8-bit"),
-    pytest.param("L", "MONOCHROME2", 1, id="monochrome2-8-bit"),
-    pytest.param("L", "MONOCHROME2", 257, id="monochrome2-16-bit"),
+FULL_16_BITS = Window.spanning(0, 65535)
+
+
+@pytest.mark.parametrize(("mode", "photometric", "scale", "window"), [
+    pytest.param("RGB", "RGB", 1, None, id="rgb-8-bit"),
+    pytest.param("L", "MONOCHROME2", 1, None, id="monochrome2-8-bit"),
+    pytest.param("L", "MONOCHROME2", 257, FULL_16_BITS, id="monochrome2-16-bit-full-window"),
 ])
-def test_dicom_built_from_png_pixels_decodes_to_the_png_pixels(mode: str, photometric: str,
-                                                              scale: int) -> None:
+def test_dicom_built_from_png_pixels_decodes_to_the_png_pixels(
+        mode: str, photometric: str, scale: int, window: Window | None) -> None:
     stored = files.example_pixels(mode=mode).astype(np.uint16 if scale > 1 else np.uint8)
     stored = stored * np.asarray(scale, dtype=stored.dtype)
-    np.testing.assert_array_equal(decode_image(files.build(stored, photometric)),
+    np.testing.assert_array_equal(decode_image(files.build(stored, photometric), window=window),
                                   decode_image(files.png_of(stored)))
 
 
@@ -52,7 +56,7 @@ def test_rescale_slope_and_intercept_apply_before_the_full_range() -> None:
     gray = files.example_pixels(mode="L").astype(np.uint16) * 257
     signed = (gray.astype(np.int32) - 32768).astype(np.int16)
     decoded = decode_image(files.build(signed, "MONOCHROME2", signed=True,
-                                       rescale=(1.0, 32768.0)))
+                                       rescale=(1.0, 32768.0)), window=FULL_16_BITS)
     np.testing.assert_allclose(decoded, decode_image(files.png_of(gray)), atol=1e-6)
 
 
@@ -61,6 +65,71 @@ def test_window_maps_its_centre_to_mid_gray_and_clips_outside() -> None:
     decoded = decode_image(files.build(ramp, "MONOCHROME2", window=(128.0, 64.0)))[0, :, 0]
     assert decoded[:90].max() == 0.0 and decoded[170:].min() == 1.0
     assert decoded[128] == pytest.approx(0.5, abs=0.02)
+
+
+GRAYSCALE_SHIPPED = [
+    "CT_small.dcm", "JPEG2000.dcm", "JPGExtended.dcm", "693_J2KI.dcm", "MR_small.dcm",
+    "MR_small_jp2klossless.dcm", "JPEGLSNearLossless_16.dcm", "examples_overlay.dcm",
+    "image_dfl.dcm", "liver_1frame.dcm", "rtdose_1frame.dcm",
+]
+
+
+@pytest.mark.parametrize("name", GRAYSCALE_SHIPPED)
+def test_shipped_grayscale_dicom_reaches_the_model_with_contrast(name: str) -> None:
+    # The full range of 16 stored bits gave CT_small a standard deviation of 0.006.
+    assert decode_image(files.shipped(name)).std() > 0.15
+
+
+def _dicom_linear(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM PS3.3 C.11.2.1.2.1, written out as the standard does, to [0, 1]."""
+    y = ((values - (center - 0.5)) / (width - 1) + 0.5)
+    y[values <= center - 0.5 - (width - 1) / 2] = 0.0
+    y[values > center - 0.5 + (width - 1) / 2] = 1.0
+    return y
+
+
+def test_a_models_window_is_applied_exactly_over_the_files() -> None:
+    ramp = np.tile(np.arange(0, 4096, 4, dtype=np.uint16), (4, 1))
+    data = files.build(ramp, "MONOCHROME2", window=(2000.0, 4000.0), rescale=(1.0, -1024.0))
+    decoded = decode(data, window=Window(center=40.0, width=400.0))
+    expected = _dicom_linear(ramp[0].astype(np.float64) - 1024.0, 40.0, 400.0)
+    np.testing.assert_allclose(decoded.pixels[0, :, 0], expected, atol=1e-6)
+    assert decoded.window == AppliedWindow("model", 40.0, 400.0)
+
+
+def test_without_a_window_deep_pixels_span_the_images_own_range() -> None:
+    ramp = np.tile(np.arange(1000, 1200, dtype=np.uint16), (4, 1))
+    decoded = decode(files.build(ramp, "MONOCHROME2"))
+    gray = decoded.pixels[0, :, 0]
+    assert decoded.window is not None and decoded.window.source == "image"
+    assert gray[0] == 0.0 and gray[-1] == 1.0 and gray[100] == pytest.approx(0.5, abs=0.01)
+
+
+def test_the_image_choice_ignores_the_files_window() -> None:
+    ramp = np.tile(np.arange(1000, 1200, dtype=np.uint16), (4, 1))
+    data = files.build(ramp, "MONOCHROME2", window=(0.0, 100.0))
+    assert decode(data).window == AppliedWindow("file", 0.0, 100.0)
+    assert decode(data, window="image").pixels[0, 100, 0] == pytest.approx(0.5, abs=0.01)
+
+
+def test_eight_bit_pixels_without_a_window_keep_their_stored_range() -> None:
+    gray = files.example_pixels(mode="L")
+    decoded = decode(files.build(gray, "MONOCHROME2"))
+    assert decoded.window is not None and decoded.window.source == "stored-range"
+    assert decoded.window.replay() is None
+
+
+def test_a_replayed_image_window_maps_a_smaller_decode_the_same_way() -> None:
+    data = files.shipped("CT_small.dcm")
+    full = decode(data)
+    assert full.window is not None
+    again = decode(data, max_side=32, window=full.window.replay())
+    assert again.window == AppliedWindow("model", full.window.center, full.window.width)
+    np.testing.assert_allclose(again.pixels.mean(), full.pixels.mean(), atol=0.02)
+
+
+def test_colour_dicom_has_no_window() -> None:
+    assert decode(files.shipped("SC_rgb_rle.dcm")).window is None
 
 
 def test_multi_frame_file_needs_a_frame() -> None:

@@ -37,6 +37,8 @@ T = TypeVar("T")
 MODEL = "retina-resnet18"
 """The deployed model every test job runs: ResNet18 at 64 px with a fine-tuned-like head."""
 DEMO_MODEL = "demo-resnet18"
+DEMO_WINDOW = (40.0, 400.0)
+"""The demo model's own window for grayscale DICOM (a CT soft-tissue window)."""
 """A second deployed model with seeded random weights (listed, rarely run)."""
 LABELS = ("healthy", "retinopathy", "glaucoma")
 INPUT_SIZE = 64
@@ -127,6 +129,7 @@ name = "{DEMO_MODEL}"
 architecture = "resnet18"
 labels = ["no", "yes"]
 input_size = {INPUT_SIZE}
+window = {{ center = {DEMO_WINDOW[0]}, width = {DEMO_WINDOW[1]} }}
 
 {datasets}""", encoding="utf-8")
     return path

@@ -52,6 +52,12 @@ def test_models_reports_labels_input_size_and_normalisation(api: TestClient) -> 
     assert model["std"] == pytest.approx([0.229, 0.224, 0.225])
 
 
+def test_models_show_each_models_window(api: TestClient) -> None:
+    models = _models(api)
+    assert models[MODEL]["window"] is None
+    assert models[DEMO_MODEL]["window"] == {"center": 40.0, "width": 400.0}
+
+
 @pytest.mark.parametrize(("name", "random"), [
     pytest.param(MODEL, False, id="checkpoint"),
     pytest.param(DEMO_MODEL, True, id="seeded-random"),
@@ -81,7 +87,8 @@ def test_datasets_lists_every_deployed_dataset_by_name(api: TestClient) -> None:
 def test_dataset_before_tuning_has_no_config(api: TestClient) -> None:
     document = api.get(f"/v1/datasets/{UNTUNED_DATASET}").json()
     assert document == {"name": UNTUNED_DATASET, "model": MODEL,
-                        "description": f"{UNTUNED_DATASET} photos", "tuned": None}
+                        "description": f"{UNTUNED_DATASET} photos", "tuned": None,
+                        "stale": None}
 
 
 def test_tuned_dataset_shows_its_config(api: TestClient, deployment: Deployment) -> None:
@@ -140,15 +147,35 @@ def test_approximate_job_takes_geometry_and_model_from_the_dataset(
     assert approximate["run"]["heatmap_shape"] == [4, 4]
 
 
-def test_approximate_job_with_config_of_another_checkpoint_fails_with_422(
-    api: TestClient, retina_png: bytes
+def _weights_reported(api: TestClient) -> str:
+    """The weights id a live worker reports for MODEL, once one has loaded it."""
+    def reported() -> str | None:
+        workers = api.get("/readyz").json().get("workers") or []
+        return next((w["weights"][MODEL] for w in workers if MODEL in w["weights"]), None)
+    return helpers.wait_until(reported, what="a worker to report its weights")
+
+
+def test_approximate_job_with_config_of_another_checkpoint_is_refused_when_submitted(
+    api: TestClient, retina_png: bytes, deployment: Deployment
 ) -> None:
-    # Only the worker knows the weights it loaded: the job is accepted, then refused.
-    job = helpers.finished(api, retina_png, mode="approximate", dataset=STALE_DATASET)
-    assert job["status"] == "failed"
-    assert (job["error"]["status"], job["error"]["type"]) == (
-        422, "urn:krypton:problem:invalid-input")
-    assert "checkpoint" in job["error"]["detail"] and "tune it again" in job["error"]["detail"]
+    weights = _weights_reported(api)
+    assert weights == deployment.model(MODEL).weights_id()
+    response = helpers.submit(api, retina_png, mode="approximate", dataset=STALE_DATASET)
+    detail = helpers.assert_problem(response, 422)["detail"]
+    assert "0f" * 32 in detail and weights in detail and "tune it again" in detail
+
+
+def test_a_config_of_another_checkpoint_is_not_shown_as_tuned(api: TestClient) -> None:
+    weights = _weights_reported(api)
+    dataset = api.get(f"/v1/datasets/{STALE_DATASET}").json()
+    assert dataset["tuned"] is None
+    assert "0f" * 32 in dataset["stale"] and weights in dataset["stale"]
+
+
+def test_a_config_of_the_served_checkpoint_is_shown_as_tuned(api: TestClient) -> None:
+    _weights_reported(api)
+    dataset = api.get(f"/v1/datasets/{TUNED_DATASET}").json()
+    assert dataset["tuned"] is not None and dataset["stale"] is None
 
 
 def test_exact_job_naming_a_dataset_uses_its_model(api: TestClient, retina_png: bytes) -> None:

@@ -8,6 +8,8 @@ service would give another array.
 from __future__ import annotations
 
 import io
+import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ from krypton.models.deployment import load_deployment
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 
+ROOT = Path(__file__).resolve().parents[2]
 OWN_STATISTICS = 'mean = [0.3, 0.35, 0.4]\nstd = [0.15, 0.2, 0.25]\n'
 
 
@@ -67,3 +70,29 @@ def test_explain_gives_the_api_heatmap_for_a_deployed_checkpoint(
 
     np.testing.assert_array_equal(np.load(tmp_path / "cli.npy"), served)
     assert float(np.ptp(served)) > 1e-3, "a flat map would make the comparison moot"
+
+
+def _readme_command(name: str) -> list[str]:
+    """The README's ``krypton NAME`` line for the retina dataset, as arguments."""
+    line = next(line for line in (ROOT / "README.md").read_text().splitlines()
+                if line.startswith(f"krypton {name} ") and "--dataset retina" in line)
+    return [str(ROOT / "examples") if word == "examples/" else word
+            for word in shlex.split(line)[1:]]
+
+
+def test_the_readmes_tune_then_serve_workflow_runs_approximate_jobs(
+        make_client: ClientFactory, retina_png: bytes, tmp_path: Path) -> None:
+    # The README's tune command (on a coarser grid, for time), then the service as the
+    # set-up command starts it: no registry, the built-in models.
+    configs = tmp_path / "datasets"
+    result = CliRunner().invoke(app, [*_readme_command("tune"), "--patch", "32", "--stride",
+                                      "32", "--configs", str(configs)])
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((configs / "retina.json").read_text())
+
+    client = make_client(registry=None, datasets_dir=configs)
+    dataset = client.get("/v1/datasets/retina").json()
+    assert dataset["stale"] is None and dataset["tuned"]["checkpoint"] == tuned["checkpoint"]
+    job = helpers.finished(client, retina_png, mode="approximate", dataset="retina")
+    assert job["status"] == "succeeded", job["error"]
+    assert (job["run"]["mode"], job["run"]["tau"]) == ("approximate", tuned["tau"])

@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from krypton import render
 from tests import dicom_files as files
@@ -69,6 +70,32 @@ def test_heatmap_of_a_dicom_equals_the_heatmap_of_the_same_pixels_as_png(
                                   "SC_rgb_jpeg_dcmtk.dcm"])
 def test_shipped_dicom_files_get_a_heatmap(api: TestClient, name: str) -> None:
     _finished(api, files.shipped(name))
+
+
+def _image_of(client: TestClient, job: dict[str, Any]) -> np.ndarray:
+    """The overlay at opacity 0: the source image as the service draws it."""
+    response = client.get(job["links"]["overlay_png"] + "&alpha=0")
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)).convert("L"), dtype=np.float64)
+
+
+def test_a_ct_without_a_window_is_drawn_and_explained_in_its_own_range(api: TestClient) -> None:
+    job = _finished(api, files.shipped("CT_small.dcm"))
+    assert job["window"]["source"] == "image" and job["window"]["width"] > 1
+    # The full range of 16 bits drew CT_small as uniform gray (a deviation near 1.5 of 255).
+    assert _image_of(api, job).std() > 40
+
+
+def test_a_models_own_window_is_applied_and_recorded(api: TestClient) -> None:
+    job = _finished(api, files.shipped("CT_small.dcm"), model=helpers.DEMO_MODEL)
+    center, width = helpers.DEMO_WINDOW
+    assert job["window"] == {"source": "model", "center": center, "width": width}
+    # Hounsfield units: air (-1000) is below the soft-tissue window and reads black.
+    assert _image_of(api, job).min() == 0
+
+
+def test_a_colour_image_records_no_window(dicom_job: dict[str, Any]) -> None:
+    assert dicom_job["window"] is None
 
 
 def test_multi_frame_dicom_without_a_frame_is_refused(api: TestClient) -> None:
