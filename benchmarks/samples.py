@@ -8,15 +8,22 @@ carry with markers, and gives the birth date an invalid month.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
-__all__ = ["BAD_DATE", "MARK", "PATIENT_ID", "PATIENT_NAME", "marked", "radiograph",
-           "secondary_capture"]
+__all__ = ["BAD_DATE", "MARK", "PATIENT_ID", "PATIENT_NAME", "deflate_bomb", "marked",
+           "radiograph", "secondary_capture"]
 
 PATIENT_NAME = "Doe^Jane^Q"
 PATIENT_ID = "MRN-8675309"
@@ -79,6 +86,36 @@ def radiograph(side: int, *, bits: int = 16, compression: str | None = None) -> 
     dataset = pydicom.dcmread(io.BytesIO(data))
     dataset.compress(compression)
     return _encoded(dataset)
+
+
+def deflate_bomb(inflated_mib: int) -> bytes:
+    """A small image in the Deflated Explicit VR Little Endian transfer syntax, trailed by a
+    private element of ``inflated_mib`` MiB of zeros: a file of about a thousandth of that,
+    which a reader that inflates it whole holds in full.
+
+    The zeros are compressed as they are made, so building it costs little memory.
+    """
+    dataset = pydicom.dcmread(io.BytesIO(secondary_capture(
+        np.zeros((64, 64), dtype=np.uint8), "MONOCHROME2")))
+    dataset.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    deflated = _encoded(dataset)
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    plain = _encoded(dataset)
+    body = plain[_meta_end(plain):]
+    size = inflated_mib * 2**20
+    creator = struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", 4) + b"PAD "
+    padding = struct.pack("<HH2sHI", 0x7FE1, 0x1001, b"OB", 0, size)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    stream = [compressor.compress(body + creator + padding)]
+    zeros = bytes(2**20)
+    stream += [compressor.compress(zeros) for _ in range(inflated_mib)]
+    stream.append(compressor.flush())
+    return deflated[:_meta_end(deflated)] + b"".join(stream)
+
+
+def _meta_end(data: bytes) -> int:
+    """Where a Part 10 file's meta group ends: its group length follows the preamble."""
+    return 144 + int(struct.unpack("<I", data[140:144])[0])
 
 
 def marked(data: bytes) -> bytes:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,10 +36,18 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
+from pydicom.filereader import read_dataset
 from pydicom.pixels import get_decoder
 from pydicom.pixels.processing import apply_color_lut
 from pydicom.pixels.utils import pixel_array
-from pydicom.uid import JPEG2000, UID, JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    RLELossless,
+)
 
 from krypton.models.budget import DECODING
 from krypton.models.errors import ImageDecodeError, ImageTooLargeError
@@ -50,6 +59,7 @@ __all__ = [
     "decode_cost",
     "decode_dicom",
     "dicom_header",
+    "inflated_size",
     "is_dicom",
     "read_dicom",
 ]
@@ -68,6 +78,8 @@ _PEAK_PER_FRAME_BYTE = {RLELossless: 2.1}
 RLE decoder builds the frame twice; JPEG-LS, JPEG 2000 and lossless JPEG take up to 6.2
 times, and pydicom's JPEG baseline up to 12."""
 _PEAK_NATIVE, _PEAK_COMPRESSED, _PEAK_JPEG = 2.0, 7.0, 12.0
+_INFLATE_CHUNK = 4 * 1024**2
+"""A Deflated dataset is counted inflated this many bytes at a time."""
 _BAND_BYTES = 8 * 1024**2
 """Rows are put through the display pipeline in bands of about this many float bytes."""
 
@@ -103,11 +115,73 @@ def is_dicom(data: bytes) -> bool:
 
 
 def read_dicom(data: bytes, *, pixels: bool = True) -> Dataset:
-    """The dataset, or ImageDecodeError naming what is wrong (never a tag's value)."""
+    """The dataset, or ImageDecodeError naming what is wrong (never a tag's value).
+
+    A file in the Deflated transfer syntax is counted inflated first, without
+    keeping it, and read within the decoding budget: a few megabytes of zeros
+    deflated would otherwise be gigabytes to the reader, which inflates it whole.
+
+    Raises:
+        ImageTooLargeError: a Deflated file that inflates past the decoding budget.
+        ImageDecodeError: anything else that makes it unreadable.
+    """
+    return _read(data, pixels, inflated_size(data))
+
+
+def _read(data: bytes, pixels: bool, inflated: int) -> Dataset:
+    with DECODING.reserve(inflated + len(data) if inflated else 0, "a Deflated DICOM file"):
+        try:
+            return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
+        except Exception as exc:
+            raise ImageDecodeError(
+                f"the DICOM file cannot be read: {type(exc).__name__}") from exc
+
+
+def inflated_size(data: bytes) -> int:
+    """Bytes of a Deflated file's dataset once inflated (0 for other transfer syntaxes),
+    counted a chunk at a time and given up past the decoding budget.
+
+    Raises:
+        ImageTooLargeError: it inflates past :data:`~krypton.models.budget.DECODING`'s
+            capacity.
+        ImageDecodeError: the deflated stream is corrupt.
+    """
+    meta_end = _meta_end(data)
+    if meta_end is None or _meta_transfer_syntax(data[_MAGIC_AT + 4 : meta_end]) != (
+            DeflatedExplicitVRLittleEndian):
+        return 0
+    limit = DECODING.capacity
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, size = data[meta_end:], 0
     try:
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
-    except Exception as exc:
-        raise ImageDecodeError(f"the DICOM file cannot be read: {type(exc).__name__}") from exc
+        while pending:
+            size += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            pending = inflater.unconsumed_tail
+            if size > limit:
+                raise ImageTooLargeError(
+                    f"the Deflated DICOM file inflates to more than {limit // 2**20} MiB, "
+                    "more than this service decodes at once; send its pixel data "
+                    "compressed (JPEG 2000, JPEG-LS, RLE) instead")
+        size += len(inflater.flush())
+    except zlib.error as exc:
+        raise ImageDecodeError("the DICOM file's deflated data is corrupt") from exc
+    return size
+
+
+def _meta_end(data: bytes) -> int | None:
+    """Where the file meta group ends (its group length opens it), if it says."""
+    start = _MAGIC_AT + 4
+    if len(data) < start + 12 or data[start : start + 4] != b"\x02\x00\x00\x00":
+        return None
+    return start + 12 + int.from_bytes(data[start + 8 : start + 12], "little")
+
+
+def _meta_transfer_syntax(meta: bytes) -> str | None:
+    try:
+        group = read_dataset(io.BytesIO(meta), is_implicit_VR=False, is_little_endian=True)
+        return str(group.get("TransferSyntaxUID", "")) or None
+    except Exception:
+        return None  # dcmread names what is wrong with it
 
 
 def dicom_header(data: bytes, *, max_pixels: int | None) -> DicomHeader:
@@ -171,10 +245,12 @@ def decode_dicom(data: bytes, *, frame: int | None = None, max_pixels: int | Non
         ImageDecodeError: no frame given for a multi-frame file, a frame it does
             not have, or pixels that cannot be read.
     """
-    dataset = read_dicom(data)
+    inflated = inflated_size(data)
+    dataset = _read(data, True, inflated)
     header = _header_of(dataset, max_pixels=max_pixels)
     index = _frame_index(frame, header.frames)
-    with DECODING.reserve(decode_cost(header, max_side), _what(header)):
+    # A Deflated file's dataset is held inflated while its frame decodes.
+    with DECODING.reserve(decode_cost(header, max_side) + inflated, _what(header)):
         pixels, applied = _display(dataset, header, index, max_side, window)
         if not eight_bit:
             return pixels, applied
@@ -189,8 +265,13 @@ def _display(dataset: Dataset, header: DicomHeader, index: int | None, max_side:
     longest = max(stored.shape[:2])
     factor = 1 if max_side is None or longest <= max_side else math.ceil(longest / max_side)
     if photometric in _MONOCHROME:
-        display, applied = grayscale_display(dataset, stored, photometric, window)
-        gray = _reduced(stored, factor, display)
+        try:
+            display, applied = grayscale_display(dataset, stored, photometric, window)
+            gray = _reduced(stored, factor, display)
+        except (TypeError, ValueError) as exc:  # text where the pipeline needs numbers
+            raise ImageDecodeError(
+                "the DICOM file's display attributes (Rescale Slope and Intercept, Window "
+                "Center and Width, Modality or VOI LUT) are not numbers it can apply") from exc
         return np.repeat(gray[..., None], 3, axis=2), applied
     if photometric == "PALETTE COLOR":
         return _reduced(stored, factor, lambda band: _palette(band, dataset)), None

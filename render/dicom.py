@@ -46,6 +46,8 @@ _TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyD
            "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 """Attributes highdicom copies from the source; the standard lets them be empty."""
 _AXES = (("L", "R"), ("P", "A"), ("H", "F"))
+_ENUMERATED = {"PatientSex": frozenset(sex.value for sex in hd.PatientSexValues)}
+"""Attributes highdicom writes into the results' modules only with one of these values."""
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
                          "TM", "UC", "UI", "UR", "UT"})
 
@@ -64,13 +66,20 @@ def repaired(source: Dataset) -> tuple[Dataset, list[str]]:
     for element in source:
         if element.tag == 0x7FE00010:
             continue
-        if _valid(element.VR, element.value):
+        if _valid(element.VR, element.value) and _allowed(element.keyword, element.value):
             header.add(element)
             continue
         dropped.append(element.keyword or str(element.tag))
         if element.keyword in _TYPE_2:
             setattr(header, element.keyword, "")
     return header, dropped
+
+
+def _allowed(keyword: str, value: object) -> bool:
+    """Whether an attribute the results take into their own modules holds a value those
+    modules allow (Patient's Sex: M, F or O; ``U`` is common in hospital files)."""
+    allowed = _ENUMERATED.get(keyword)
+    return allowed is None or value in ("", None) or value in allowed
 
 
 def _valid(vr: str, value: object) -> bool:

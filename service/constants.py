@@ -43,7 +43,7 @@ DEFAULT_RATE_LIMIT_PER_MINUTE = 120
 DEFAULT_MAX_QUEUE_LENGTH = 1000
 DEFAULT_MAX_JOBS_PER_KEY = 200
 """Unfinished jobs of one key (or, running open, one address): a fifth of the queue."""
-DEFAULT_MAX_BYTES_PER_KEY = 2 * 1024**3
+DEFAULT_MAX_BYTES_PER_KEY = 512 * 1024**2
 """Image bytes one key's unexpired jobs keep: 64 of the largest uploads."""
 REDIS_MEMORY_RESERVE_BYTES = 64 * 1024**2
 """What admission leaves free below Redis's ``maxmemory``, beyond the upload itself, for

@@ -10,6 +10,7 @@ request bodies: they are patient images.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -83,6 +84,10 @@ class Unauthorized(ServiceError):
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer realm="krypton"'})
 
 
+class UriTooLong(ServiceError):
+    status, slug, title = 414, "uri-too-long", "Request target too long"
+
+
 class Forbidden(ServiceError):
     status, slug, title = 403, "forbidden", "Not allowed for this key"
 
@@ -123,6 +128,13 @@ class JobLost(ServiceError):
     """A job the store lost with its data (Redis restarted empty), not one never made."""
 
     status, slug, title = 404, "job-lost", "Job lost by the job store"
+
+    @classmethod
+    def of(cls, job_id: str, since: dt.datetime) -> JobLost:
+        """The job, accepted before the store started afresh ``since``."""
+        return cls(f"job {job_id} was accepted before the job store (Redis) started afresh "
+                   f"without its data at {since:%Y-%m-%d %H:%M:%S} UTC; it is gone: submit "
+                   "it again", job_id=job_id)
 
 
 class DatasetNotFound(ServiceError):
@@ -209,7 +221,7 @@ def problem(status: int, slug: str, title: str, detail: str, *, instance: str | 
     if instance is not None:
         document["instance"] = shortened(instance, 200)
     if job_id is not None:
-        document["job_id"] = job_id
+        document["job_id"] = shortened(job_id, 64)  # ids are 32 characters; a caller's may not be
     return document
 
 

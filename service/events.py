@@ -36,7 +36,7 @@ from fastapi.sse import ServerSentEvent
 
 from krypton import render
 from krypton.service import constants
-from krypton.service.errors import problem, problem_for
+from krypton.service.errors import JobLost, problem, problem_for
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import Job, JobStatus, JobView
 
@@ -56,6 +56,8 @@ class Snapshot:
     job: Job | None = None
     partial: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
+    gone: dict[str, Any] | None = None
+    """Why the job is gone: deleted or expired, or lost with the store's data."""
 
 
 class Watch:
@@ -96,16 +98,25 @@ class Watch:
             await asyncio.sleep(EVENT_POLL_SECONDS)
             try:
                 current = await self._queue.get(job.id)
-                partial = None
+                partial = gone = None
                 if current is not None and not current.status.finished:
                     partial = await self._partial(job.id)
+                if current is None:
+                    gone = await self._why_gone(job.id)
             except Exception as exc:  # the streams end with the problem; none hangs
                 logger.warning("job %s: events stopped: %s", job.id, type(exc).__name__)
                 await self._publish(job=None, error=problem_for(exc))
                 return
-            await self._publish(job=current, partial=partial)
+            await self._publish(job=current, partial=partial, gone=gone)
             if current is None or current.status.finished:
                 return
+
+    async def _why_gone(self, job_id: str) -> dict[str, Any]:
+        since = await self._queue.lost(job_id)
+        if since is not None:
+            return problem_for(JobLost.of(job_id, since))
+        return problem(404, "job-not-found", "No such job", "the job was deleted or expired",
+                       job_id=job_id)
 
     async def _partial(self, job_id: str) -> dict[str, Any] | None:
         """The heatmap so far as an event document, decoded once for every stream."""
@@ -172,9 +183,7 @@ async def job_events(hub: EventHub, job: Job, view: Callable[[Job], JobView], *,
             current = snapshot.job
             if current is None:
                 yield ServerSentEvent(event="failed", data={
-                    "id": job.id, "status": "failed",
-                    "error": problem(404, "job-not-found", "No such job",
-                                     "the job was deleted or expired", job_id=job.id)})
+                    "id": job.id, "status": "failed", "error": snapshot.gone})
                 return
             progress = (current.status.value, current.progress)
             if progress != sent_progress:

@@ -5,10 +5,13 @@ checking the caller would let anyone without a key make the service receive
 and spool gigabytes. :class:`Intake` answers from the headers alone, before a
 byte of the body is read:
 
-- a body sent without a valid API key (when the service has keys) gets 401;
+- a body sent without a valid API key (when the service has keys) gets 401,
+  and one for an admin route (tuning) from a key without that scope, 403;
 - a body larger than its route accepts, by its ``Content-Length``, gets 413;
 - a body sent without a length (chunked) is counted as it streams and cut
-  off with 413 at the route's limit.
+  off with 413 at the route's limit;
+- a request target longer than any route's (:data:`MAX_TARGET_BYTES`) gets 414,
+  so no log line carries a caller's megabyte of path.
 
 The routes check keys again, and admission, as before; this only makes sure
 the refusals that need no body come before it.
@@ -22,20 +25,26 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from krypton.service.auth import KeyStore
+from krypton.service.auth import ApiKey, KeyStore
 from krypton.service.errors import (
     PROBLEM_MEDIA_TYPE,
+    Forbidden,
     PayloadTooLarge,
+    ServiceError,
     Unauthorized,
+    UriTooLong,
     problem,
 )
 
-__all__ = ["FORM_OVERHEAD_BYTES", "SMALL_BODY_BYTES", "Intake", "body_limit"]
+__all__ = ["FORM_OVERHEAD_BYTES", "MAX_TARGET_BYTES", "SMALL_BODY_BYTES", "Intake",
+           "body_limit", "needs_admin"]
 
 FORM_OVERHEAD_BYTES = 1024 * 1024
 """What a multipart form adds to its files: boundaries, part headers, the other fields."""
 SMALL_BODY_BYTES = 64 * 1024
 """The most any route without an upload accepts."""
+MAX_TARGET_BYTES = 2048
+"""The longest path and query string accepted: every route's fits in a few hundred."""
 _TUNING = re.compile(r"/v1/datasets/[^/]+/tuning")
 
 
@@ -60,18 +69,29 @@ class Intake:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
+        # The first of repeated headers, as the routes read them.
+        headers = dict(reversed(scope["headers"]))
         length = headers.get(b"content-length", b"")
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
         has_body = chunked or (length.isdigit() and int(length) > 0)
         limit = body_limit(scope["method"], scope["path"], max_upload_bytes=self.max_upload_bytes,
                            max_images=self.max_images)
         keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
-        refusal = None
-        if has_body and keys is not None and not _has_valid_key(keys, headers):
+        refusal: ServiceError | None = None
+        key = _key(keys, headers) if has_body and keys is not None else None
+        target = len(scope.get("raw_path") or scope["path"].encode()) + len(
+            scope.get("query_string", b""))
+        if target > MAX_TARGET_BYTES:
+            refusal = UriTooLong(f"the request target is {target} bytes, more than the "
+                                 f"{MAX_TARGET_BYTES} any route takes")
+        elif has_body and keys is not None and key is None:
             refusal = Unauthorized("send a valid API key as 'Authorization: Bearer KEY' before "
                                    "the body; an operator creates one with `krypton keys add "
                                    "NAME`")
+        elif key is not None and key.scope != "admin" and needs_admin(scope["method"],
+                                                                       scope["path"]):
+            refusal = Forbidden(f"key {key.name!r} has scope {key.scope!r}; this route needs an "
+                                "admin key")
         elif length.isdigit() and int(length) > limit:
             refusal = PayloadTooLarge(f"the request body is {int(length)} bytes, more than "
                                       f"this route takes: {_described(limit, self)}")
@@ -91,12 +111,17 @@ def _described(limit: int, intake: Intake) -> str:
             f"{each}") + " and 1 MiB for the rest of the form"
 
 
-def _has_valid_key(keys: KeyStore, headers: dict[bytes, bytes]) -> bool:
+def needs_admin(method: str, path: str) -> bool:
+    """Whether the route at ``method path`` takes a body from admin keys only (tuning)."""
+    return method == "POST" and _TUNING.fullmatch(path) is not None
+
+
+def _key(keys: KeyStore, headers: dict[bytes, bytes]) -> ApiKey | None:
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and keys.find(token.strip()) is not None
+    return keys.find(token.strip()) if scheme.lower() == "bearer" else None
 
 
-async def _refuse(error: Unauthorized | PayloadTooLarge, scope: Scope, receive: Receive,
+async def _refuse(error: ServiceError, scope: Scope, receive: Receive,
                   send: Send) -> None:
     document = problem(error.status, error.slug, error.title, error.detail,
                        instance=scope["path"])

@@ -234,7 +234,8 @@ def _refusal(reason: str, admission: Admission, *, retry_after: int, amount: int
             f"(DELETE /v1/heatmaps/ID) or wait {retry_after} s for the oldest to expire",
             retry_after=max(1, retry_after))
     return StoreFull(f"the job store has {max(amount, 0)} bytes left before its memory limit, "
-                     f"too few for this upload of {size} bytes; try again later")
+                     f"too few for this upload of {size} bytes; room comes back as jobs are "
+                     "deleted or expire")
 
 
 # ---------------------------------------------------------------- in memory
@@ -295,6 +296,8 @@ class InMemoryQueue(JobQueue):
         super().__init__(**kwargs)
         self._memory = _Memory()
         self._waiting: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+        self._queued: set[str] = set()
+        """Ids of the jobs in ``_waiting`` not deleted since (the backlog counts these)."""
         self._sequence = 0
         self._configs = configs
         self._clock = clock
@@ -342,7 +345,7 @@ class InMemoryQueue(JobQueue):
         return account
 
     def _backlog(self) -> int:
-        return self._waiting.qsize() + len(self._memory.pending)
+        return len(self._queued) + len(self._memory.pending)
 
     async def submit(self, job: Job, images: Sequence[bytes],
                      admission: Admission | None = None) -> Job:
@@ -361,6 +364,7 @@ class InMemoryQueue(JobQueue):
         account.active.add(job.id)
         self._sequence += 1
         self._waiting.put_nowait((f"{self._sequence}-0", job.id))
+        self._queued.add(job.id)
         return job
 
     async def get(self, job_id: str) -> Job | None:
@@ -430,6 +434,9 @@ class InMemoryQueue(JobQueue):
             account = self._account(job)
             account.retained.pop(job_id, None)
             account.active.discard(job_id)
+        self._queued.discard(job_id)
+        for message_id in [m for m, p in self._memory.pending.items() if p.job_id == job_id]:
+            del self._memory.pending[message_id]
         return job is not None
 
     async def claim(self, consumer: str, block_ms: int) -> Claim | None:
@@ -439,10 +446,16 @@ class InMemoryQueue(JobQueue):
             if (now - pending.touched) * 1000 >= self.claim_idle_ms:
                 pending.consumer, pending.touched = consumer, now
                 return Claim(pending.job_id, message_id)
-        try:
-            message_id, job_id = await asyncio.wait_for(self._waiting.get(), block_ms / 1000)
-        except TimeoutError:
-            return None
+        deadline = time.monotonic() + block_ms / 1000
+        while True:  # past the messages of jobs deleted while they waited
+            try:
+                message_id, job_id = await asyncio.wait_for(
+                    self._waiting.get(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return None
+            if job_id in self._queued:
+                break
+        self._queued.discard(job_id)
         self._memory.pending[message_id] = _Pending(job_id, consumer, self._clock())
         return Claim(job_id, message_id)
 
@@ -642,9 +655,9 @@ class RedisStreamQueue(JobQueue):
                 constants.PARTIAL_KEY.format(job_id),
                 constants.ACCOUNT_JOBS_KEY.format(account),
                 constants.ACCOUNT_BYTES_KEY.format(account),
-                constants.ACCOUNT_ACTIVE_KEY.format(account),
+                constants.ACCOUNT_ACTIVE_KEY.format(account), constants.STREAM,
                 *(_image_key(job_id, i) for i in range(max(images, 1)))]
-        await self.client.eval(_DELETE, len(keys), *keys, job_id)
+        await self.client.eval(_DELETE, len(keys), *keys, job_id, constants.GROUP)
         return job is not None
 
     async def claim(self, consumer: str, block_ms: int) -> Claim | None:
@@ -837,10 +850,19 @@ return 1
 """
 
 _DELETE = """
--- KEYS: job, result, partial, account jobs, account bytes, account active, images...
+-- KEYS: job, result, partial, account jobs, account bytes, account active, stream, images...
+-- ARGV: job id, group
 local removed = 0
 for i = 1, 3 do removed = removed + redis.call('DEL', KEYS[i]) end
-for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
+for i = 8, #KEYS do redis.call('DEL', KEYS[i]) end
+-- Its message leaves the stream (the backlog) now, not when a worker meets it: the
+-- stream holds only unfinished jobs, at most the backlog limit of them.
+for _, entry in ipairs(redis.call('XRANGE', KEYS[7], '-', '+')) do
+  if entry[2][2] == ARGV[1] then
+    redis.pcall('XACK', KEYS[7], ARGV[2], entry[1])
+    redis.call('XDEL', KEYS[7], entry[1])
+  end
+end
 if redis.call('ZREM', KEYS[4], ARGV[1]) == 1 then
   redis.call('HINCRBY', KEYS[5], '_total', -tonumber(redis.call('HGET', KEYS[5], ARGV[1]) or '0'))
   redis.call('HDEL', KEYS[5], ARGV[1])

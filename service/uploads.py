@@ -72,8 +72,9 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
         raise UnsupportedMediaType("the image must be a PNG, JPEG, TIFF or DICOM file (judged "
                                    "by its content, not its name)")
     try:
-        size = image_size(data, max_pixels=max_pixels)
-        # Off the event loop: a large photo takes a second to decode.
+        # Off the event loop: a large photo takes a second to decode, and reading even
+        # the header of a Deflated DICOM file means inflating it.
+        size = await asyncio.to_thread(image_size, data, max_pixels=max_pixels)
         if max(size) <= constants.MAX_OVERLAY_SIDE:
             await asyncio.to_thread(decode_image, data, max_pixels=max_pixels,
                                     max_side=CHECK_SIDE, frame=frame)

@@ -73,7 +73,7 @@ router = APIRouter(prefix="/v1", tags=["heatmaps"])
 DICOM_MEDIA_TYPE = "application/dicom"
 DROPPED_HEADER = "Krypton-Dropped-Attributes"
 """Names the source header attributes a DICOM result left out for their invalid values."""
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})(?!\d)", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\s*(?:$|[,;])", re.IGNORECASE)
 _POLL_SECONDS = 0.02
 
 ImagePart = Annotated[UploadFile, File(description=(
@@ -193,9 +193,7 @@ async def visible_job(queue: JobQueue, job_id: str, caller: Caller) -> Job | Non
     if job is None:
         since = await queue.lost(job_id)
         if since is not None:
-            raise JobLost(f"job {job_id} was accepted before the job store (Redis) started "
-                          f"afresh without its data at {since:%Y-%m-%d %H:%M:%S} UTC; it "
-                          "is gone: submit it again", job_id=job_id)
+            raise JobLost.of(job_id, since)
         return None
     return job if caller.may_see(job.owner) else None
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import io
+import resource
 
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
+
+from krypton.benchmarks import samples
 from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
 from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom
 from krypton.models.images import decode, image_size
@@ -130,6 +137,40 @@ def test_a_replayed_image_window_maps_a_smaller_decode_the_same_way() -> None:
 
 def test_colour_dicom_has_no_window() -> None:
     assert decode(files.shipped("SC_rgb_rle.dcm")).window is None
+
+
+def test_a_deflated_file_inflating_past_the_decoding_budget_is_refused_uninflated() -> None:
+    bomb = samples.deflate_bomb(1024)  # 1 GiB of zeros in 1 MB
+    assert len(bomb) < 2**20 + 2**16
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageTooLargeError, match="inflates to more than"):
+        decode_image(bomb)
+    with pytest.raises(ImageTooLargeError, match="inflates to more than"):
+        image_size(bomb)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024
+
+
+def test_a_deflated_file_within_the_budget_decodes() -> None:
+    assert decode_image(files.shipped("image_dfl.dcm")).std() > 0.1
+    assert decode_image(samples.deflate_bomb(16)).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("attributes", [
+    pytest.param({"RescaleSlope": b"ZQXrs ", "RescaleIntercept": b"ZQXri "}, id="rescale"),
+    pytest.param({"WindowCenter": b"ZQXwc ", "WindowWidth": b"ZQXww "}, id="window"),
+])
+def test_display_attributes_that_are_not_numbers_are_refused_as_unreadable(
+        attributes: dict[str, bytes]) -> None:
+    dataset = pydicom.dcmread(io.BytesIO(files.build(
+        np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (8, 1)), "MONOCHROME2")))
+    for keyword, value in attributes.items():
+        tag = Tag(pydicom.datadict.tag_for_keyword(keyword))
+        dataset[tag] = RawDataElement(tag, "DS", len(value), value, 0, False, True)
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    with pytest.raises(ImageDecodeError, match="not numbers"):
+        decode_image(buffer.getvalue())
 
 
 def test_multi_frame_file_needs_a_frame() -> None:

@@ -279,6 +279,9 @@ def test_submit_with_prefer_wait_longer_than_the_cap_waits_only_the_cap(
     pytest.param("wait=60", 60, id="at-cap"),
     pytest.param("wait=3600", 60, id="capped-at-60"),
     pytest.param("handling=lenient", 0, id="other-preference"),
+    pytest.param("wait=1e9", 0, id="not-a-whole-number"),
+    pytest.param("wait=2.5", 0, id="fraction"),
+    pytest.param("wait=5; foo=bar", 5, id="with-parameter"),
 ])
 def test_prefer_wait_reads_seconds_capped_at_60(header: str | None, seconds: int) -> None:
     assert constants.MAX_WAIT_SECONDS == 60

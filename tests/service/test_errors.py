@@ -356,3 +356,17 @@ def test_a_100_kb_parameter_is_not_echoed_back_whole(api: TestClient,
     response = helpers.submit(api, retina_png, model="m" * 100_000, **FAST)
     document = helpers.assert_problem(response, 422)
     assert len(response.content) < 4000 and "more characters" in document["detail"]
+
+
+@pytest.mark.parametrize("path", ["/v1/heatmaps/" + "a" * 10_000,
+                                  "/v1/heatmaps/x/heatmap.png?size=" + "9" * 5000])
+def test_a_request_target_longer_than_any_routes_is_refused_short(api: TestClient,
+                                                                   path: str) -> None:
+    response = api.get(path)
+    problem = helpers.assert_problem(response, 414)
+    assert len(response.content) < 2000, problem
+
+
+def test_a_job_id_is_quoted_short_in_a_problem(api: TestClient) -> None:
+    problem = helpers.assert_problem(api.get("/v1/heatmaps/" + "b" * 1000), 404)
+    assert len(problem["job_id"]) < 100

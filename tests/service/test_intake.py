@@ -70,13 +70,13 @@ def _answer(server: tuple[str, int, str], head: str, body_sent: int, *,
     return int(answer.split()[1]), sent
 
 
-def _head(path: str, *, length: int | None, token: str | None = None) -> str:
+def _head(path: str, *, length: int | None, token: str | None = None,
+          first_token: str | None = None) -> str:
     lines = [f"POST {path} HTTP/1.1", "Host: krypton",
              f"Content-Type: multipart/form-data; boundary={BOUNDARY}"]
     lines.append(f"Content-Length: {length}" if length is not None
                  else "Transfer-Encoding: chunked")
-    if token:
-        lines.append(f"Authorization: Bearer {token}")
+    lines += [f"Authorization: Bearer {t}" for t in (first_token, token) if t]
     return "\r\n".join(lines) + "\r\n\r\n"
 
 
@@ -111,3 +111,23 @@ def test_a_chunked_body_is_cut_off_at_its_routes_limit(
                            HUGE, chunked=True, deadline=60)
     assert status == 413
     assert sent < 48 * 2**20, f"{sent} bytes of the body went before the answer"
+
+
+def test_a_tuning_upload_from_a_key_without_the_admin_scope_is_refused_before_it_is_read(
+        keyed_server: tuple[str, int, str]) -> None:
+    token, body = keyed_server[2], 500 * 2**20  # the tuning route takes sixteen images
+    status, sent = _answer(keyed_server, _head("/v1/datasets/retina/tuning", length=body,
+                                               token=token), body)
+    assert status == 403
+    assert sent < 8 * 2**20, f"{sent} bytes of the body went before the answer"
+
+
+def test_the_door_reads_the_key_the_routes_read_when_two_are_sent(
+        keyed_server: tuple[str, int, str]) -> None:
+    # The routes read the first Authorization header: a valid key after an invalid one
+    # must not open the door.
+    head = _head("/v1/heatmaps", length=30 * 2**20, token=keyed_server[2],
+                 first_token="kr_not-a-key")
+    status, sent = _answer(keyed_server, head, 30 * 2**20)
+    assert status == 401
+    assert sent < 8 * 2**20, f"{sent} bytes of the body went before the answer"

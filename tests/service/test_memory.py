@@ -96,6 +96,15 @@ def test_api_memory_for_the_largest_uncompressed_dicom_stays_under_the_bound(
     assert _within_bound(peaks), peaks
 
 
+def test_api_memory_for_deflate_bombs_at_once_stays_under_the_bound_and_they_are_refused(
+        images: dict[str, Path], registry: Path, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.dcm"
+    bomb.write_bytes(samples.deflate_bomb(2000))  # 2000 MiB inflated, 2 MB sent
+    peaks = _api_peaks(images, registry, tmp_path, uploads=[str(bomb)] * 2, concurrent=True,
+                       status=413)
+    assert _within_bound(peaks), peaks
+
+
 def test_worker_memory_for_a_compressed_49_megapixel_dicom_stays_under_the_bound(
         images: dict[str, Path], registry: Path) -> None:
     peaks = _probe("worker", registry, images["small"], images["rle"])

@@ -121,3 +121,16 @@ def test_an_invalid_value_outside_the_patient_module_is_dropped_from_results(
     document: Dataset = pydicom.dcmread(io.BytesIO(response.content))
     assert "ContentDate" not in document or document.ContentDate != BAD_DATE
     assert np.ptp(document.pixel_array) > 0
+
+
+@pytest.mark.parametrize("link", ["dcm", "overlay_dcm"])
+@pytest.mark.parametrize("sex", ["U", "X"])
+def test_a_patient_sex_outside_m_f_o_is_left_out_of_results(api: TestClient, link: str,
+                                                            sex: str) -> None:
+    # "U" is valid CS and common in hospital files, but the result IODs allow M, F and O.
+    job = helpers.finished(api, _with(files.build(files.example_pixels(), "RGB"),
+                                      PatientSex=sex), **FAST)
+    response = api.get(job["links"][link])
+    assert response.status_code == 200, response.text
+    assert response.headers["Krypton-Dropped-Attributes"] == "PatientSex"
+    assert pydicom.dcmread(io.BytesIO(response.content)).PatientSex == ""

@@ -13,7 +13,13 @@ import pytest
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.service.errors import RateLimited, ServiceError
 from krypton.service.plans import HeatmapPlan
-from krypton.service.queue import Admission, InMemoryQueue, JobQueue, RedisStreamQueue
+from krypton.service.queue import (
+    Admission,
+    Claim,
+    InMemoryQueue,
+    JobQueue,
+    RedisStreamQueue,
+)
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
 from tests.service.helpers import FakeClock
 
@@ -210,10 +216,25 @@ def test_queue_save_after_delete_does_not_bring_the_job_back(run: Runner) -> Non
 def test_queue_finish_after_delete_stores_nothing(run: Runner) -> None:
     async def scenario(queue: JobQueue) -> tuple[bool, bytes | None]:
         job = await queue.submit(_job(), [b"image"])
+        claim = await queue.claim("w", 100)
+        assert claim is not None
         await queue.delete(job.id)
-        return await _finish(queue, job), await queue.result(job.id)
+        done = job.model_copy(update={"status": JobStatus.succeeded})
+        return await queue.finish(claim, done, b"npy", owner=""), await queue.result(job.id)
 
     assert run(scenario) == (False, None)
+
+
+def test_a_job_deleted_while_queued_is_never_claimed(run: Runner) -> None:
+    async def scenario(queue: JobQueue) -> list[Claim | None]:
+        job = await queue.submit(_job(), [b"image"])
+        await queue.delete(job.id)
+        claims = [await queue.claim("w", 10)]
+        kept = await queue.submit(_job(), [b"image"])
+        claims.append(await queue.claim("w", 10))
+        return [None if c is None else c.job_id == kept.id for c in claims]
+
+    assert run(scenario) == [None, True]
 
 
 def test_queue_finish_by_a_worker_that_lost_the_job_stores_nothing(run: Runner) -> None:
@@ -487,6 +508,21 @@ def test_queue_admits_no_more_than_its_backlog_under_concurrent_submissions(run:
 
     outcomes = run(scenario)
     assert (outcomes.count("ok"), outcomes.count("queue-full")) == (20, 40)
+
+
+@pytest.mark.parametrize("claimed", [False, True], ids=["queued", "running"])
+def test_a_deleted_job_frees_its_place_in_the_backlog_at_once(run: Runner,
+                                                               claimed: bool) -> None:
+    async def scenario(queue: JobQueue) -> list[str]:
+        admission = Admission(account="a", max_backlog=2)
+        jobs = [await queue.submit(_job(), [b"image"], admission) for _ in range(2)]
+        if claimed:
+            assert await queue.claim("w", 10) is not None
+        for job in jobs:
+            assert await queue.delete(job.id)
+        return await _outcomes(queue, admission, 3)
+
+    assert sorted(run(scenario)) == ["ok", "ok", "queue-full"]
 
 
 def test_queue_rate_counts_the_last_minute_not_the_calendar_minute(run: Runner) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 import time
 from pathlib import Path
@@ -206,6 +207,24 @@ def test_a_job_redis_lost_is_answered_as_lost_not_as_never_existing(
     assert "submit it again" in document["detail"]
     never = helpers.assert_problem(client.get(f"/v1/heatmaps/{new_job_id()}"), 404)
     assert never["type"] == "urn:krypton:problem:job-not-found"
+
+
+def test_a_stream_of_a_job_redis_lost_ends_naming_it_lost(
+        redis_url: str, redis_client: redis.Redis, make_client: ClientFactory,
+        retina_png: bytes) -> None:
+    client = make_client(redis_url=redis_url, embedded_workers=0)
+    submitted = helpers.submit(client, retina_png, **FAST)
+    assert submitted.status_code == 202, submitted.text
+    with client.stream("GET", submitted.json()["links"]["events"]) as stream:
+        lines = stream.iter_lines()
+        assert next(lines) == "event: progress"
+        time.sleep(0.01)
+        redis_client.flushall()
+        assert helpers.submit(client, retina_png, **FAST).status_code == 202  # in use again
+        rest = [line for line in lines if line.startswith(("event:", "data:"))]
+    assert rest[-2] == "event: failed"
+    assert json.loads(rest[-1].removeprefix("data:"))["error"]["type"] == (
+        "urn:krypton:problem:job-lost")
 
 
 # ---------------------------------------------------------------- Redis killed
