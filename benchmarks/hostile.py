@@ -147,13 +147,25 @@ def memory(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any]:
         _reset_peak(running.api.pid)
         raw_answer = _submit(http, raw, form).status_code
         raw_peak = _status(running.api.pid, "VmHWM") - api_idle
-    peaks = [three_at_once, worker_peak, raw_peak, *results.values()]
+        bomb = samples.deflate_bomb(2000)
+        _reset_peak(running.api.pid)
+        bomb_answers: list[int] = []
+        bombs = [threading.Thread(target=lambda: bomb_answers.append(
+            _submit(http, bomb, form).status_code)) for _ in range(2)]
+        for thread in bombs:
+            thread.start()
+        for thread in bombs:
+            thread.join()
+        bomb_peak = _status(running.api.pid, "VmHWM") - api_idle
+    peaks = [three_at_once, worker_peak, raw_peak, bomb_peak, *results.values()]
     return _report("memory", upload_bytes=len(big), answers=answers, raw_answer=raw_answer,
                    jobs=[d.get("status") for d in documents],
                    api_mib_three_uploads_at_once=round(three_at_once / MiB),
                    worker_mib=round(worker_peak / MiB),
                    api_mib_results={k: round(v / MiB) for k, v in results.items()},
                    result_bytes=sizes, api_mib_raw_5600=round(raw_peak / MiB),
+                   deflate_bomb_bytes=len(bomb), deflate_bomb_answers=bomb_answers,
+                   api_mib_two_deflate_bombs=round(bomb_peak / MiB),
                    ok=all(p < MEMORY_BOUND for p in peaks))
 
 
@@ -446,6 +458,14 @@ def _every_dicom_path(running: Cluster, form: dict[str, str]) -> dict[str, int]:
             for link, url in job["links"].items():
                 call(link, "GET", url)
             call("overlay.png", "GET", job["links"]["png"], params={"overlay": "1"})
+        unknown_sex = pydicom.dcmread(io.BytesIO(single))
+        unknown_sex.PatientSex = "U"
+        sex_buffer = io.BytesIO()
+        unknown_sex.save_as(sex_buffer)
+        sexed = post("sex U", "/v1/heatmaps", sex_buffer.getvalue(), **form)
+        if "links" in sexed:
+            sexed = _finished(http, sexed["id"], 120)
+            call("sex U dcm", "GET", sexed["links"].get("dcm", "/"))
         post("predict", "/v1/predict", single)
         post("frame", "/v1/heatmaps", multi, frame="2", **form)
         post("no frame", "/v1/heatmaps", multi, **form)
