@@ -137,7 +137,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     install_handlers(app)
     for module in (heatmaps, catalog, health):
         app.include_router(module.router)
-    install_openapi(app)
+    install_openapi(app, keyed=app.state.keys is not None)
     install_pages(app)
     return app
 

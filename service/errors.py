@@ -186,6 +186,7 @@ _MEANINGS = {
     404: "No such job, dataset or route, or not one this key may see",
     409: "The result does not exist yet, or not for this input",
     413: "The upload is larger than the limits (bytes or pixels)",
+    414: "The path and query are longer than any route's (2048 bytes)",
     415: "The upload is not an image type the service reads",
     422: "A parameter or the image is not valid; the detail says which and why",
     429: "Too many requests, jobs or stored bytes from this key; see Retry-After",

@@ -107,11 +107,12 @@ def openapi(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the document.")
                       ] = Path("openapi/openapi.json"),
 ) -> None:
-    """Export the API's OpenAPI document (what the running service serves at /openapi.json)."""
+    """Export the API's OpenAPI document, as a service with keys serves it at /openapi.json."""
     from krypton.service.app import create_app
     from krypton.service.config import Settings
+    from krypton.service.openapi import openapi_document
 
-    document = create_app(Settings()).openapi()
+    document = openapi_document(create_app(Settings()), keyed=True)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     typer.echo(f"wrote {output}")

@@ -145,9 +145,9 @@ async def submit_heatmap(
     caller: CallerDep,
     admission: AdmissionDep,
     response: Response,
-    model: Annotated[str | None, Form(description="Deployed model; default the dataset's "
-                                      "or the first deployed.")] = None,
-    dataset: Annotated[str | None, Form()] = None,
+    model: Annotated[str | None, Form(min_length=1, description=(
+        "Deployed model; default the dataset's or the first deployed."))] = None,
+    dataset: Annotated[str | None, Form(min_length=1)] = None,
     patch_size: Annotated[int | None, Form(description="Patch side, model-input pixels.")
                           ] = None,
     stride: Annotated[int | None, Form(description="Step, model-input pixels.")] = None,
@@ -413,7 +413,7 @@ async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
              responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
 async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
                   deployment: DeploymentDep, caller: CallerDep, admission: AdmissionDep,
-                  model: Annotated[str | None, Form()] = None,
+                  model: Annotated[str | None, Form(min_length=1)] = None,
                   frame: FramePart = None) -> PredictResponse:
     """Classify one image now (a worker runs the model; the API waits for it)."""
     deployed: DeployedModel = deployment.model(model) if model else deployment.default_model()
