@@ -24,6 +24,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
+from highdicom.utils import is_multiframe_image
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -34,7 +35,7 @@ from pydicom.valuerep import validate_value
 from krypton import __version__
 
 __all__ = ["MAX_MAP_SIDE", "PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "map_grid",
-           "parametric_map", "repaired", "secondary_capture"]
+           "parametric_map", "repaired", "secondary_capture", "unmade_because"]
 
 MAX_MAP_SIDE = 1024
 """Longest side of a Parametric Map: a heatmap has a few hundred cells at most, so a
@@ -46,6 +47,10 @@ _TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyD
            "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 """Attributes highdicom copies from the source; the standard lets them be empty."""
 _AXES = (("L", "R"), ("P", "A"), ("H", "F"))
+_LETTERS = frozenset("LRPAHF")
+_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+"""What a source must name for a result to stand in its study and reference it."""
+_FUNCTIONAL_GROUPS = {"SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"}
 _ENUMERATED = {"PatientSex": frozenset(sex.value for sex in hd.PatientSexValues)}
 """Attributes highdicom writes into the results' modules only with one of these values."""
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
@@ -72,6 +77,12 @@ def repaired(source: Dataset) -> tuple[Dataset, list[str]]:
         dropped.append(element.keyword or str(element.tag))
         if element.keyword in _TYPE_2:
             setattr(header, element.keyword, "")
+    if header.get("PatientIdentityRemoved") == "YES" and not (
+            header.get("DeidentificationMethod")
+            or header.get("DeidentificationMethodCodeSequence")):
+        # Saying so needs the method too (type 1C): without it the results fail their IOD.
+        del header.PatientIdentityRemoved
+        dropped.append("PatientIdentityRemoved")
     return header, dropped
 
 
@@ -96,6 +107,33 @@ def _valid(vr: str, value: object) -> bool:
         except (ValueError, TypeError):
             return False
     return True
+
+
+def unmade_because(source: Dataset) -> str | None:
+    """Why no DICOM result is made over this source header; ``None`` when one is."""
+    if int(source.get("NumberOfFrames") or 1) > 1:
+        return ("it explains one frame of a multi-frame image, and DICOM results are made "
+                "for single-frame images")
+    missing = [name for name in _IDENTITY if not source.get(name)]
+    if missing:
+        return (f"its source header lacks {', '.join(missing)}, which a DICOM result needs "
+                "to stand in the source's study and reference it")
+    if _multi_frame_iod(source) and not _FUNCTIONAL_GROUPS & set(source.dir()):
+        return ("its source is of a multi-frame IOD without functional groups (such as RT "
+                "Dose), which a Parametric Map cannot take its planes from")
+    described = len(source.get("PerFrameFunctionalGroupsSequence") or [None])
+    if described != 1:
+        return (f"its source's functional groups describe {described} frames where it holds "
+                "one")
+    return None
+
+
+def _multi_frame_iod(source: Dataset) -> bool:
+    """Whether the source's IOD has frames (highdicom's reading, by its SOP class)."""
+    try:
+        return bool(is_multiframe_image(source))
+    except (AttributeError, KeyError, ValueError):  # no SOP class, or one it does not know
+        return False
 
 
 def map_grid(rows: int, columns: int) -> tuple[int, int]:
@@ -123,8 +161,11 @@ def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: 
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=label[:16], lut_explanation=explanation[:64], unit=codes.UCUM.NoUnits,
         value_range=(low, high), intercept=0, slope=1)
+    frames = np.asarray(values, dtype=np.float32)
+    if _multi_frame_iod(reference):  # an enhanced image: frames, here one
+        frames = frames[None]
     document = hd.pm.ParametricMap(
-        [reference], np.asarray(values, dtype=np.float32), generate_uid(),
+        [reference], frames, generate_uid(),
         PARAMETRIC_MAP_SERIES, generate_uid(), 1, _MANUFACTURER, "krypton occlusion",
         __version__, "none", contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping], content_label="OCCLUSION",
@@ -209,10 +250,11 @@ def _completed(source: Dataset) -> Dataset:
 
 
 def _patient_orientation(source: Dataset) -> tuple[str, str] | None:
-    """The source's row and column directions as patient letters, if it says them."""
+    """The source's row and column directions as patient letters, if it says them (an
+    oblique direction, ``PF``, by its first letter: DICOM writes the main axis first)."""
     stated = source.get("PatientOrientation")
-    if stated and len(stated) == 2 and all(stated):
-        return str(stated[0]), str(stated[1])
+    if stated and len(stated) == 2 and all(str(value)[:1] in _LETTERS for value in stated):
+        return str(stated[0])[0], str(stated[1])[0]
     cosines = source.get("ImageOrientationPatient")
     if not cosines or len(cosines) != 6:
         return None

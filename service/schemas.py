@@ -145,7 +145,12 @@ class Job(BaseModel):
     image_size: tuple[int, int] | None = Field(
         default=None, description="Uploaded image height and width, in pixels.")
     dicom: bool = Field(default=False, description="The upload was a DICOM file: the "
-                        "heatmap is also offered as DICOM in its study.")
+                        "heatmap is also offered as DICOM in its study, unless "
+                        "dicom_unmade says why not.")
+    dicom_unmade: str | None = Field(
+        default=None, description="For DICOM input: why its results are not made as DICOM "
+        "(a frame of a multi-frame image, a source header without the identity a result "
+        "references).")
     timings: Timings = Field(default_factory=lambda: Timings(created_at=utcnow()))
     prediction: Prediction | None = None
     probabilities: list[float] | None = None
@@ -190,6 +195,7 @@ class JobView(BaseModel):
     compute_seconds: float | None
     expires_at: dt.datetime | None
     dicom: bool
+    dicom_unmade: str | None
     random_weights: bool
     images: int
     attempts: int
@@ -205,7 +211,8 @@ class JobView(BaseModel):
                    error=job.error, created_at=t.created_at, started_at=t.started_at,
                    finished_at=t.finished_at, queue_wait_seconds=t.queue_wait_seconds,
                    compute_seconds=t.compute_seconds, expires_at=job.expires_at,
-                   dicom=job.dicom, random_weights=job.random_weights, images=job.images,
+                   dicom=job.dicom, dicom_unmade=job.dicom_unmade,
+                   random_weights=job.random_weights, images=job.images,
                    attempts=job.attempts, worker=job.worker, links=links)
 
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from fastapi import UploadFile
 
 from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
-from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom
+from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom, read_dicom
 from krypton.models.images import image_size, reduced_png
 from krypton.models.windows import WindowChoice
+from krypton.render import dicom as dicom_render
 from krypton.service import constants
 from krypton.service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
@@ -41,6 +42,8 @@ class Upload:
     """``(height, width)`` of the upright image."""
     dicom: bool = False
     reduced: bytes | None = None
+    dicom_unmade: str | None = None
+    """For DICOM input whose results cannot be made as DICOM: why."""
     """PNG at most ``MAX_OVERLAY_SIDE`` on its longer side, when the image is larger."""
 
     @property
@@ -75,10 +78,11 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
         # Off the event loop: a large photo takes a second to decode, and reading even
         # the header of a Deflated DICOM file means inflating it.
         size = await asyncio.to_thread(image_size, data, max_pixels=max_pixels)
+        unmade = await asyncio.to_thread(_dicom_unmade, data) if dicom else None
         if max(size) <= constants.MAX_OVERLAY_SIDE:
             await asyncio.to_thread(decode_image, data, max_pixels=max_pixels,
                                     max_side=CHECK_SIDE, frame=frame)
-            return Upload(data, size, dicom=dicom)
+            return Upload(data, size, dicom=dicom, dicom_unmade=unmade)
         reduced = await asyncio.to_thread(reduced_png, data, max_pixels=max_pixels,
                                           max_side=constants.MAX_OVERLAY_SIDE, frame=frame,
                                           window=window)
@@ -88,4 +92,8 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
         raise PayloadTooLarge(str(exc)) from exc
     except ImageDecodeError as exc:
         raise InvalidInput(str(exc)) from exc
-    return Upload(data, size, dicom=dicom, reduced=reduced)
+    return Upload(data, size, dicom=dicom, reduced=reduced, dicom_unmade=unmade)
+
+
+def _dicom_unmade(data: bytes) -> str | None:
+    return dicom_render.unmade_because(read_dicom(data, pixels=False))

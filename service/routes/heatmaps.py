@@ -97,7 +97,7 @@ def job_links(job: Job) -> dict[str, str]:
     if job.status is JobStatus.succeeded and job.kind is JobKind.heatmap:
         links |= {fmt: f"{base}/heatmap.{fmt}" for fmt in ("png", "json", "npy")}
         links["overlay_png"] = f"{base}/heatmap.png?overlay=1"
-        if job.dicom:
+        if job.dicom and job.dicom_unmade is None:
             links |= {"dcm": f"{base}/heatmap.dcm", "overlay_dcm": f"{base}/overlay.dcm"}
     return links
 
@@ -178,7 +178,8 @@ async def submit_heatmap(
                               window=deployment.model(plan.model).preprocessing.window)
     job = await queue.submit(Job(
         id=new_job_id(), params=plan, image_size=upload.size, owner=caller.key_id,
-        dicom=upload.dicom, random_weights=deployment.model(plan.model).random_weights),
+        dicom=upload.dicom, dicom_unmade=upload.dicom_unmade,
+        random_weights=deployment.model(plan.model).random_weights),
         upload.stored, admission)
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
     job = await wait_for(queue, job, wait_seconds)
@@ -334,9 +335,9 @@ async def _dicom_job(queue: JobQueue, job_id: str, caller: Caller, view: render.
         raise NotForThisInput(f"job {job_id} was made from a PNG, JPEG or TIFF image; DICOM "
                               "results exist for DICOM input only", job_id=job_id)
     source = read_dicom((await _images(queue, job))[0], pixels=False)
-    if int(source.get("NumberOfFrames") or 1) > 1:
-        raise NotForThisInput(f"job {job_id} explains one frame of a multi-frame image; "
-                              "DICOM results are made for single-frame images", job_id=job_id)
+    unmade = dicom_render.unmade_because(source)
+    if unmade is not None:
+        raise NotForThisInput(f"job {job_id} has no DICOM results: {unmade}", job_id=job_id)
     header, dropped = dicom_render.repaired(source)
     if dropped:
         logger.info("job %s: %d invalid attribute(s) of the source header left out of its "

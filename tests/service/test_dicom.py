@@ -15,6 +15,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pydicom.data import get_testdata_files
 
 from krypton import render
 from tests import dicom_files as files
@@ -180,6 +181,29 @@ def test_dicom_results_pass_the_dciodvfy_iod_validator(
     path = tmp_path / "result.dcm"
     path.write_bytes(api.get(dicom_job["links"][link]).content)
     assert _dciodvfy_errors(path) == []
+
+
+SHIPPED = sorted({Path(path).name for path in get_testdata_files("*.dcm")})
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_dicom_file_is_refused_clearly_or_gets_valid_dicom_results(
+        api: TestClient, tmp_path: Path, name: str) -> None:
+    response = _submit(api, files.shipped(name))
+    if response.status_code != 202:
+        helpers.assert_problem(response, response.status_code)
+        assert response.status_code in (413, 415, 422), response.text
+        return
+    job = helpers.wait_for_job(api, response.headers["Location"])
+    assert job["status"] == "succeeded", job["error"]
+    made = [link for link in ("dcm", "overlay_dcm") if link in job["links"]]
+    assert made == ["dcm", "overlay_dcm"] or (made == [] and job["dicom_unmade"]), job
+    for link in made:
+        path = tmp_path / f"{link}.dcm"
+        result = api.get(job["links"][link])
+        assert result.status_code == 200, result.text
+        path.write_bytes(result.content)
+        assert _dciodvfy_errors(path) == [], link
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
