@@ -66,6 +66,8 @@ def _lookup_table() -> npt.NDArray[np.uint8]:
 
 UNTRAINED_WARNING = "UNTRAINED MODEL (random weights): not a diagnosis"
 """Written on every picture of a model with random weights, and in its PNG metadata."""
+SHORT_UNTRAINED_WARNING = "UNTRAINED MODEL"
+"""What a picture too narrow for the whole warning carries instead."""
 
 
 def heatmap_png(values: FloatArray, *, cell_pixels: int = 8, untrained: bool = False) -> bytes:
@@ -148,9 +150,16 @@ def _png(rgb: npt.NDArray[np.uint8], untrained: bool = False) -> bytes:
 
 
 def _banner(picture: Image.Image, text: str) -> None:
-    """``text`` in white on a red band across the top of ``picture``."""
+    """``text`` in white on a red band across the top of ``picture``; on a picture too
+    narrow for it, its first words (the PNG's text keeps the whole warning)."""
     draw = ImageDraw.Draw(picture)
-    font = ImageFont.load_default(size=max(8, picture.width // 40))
+    size = max(8, picture.width // 40)
+    font = ImageFont.load_default(size=size)
+    if draw.textlength(text, font=font) > picture.width - 8:
+        text = SHORT_UNTRAINED_WARNING
+    while size > 4 and draw.textlength(text, font=font) > picture.width - 8:
+        size -= 1
+        font = ImageFont.load_default(size=size)
     *_, bottom = draw.textbbox((4, 2), text, font=font)
     draw.rectangle((0, 0, picture.width, bottom + 2), fill=(180, 0, 0))
     draw.text((4, 2), text, fill=(255, 255, 255), font=font)

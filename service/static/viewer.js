@@ -74,7 +74,7 @@ function drawPartial(data) {
 
 async function showOverlay() {
   const alpha = $("opacity").value;
-  const blob = await (await api(`${job.links.png}?overlay=1&alpha=${alpha}`)).blob();
+  const blob = await (await api(`${job.links.overlay_png}&alpha=${alpha}`)).blob();
   const image = $("overlay");
   const old = image.src;
   image.src = URL.createObjectURL(blob);
@@ -92,10 +92,11 @@ async function showResult(finished) {
   const heatmap = await (await api(`${finished.links.json}?view=drop`)).json();
   $("low").textContent = heatmap.min.toFixed(3);
   $("high").textContent = heatmap.max.toFixed(3);
-  for (const format of ["dcm", "overlay_dcm"]) {
-    document.querySelector(`[data-format="${format}"]`).hidden = !finished.dicom;
+  for (const format of ["dcm", "overlay_dcm"]) {  // offered where the job links them
+    document.querySelector(`[data-format="${format}"]`).hidden = !(format in finished.links);
   }
   await showOverlay();
+  document.querySelectorAll("#downloads button").forEach((b) => { b.disabled = false; });
   $("result").dataset.done = "true";
 }
 
@@ -142,7 +143,12 @@ async function explain(event) {
   }
   $("explain").disabled = true;
   delete $("result").dataset.done;
+  job = null;  // nothing of the last job stays on screen
   $("overlay").hidden = true;
+  $("partial").hidden = true;
+  $("prediction").textContent = "";
+  $("low").textContent = $("high").textContent = "";
+  document.querySelectorAll("#downloads button").forEach((b) => { b.disabled = true; });
   say("");
   try {
     const submitted = await (await api("/v1/heatmaps", { method: "POST", body: form })).json();
@@ -158,12 +164,11 @@ async function explain(event) {
 }
 
 async function download(format) {
-  const base = `/v1/heatmaps/${job.id}`;
-  const paths = { png: `${base}/heatmap.png`, overlay: `${base}/heatmap.png?overlay=1`,
-    json: `${base}/heatmap.json`, dcm: `${base}/heatmap.dcm`, overlay_dcm: `${base}/overlay.dcm` };
+  const links = { png: "png", overlay: "overlay_png", json: "json", dcm: "dcm",
+    overlay_dcm: "overlay_dcm" };
   const names = { png: "heatmap.png", overlay: "overlay.png", json: "heatmap.json",
     dcm: "heatmap.dcm", overlay_dcm: "overlay.dcm" };
-  const blob = await (await api(paths[format])).blob();
+  const blob = await (await api(job.links[links[format]])).blob();
   const link = Object.assign(document.createElement("a"), {
     href: URL.createObjectURL(blob), download: `${job.id}-${names[format]}` });
   link.click();

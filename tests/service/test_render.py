@@ -78,3 +78,18 @@ def test_heatmap_json_holds_array_shape_range_and_metadata() -> None:
     assert document["shape"] == [2, 2]
     assert document["min"] == pytest.approx(0.2) and document["max"] == pytest.approx(0.9)
     assert document["model"] == "resnet18"
+
+
+@pytest.mark.parametrize("side", [64, 128, 512])
+def test_the_untrained_warning_band_fits_a_small_picture(side: int) -> None:
+    image = np.full((side, side, 3), 0.5, dtype=np.float32)
+    geometry = render.HeatmapGeometry(16, 16, side, side)
+    values = np.random.default_rng(0).random(((side - 16) // 16 + 1,) * 2)
+    picture = np.asarray(Image.open(io.BytesIO(render.overlay_png(
+        values, image, geometry, untrained=True))).convert("RGB"))
+    red = np.all(picture == (180, 0, 0), axis=2)
+    band_rows = int(np.argmin(red[:, 0]))  # the band's height, read down its left edge
+    assert 0 < band_rows <= max(14, side // 8)
+    assert not red[band_rows:].any(), "the band is one strip across the top"
+    # The text's last letter ends inside the picture: the band's right end is red again.
+    assert red[band_rows // 2, -3:].all()

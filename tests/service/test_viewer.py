@@ -17,6 +17,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from tests import dicom_files
 from tests.service import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +97,68 @@ def test_viewer_explains_an_image_as_the_api_does(browser: Any, served: str,
     page.screenshot(path=str(tmp_path / "viewer.png"), full_page=True)
     assert (tmp_path / "viewer.png").stat().st_size > 10_000
     assert hosts == {urlparse(served).netloc}, "everything came from the service"
+
+
+def _explain(page: Any, image: Path, **fields: str) -> None:
+    """Fill the form, press Explain and wait until the overlay is drawn."""
+    page.select_option("#model", helpers.MODEL)
+    page.fill("#stride", "16")
+    page.fill("#frame", fields.get("frame", ""))
+    page.set_input_files("#image", str(image))
+    page.click("#explain")
+    page.wait_for_selector("#result[data-done='true']", timeout=120_000)
+    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+
+
+@pytest.fixture
+def viewer(browser: Any, served: str) -> Iterator[Any]:
+    page = browser.new_page()
+    page.goto(served)
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    yield page
+    page.close()
+
+
+def test_a_finished_job_shows_its_overlay_and_no_partial_map(viewer: Any, tmp_path: Path
+                                                             ) -> None:
+    _explain(viewer, ROOT / "examples" / "retina.jpg")
+    assert viewer.is_visible("#overlay") and viewer.is_hidden("#partial")
+
+
+def test_the_next_job_starts_without_the_last_ones_pictures(viewer: Any) -> None:
+    _explain(viewer, ROOT / "examples" / "retina.jpg")
+    viewer.click("#explain")
+    viewer.wait_for_function("!document.getElementById('result').dataset.done")
+    assert viewer.is_hidden("#overlay") and viewer.inner_text("#prediction") == ""
+    viewer.wait_for_selector("#result[data-done='true']", timeout=120_000)
+
+
+def test_a_small_image_is_shown_at_a_readable_size(viewer: Any, tmp_path: Path) -> None:
+    small = tmp_path / "mr.dcm"
+    small.write_bytes(dicom_files.shipped("MR_small.dcm"))  # 64 x 64 pixels
+    _explain(viewer, small)
+    assert viewer.eval_on_selector("#overlay", "image => image.naturalWidth") == 64
+    assert viewer.eval_on_selector("#overlay", "image => image.clientWidth") >= 384
+
+
+@pytest.mark.parametrize(("name", "frame", "offered"), [
+    pytest.param("CT_small.dcm", "", True, id="single-frame"),
+    pytest.param("examples_ybr_color.dcm", "2", False, id="multi-frame"),
+])
+def test_dicom_downloads_are_offered_where_the_job_makes_them(
+        viewer: Any, tmp_path: Path, name: str, frame: str, offered: bool) -> None:
+    path = tmp_path / name
+    path.write_bytes(dicom_files.shipped(name))
+    _explain(viewer, path, frame=frame)
+    for button in ("[data-format=dcm]", "[data-format=overlay_dcm]"):
+        assert viewer.is_visible(button) is offered
+
+
+def test_the_form_row_fits_the_form(viewer: Any) -> None:
+    form = viewer.eval_on_selector("#request", "f => f.getBoundingClientRect().right")
+    for field in ("#patch_size", "#stride", "#frame"):
+        right = viewer.eval_on_selector(field, "f => f.getBoundingClientRect().right")
+        assert right <= form + 0.5, field
 
 
 def test_docs_page_renders_the_api_without_the_internet(browser: Any, served: str) -> None:
