@@ -24,7 +24,7 @@ from typing import Any
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-from highdicom.utils import is_multiframe_image
+from highdicom.utils import is_multiframe_image  # type: ignore[attr-defined]  # not in its __all__
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue

@@ -172,7 +172,8 @@ async def submit_heatmap(
         config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
         stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
         max_gflop=settings.max_job_gflop, frame=frame)
-    plan.check_weights(await served_weights(queue, deployment.model(plan.model)))
+    if plan.tuned_for is not None:  # a tuned config: made for the weights served?
+        plan.check_weights(await served_weights(queue, deployment.model(plan.model)))
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
                               max_pixels=settings.max_pixels, frame=frame,
                               window=deployment.model(plan.model).preprocessing.window)
