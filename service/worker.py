@@ -236,14 +236,17 @@ class Worker:
         finally:
             await _stop_task(writing, computed)
         try:
-            await self._finish_when_reachable(claim, job, outcome)
+            stored = await self._finish_when_reachable(claim, job, outcome)
         finally:
             await _stop_task(keeping, released)
+        if not stored:
+            logger.info("job %s: outcome not stored: another worker holds the job", job.id)
+            return
         logger.info("job %s: %s on %s %s in %.3f s", job.id, job.kind.value, job.params.model,
                     outcome.updates.get("status", JobStatus.succeeded).value,
                     time.perf_counter() - started)
 
-    async def _finish_when_reachable(self, claim: Claim, job: Job, outcome: Outcome) -> None:
+    async def _finish_when_reachable(self, claim: Claim, job: Job, outcome: Outcome) -> bool:
         """Store a finished job's outcome, waiting out a Redis outage.
 
         Dropping the outcome would have the job reclaimed and computed again, and
@@ -254,17 +257,16 @@ class Worker:
         """
         while True:
             try:
-                await self._finish(claim, job, outcome)
-                return
+                return await self._finish(claim, job, outcome)
             except (RedisError, OSError):
                 if self._stopping.is_set():
                     raise
                 logger.warning("job %s: queue unreachable; holding its outcome", job.id)
                 await asyncio.sleep(constants.HEARTBEAT_SECONDS)
 
-    async def _finish(self, claim: Claim, job: Job, outcome: Outcome) -> None:
+    async def _finish(self, claim: Claim, job: Job, outcome: Outcome) -> bool:
         """Store the outcome, if this worker still holds the job (one step: a worker that
-        took the job over while this one stalled keeps its own outcome)."""
+        took the job over while this one stalled keeps its own outcome); whether it did."""
         if outcome.dataset_config is not None:
             await self.queue.save_dataset_config(outcome.dataset_config)
         updates = {"status": JobStatus.succeeded, "progress": 1.0} | outcome.updates
@@ -274,8 +276,9 @@ class Worker:
             finished = finished.model_copy(update={"progress": job.progress})
         if await self.queue.finish(claim, finished, outcome.result, owner=self.name):
             self.jobs_done += 1
-        else:
-            await self._let_go(claim)
+            return True
+        await self._let_go(claim)
+        return False
 
     async def _let_go(self, claim: Claim) -> None:
         """Stop working on ``claim``: acknowledge it if the job is gone or finished;

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -123,6 +124,34 @@ class _Interposed(RedisStreamQueue):
         return await super().finish(*args, **kwargs)
 
 
+def _taken_over_while_storing(redis_url: str, plan: HeatmapPlan, image: bytes,
+                              stale: tuple[Deployment, ModelCache],
+                              live: tuple[Deployment, ModelCache]
+                              ) -> tuple[Job | None, bytes | None]:
+    """A job the stale worker computes and the live one takes over (and finishes) just
+    before the stale one stores its outcome; the job and result as stored."""
+    async def scenario() -> tuple[Job | None, bytes | None]:
+        stale_queue = _Interposed.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
+        live_queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
+        assert isinstance(stale_queue, _Interposed)
+        stale_worker = Worker(stale_queue, stale[0], name="stale", cache=stale[1])
+        live_worker = Worker(live_queue, live[0], name="live", cache=live[1])
+
+        async def takeover() -> None:
+            await asyncio.sleep(0.3)  # the stale worker's claim goes idle
+            assert await live_worker.run_once(block_ms=100), "the live worker found no job"
+
+        stale_queue.takeover = takeover
+        job = await stale_queue.submit(Job(id=new_job_id(), params=plan), [image])
+        assert await stale_worker.run_once(block_ms=100)
+        stored = await live_queue.get(job.id), await live_queue.result(job.id)
+        await stale_queue.close()
+        await live_queue.close()
+        return stored
+
+    return asyncio.run(scenario())
+
+
 def test_stale_worker_never_overwrites_the_result_of_the_worker_that_took_its_job_over(
         tmp_path: Path, redis_url: str, registry: Path, deployment: Deployment,
         retina_png: bytes) -> None:
@@ -135,30 +164,26 @@ def test_stale_worker_never_overwrites_the_result_of_the_worker_that_took_its_jo
                 for name, cache in (("stale", stale_cache), ("live", live_cache))}
     assert not np.allclose(expected["stale"], expected["live"]), "the two must differ"
 
-    async def scenario() -> tuple[Job | None, bytes | None]:
-        stale_queue = _Interposed.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
-        live_queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
-        assert isinstance(stale_queue, _Interposed)
-        stale = Worker(stale_queue, deployment, name="stale", cache=stale_cache)
-        live = Worker(live_queue, other, name="live", cache=live_cache)
-
-        async def takeover() -> None:
-            await asyncio.sleep(0.3)  # the stale worker's claim goes idle
-            assert await live.run_once(block_ms=100), "the live worker found no job"
-
-        stale_queue.takeover = takeover
-        job = await stale_queue.submit(Job(id=new_job_id(), params=plan), [retina_png])
-        assert await stale.run_once(block_ms=100)
-        stored = await live_queue.get(job.id), await live_queue.result(job.id)
-        await stale_queue.close()
-        await live_queue.close()
-        return stored
-
-    document, result = asyncio.run(scenario())
+    document, result = _taken_over_while_storing(
+        redis_url, plan, retina_png, (deployment, stale_cache), (other, live_cache))
     assert document is not None and document.status is JobStatus.succeeded
     assert document.worker == "live"
     assert result is not None
     np.testing.assert_allclose(np.load(io.BytesIO(result)), expected["live"], rtol=1e-6)
+
+
+def test_a_worker_whose_outcome_was_not_stored_does_not_log_it_as_finished(
+        redis_url: str, deployment: Deployment, retina_png: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    cache = ModelCache(deployment, "cpu")
+    plan = HeatmapPlan(model=MODEL, patch_size=16, stride=16)
+    with caplog.at_level(logging.INFO, logger="krypton.service.worker"):
+        document, _ = _taken_over_while_storing(redis_url, plan, retina_png,
+                                                (deployment, cache), (deployment, cache))
+    assert document is not None
+    finished = [r.getMessage() for r in caplog.records if "succeeded in" in r.getMessage()]
+    assert len(finished) == 1, finished  # the live worker's; the stale one's was dropped
+    assert any("not stored" in r.getMessage() for r in caplog.records)
 
 
 # ---------------------------------------------------------------- Redis comes back empty
