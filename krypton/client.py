@@ -33,6 +33,7 @@ Event = tuple[str, Any]
 """A Server-Sent Event: its name (``progress``, ``partial``, ``succeeded``, ``failed``)
 and its decoded data."""
 Format = Literal["png", "json", "npy", "dcm", "overlay.png", "overlay.dcm"]
+_FORMATS: tuple[Format, ...] = ("png", "overlay.png", "json", "npy", "dcm", "overlay.dcm")
 
 _FINISHED = ("succeeded", "failed")
 
@@ -79,10 +80,12 @@ class _Requests:
         Links are the service's to name (the overlay is ``heatmap.png?overlay=1``);
         a result the job does not offer is refused here with what it does offer.
         """
+        if fmt not in _FORMATS:
+            raise ValueError(f"fmt must be one of {', '.join(_FORMATS)}, got {fmt!r}")
         links: dict[str, str] = job.get("links", {})
         name = fmt.replace(".", "_")
         if name not in links:
-            offered = sorted(set(links) - {"self", "events"})
+            offered = sorted(f for f in _FORMATS if f.replace(".", "_") in links)
             raise KryptonError({
                 "type": "urn:krypton:problem:result-not-offered",
                 "title": "Result not offered",

@@ -69,8 +69,9 @@ def get_caller(request: Request, credentials: Annotated[
     """The authenticated caller; 401 without a valid key."""
     caller = _caller_of(request, credentials.credentials if credentials else None)
     if caller is None:
-        raise Unauthorized("send a valid API key as 'Authorization: Bearer KEY' (an operator "
-                           "creates one with `krypton keys add NAME`)")
+        sent = "the key sent is unknown or revoked; " if credentials else ""
+        raise Unauthorized(f"{sent}send a valid API key as 'Authorization: Bearer KEY' (an "
+                           "operator creates one with `krypton keys add NAME`)")
     return caller
 
 

@@ -71,8 +71,8 @@ Weights = Annotated[Path | None, typer.Option(
     help="Fine-tuned checkpoint: state_dict, {'state_dict'|'model': ...} or TorchScript. "
     "Without it (and without --registry), seeded random weights are used.")]
 NumClasses = Annotated[int | None, typer.Option(
-    help="Classes of the model's head (default: as many as the checkpoint's labels, "
-    "else 1000).")]
+    help="Classes of a made-up model's head (default: as many as the checkpoint's labels, "
+    "else 1000); without it and --weights, --model names a built-in model (4 classes).")]
 Seed = Annotated[int, typer.Option(help="Seed of the random weights without --weights.")]
 Configs = Annotated[Path, typer.Option(help="Folder of tuned dataset configs.")]
 
@@ -318,6 +318,10 @@ def tune_dataset(
                f"stride {config.coarse_stride}, bisection tolerance "
                f"{config.drilldown_tolerance}: {result.speedup:.2f}x over exact, SSIM "
                f"{result.tuning_ssim:.3f} (tuning) / {result.holdout_ssim:.3f} (held out)")
+    if result.approximation.is_exact:
+        typer.echo(f"note: no approximate setting held SSIM {target_ssim} on the held-out "
+                   "images; the config runs exact, as slow as exact mode (more sample images, "
+                   "or a lower --target-ssim, may find one)", err=True)
     typer.echo(f"wrote {path}")
 
 

@@ -141,7 +141,8 @@ def test_a_revoked_key_is_refused_without_a_restart(
     client = make_client(keys_file=store.path, embedded_workers=0)
     assert client.get("/v1/models", headers=_as(token)).status_code == 200
     store.revoke("temp")
-    helpers.assert_problem(client.get("/v1/models", headers=_as(token)), 401)
+    problem = helpers.assert_problem(client.get("/v1/models", headers=_as(token)), 401)
+    assert "unknown or revoked" in problem["detail"]
 
 
 def test_keys_file_holds_hashes_not_keys(keys: tuple[Path, dict[str, str]]) -> None:

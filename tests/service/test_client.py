@@ -86,7 +86,15 @@ def test_a_result_the_job_does_not_offer_raises(client: Client, image: Path) -> 
     job = client.wait(client.submit(image, **FAST))
     with pytest.raises(KryptonError) as raised:
         client.heatmap(job, "dcm")
-    assert raised.value.status == 409 and "png" in raised.value.problem["detail"]
+    assert raised.value.status == 409
+    assert "overlay.png" in raised.value.problem["detail"]  # the names heatmap() takes
+
+
+def test_a_format_the_client_does_not_know_raises_before_asking(client: Client,
+                                                                image: Path) -> None:
+    job = client.wait(client.submit(image, **FAST))
+    with pytest.raises(ValueError, match="overlay.png"):
+        client.heatmap(job, "gif")  # type: ignore[arg-type]
 
 
 def test_dicom_input_gives_dicom_results(client: Client) -> None:
