@@ -23,6 +23,7 @@ the process's :data:`~krypton.models.budget.DECODING` budget first.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import zlib
@@ -129,7 +130,10 @@ def read_dicom(data: bytes, *, pixels: bool = True) -> Dataset:
 
 
 def _read(data: bytes, pixels: bool, inflated: int) -> Dataset:
-    with DECODING.reserve(inflated + len(data) if inflated else 0, "a Deflated DICOM file"):
+    """The dataset; a Deflated one (``inflated`` bytes) read within the decoding budget."""
+    reserved = (DECODING.reserve(inflated + len(data), "a Deflated DICOM file") if inflated
+                else contextlib.nullcontext())
+    with reserved:
         try:
             return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=not pixels)
         except Exception as exc:
