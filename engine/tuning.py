@@ -21,13 +21,17 @@ and spends its time where settings are cheap:
    miss: the two approximations compound, so their product is what is scored.
 4. Passing settings are tried fastest first on the held-out images; the
    first that keeps the target there wins. Exact inference always does.
-   "Fastest" is timed side by side. The search runs each setting once,
-   minutes apart, and a shared 2-core machine's speed drifts: one setting on
-   the same images took 0.88 s and 1.20 s per image in two runs: enough
-   to rank tau 0.5 ahead of tau 0.4 on ResNet18, although 0.4 took a fifth
-   less time when the two alternated (BENCHMARKS.md). So the passing settings
-   within ``RETIME_WITHIN`` of the fastest are timed again, alternating on
-   each tuning image, and ranked by those times.
+   "Fastest" is timed side by side, never by the search's first timings. The
+   search runs each setting once, minutes apart, and a machine with other
+   work on it changes speed between settings: on a busy 2-core machine first
+   timings moved six-fold, and the search chose a setting at 1.9x over exact
+   where an idle run chose one at over 20x. So every passing setting is timed
+   again together with exact, in turn on each tuning image, and each keeps
+   the quickest of its runs on an image (load only ever slows a run down).
+   Speedups divide exact's time by a setting's as taken in the same rounds.
+   Where a choice must come before that round (which drill-down settings get
+   a ``tau`` sweep), settings are ranked by the convolution work they spent,
+   which no load changes.
 
 Every setting tried is reported with its measured time and SSIM, so the
 speed/quality frontier is visible, not just the winner.
@@ -50,8 +54,9 @@ from krypton.engine.errors import InvalidParamsError
 from krypton.engine.incremental import IncrementalOcclusion
 from krypton.engine.patches import PatchValue
 from krypton.engine.quality import heatmap_ssim
+from krypton.engine.result import OcclusionResult
 
-__all__ = ["RETIME_WITHIN", "TAUS", "FrontierPoint", "HoldoutCheck", "Score", "TuningResult",
+__all__ = ["TAUS", "FrontierPoint", "HoldoutCheck", "Score", "TuningResult",
            "tune"]
 
 logger = logging.getLogger(__name__)
@@ -69,10 +74,6 @@ BISECTION_CAP = 0.5
 """The most of the fine positions bisection may refine: its worst case is half an exact run."""
 TAU_BASES = 2
 """How many of the fastest passing drill-down settings get a ``tau`` sweep."""
-RETIME_WITHIN = 1.5
-"""Passing settings whose first time is within this factor of the fastest's are timed
-again side by side; a slower one would need the machine's speed to drift by more than
-half between two settings' first times."""
 
 Score = Literal["mean", "min"]
 """How a setting's SSIMs over several images become one score: their mean, or
@@ -86,11 +87,15 @@ class FrontierPoint:
     approximation: Approximation
     seconds: float
     speedup: float
-    """Exact seconds (timed at the start of the search) over this setting's seconds."""
+    """Exact's seconds over this setting's: both the quickest of their runs side by side
+    for a passing setting, the first run of a failing one over exact's quickest."""
     ssim: float
+    flops_ratio: float | None = None
+    """Full over spent convolution FLOPs per position: the saving no machine load changes."""
     side_by_side: bool = False
-    """Whether ``seconds`` was timed again, in turn with the other close contenders; these
-    times rank before the others, which were judged slower on their first."""
+    """Whether ``seconds`` is the quickest of this setting's runs, timed again in turn with
+    exact and every other passing setting (true of every passing setting once the search
+    is done); ``speedup`` then divides exact's time from the same rounds."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,7 @@ def tune(
     batch_size: int | None = None,
     report: ProgressReport | None = None,
     should_stop: StopCheck | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TuningResult:
     """Find the fastest approximation whose SSIM score meets ``target_ssim``.
 
@@ -150,6 +156,8 @@ def tune(
         report: called with a line of text as the search goes.
         should_stop: polled before every batch; ``True`` ends the search with
             :class:`~krypton.engine.errors.RunStopped`.
+        clock: the stopwatch, in seconds; a test or a simulation of a busy
+            machine replaces it.
 
     Raises:
         InvalidParamsError: fewer than two images, a target outside (0, 1], or a
@@ -176,7 +184,7 @@ def tune(
     if score not in ("mean", "min"):
         raise InvalidParamsError(f"score must be 'mean' or 'min', got {score!r}")
     search = _Search(engine, images, patch_size, stride, patch_value, batch_size, should_stop,
-                     np.mean if score == "mean" else np.min)
+                     np.mean if score == "mean" else np.min, clock)
     tuning, held_out = list(range(len(images) - held)), list(range(len(images) - held,
                                                                    len(images)))
 
@@ -185,8 +193,8 @@ def tune(
     frontier: list[FrontierPoint] = []
 
     def evaluate(approximation: Approximation) -> FrontierPoint:
-        seconds, ssim = search.evaluate(approximation, tuning)
-        point = FrontierPoint(approximation, seconds, exact_seconds / seconds, ssim)
+        seconds, ssim, flops_ratio = search.evaluate(approximation, tuning)
+        point = FrontierPoint(approximation, seconds, exact_seconds / seconds, ssim, flops_ratio)
         frontier.append(point)
         say(f"{_describe(approximation)}: SSIM {ssim:.3f}, {point.speedup:.2f}x over exact")
         return point
@@ -212,7 +220,7 @@ def tune(
                                       tolerance)).ssim < target_ssim:
                 break
 
-    drilldowns = sorted((p for p in frontier if p.ssim >= target_ssim), key=lambda p: p.seconds)
+    drilldowns = sorted((p for p in frontier if p.ssim >= target_ssim), key=_least_work)
     bases = [p.approximation for p in drilldowns[:TAU_BASES]] or [Approximation()]
     for base in bases:
         for tau in TAUS:
@@ -221,12 +229,13 @@ def tune(
             if point.ssim < target_ssim:
                 break
 
-    frontier = _timed_side_by_side(search, frontier, target_ssim, exact_seconds, tuning, say)
+    frontier, exact_seconds = _timed_side_by_side(search, frontier, target_ssim, exact_seconds,
+                                                  tuning, say)
     candidates = sorted((p for p in frontier if p.ssim >= target_ssim), key=_rank)
     chosen, holdout_ssim = None, 1.0
     checks: list[HoldoutCheck] = []
     for point in candidates:
-        _, holdout_ssim = search.evaluate(point.approximation, held_out)
+        _, holdout_ssim, _ = search.evaluate(point.approximation, held_out)
         checks.append(HoldoutCheck(point.approximation, holdout_ssim))
         say(f"held out: {_describe(point.approximation)} SSIM {holdout_ssim:.3f}")
         if holdout_ssim >= target_ssim:
@@ -254,22 +263,30 @@ def _rank(point: FrontierPoint) -> tuple[bool, float]:
     return not point.side_by_side, point.seconds
 
 
+def _least_work(point: FrontierPoint) -> float:
+    """Most saving first: a ranking the search can make before any setting is timed again."""
+    return -(point.flops_ratio or 0.0)
+
+
 def _timed_side_by_side(search: _SideBySide, frontier: list[FrontierPoint], target_ssim: float,
                         exact_seconds: float, indices: Sequence[int],
-                        say: ProgressReport) -> list[FrontierPoint]:
-    """``frontier`` with the close passing settings' times taken again, in turn."""
+                        say: ProgressReport) -> tuple[list[FrontierPoint], float]:
+    """``frontier`` with every passing setting's time taken again, in turn with exact and
+    each other, and exact's seconds from the same rounds."""
     passing = [p for p in frontier if p.ssim >= target_ssim]
-    fastest = min((p.seconds for p in passing), default=0.0)
-    close = [p for p in passing if p.seconds <= RETIME_WITHIN * fastest]
-    if len(close) < 2:
-        return frontier
-    seconds = search.side_by_side([p.approximation for p in close], indices)
-    retimed = {id(point): replace(point, seconds=s, speedup=exact_seconds / s, side_by_side=True)
-               for point, s in zip(close, seconds, strict=True)}
+    if not passing:
+        return frontier, exact_seconds
+    say(f"timing exact and the {len(passing)} passing settings again, side by side")
+    exact, *seconds = search.side_by_side([Approximation()] + [p.approximation for p in passing],
+                                          indices)
+    retimed = {id(point): replace(point, seconds=s, speedup=exact / s, side_by_side=True)
+               for point, s in zip(passing, seconds, strict=True)}
+    say(f"side by side: exact: {exact:.2f} s per image")
     for point in retimed.values():
         say(f"side by side: {_describe(point.approximation)}: {point.seconds:.2f} s, "
             f"{point.speedup:.2f}x over exact")
-    return [retimed.get(id(point), point) for point in frontier]
+    return ([retimed.get(id(point), replace(point, speedup=exact / point.seconds))
+             for point in frontier], exact)
 
 
 class _SideBySide(Protocol):
@@ -283,56 +300,67 @@ class _Search:
     def __init__(self, engine: IncrementalOcclusion, images: Sequence[Tensor], patch_size: int,
                  stride: int, patch_value: PatchValue, batch_size: int | None,
                  should_stop: StopCheck | None,
-                 combine: Callable[[list[float]], np.floating[Any]]) -> None:
+                 combine: Callable[[list[float]], np.floating[Any]],
+                 clock: Callable[[], float]) -> None:
         self._engine = engine
         self._should_stop = should_stop
         self._images = images
         self._patch, self._stride = patch_size, stride
         self._value, self._batch = patch_value, batch_size
         self._combine = combine
+        self._clock = clock
         self._exact: dict[int, np.ndarray] = {}
         self._targets: dict[int, int] = {}
+        self._quickest: dict[tuple[Approximation, int], float] = {}
+        """The quickest run so far of each setting on each image."""
 
-    def _run(self, index: int, approximation: Approximation) -> tuple[np.ndarray, float]:
-        started = time.perf_counter()
+    def _run(self, index: int, approximation: Approximation) -> tuple[OcclusionResult, float]:
+        started = self._clock()
         result = approximation.attribute(
             self._engine, self._images[index], self._patch, self._stride,
             patch_value=self._value, target=self._targets.get(index), batch_size=self._batch,
             should_stop=self._should_stop,
         )
+        elapsed = self._clock() - started
         self._targets.setdefault(index, result.target)
-        return result.heatmap, time.perf_counter() - started
+        key = (approximation, index)
+        self._quickest[key] = min(elapsed, self._quickest.get(key, elapsed))
+        return result, elapsed
 
     def exact_seconds(self, indices: Sequence[int]) -> float:
         seconds = []
         for index in range(len(self._images)):
-            heatmap, elapsed = self._run(index, Approximation())
-            self._exact[index] = heatmap
+            result, elapsed = self._run(index, Approximation())
+            self._exact[index] = result.heatmap
             if index in indices:
                 seconds.append(elapsed)
         return float(np.mean(seconds))
 
     def side_by_side(self, approximations: Sequence[Approximation], indices: Sequence[int]
                      ) -> list[float]:
-        """Mean seconds per image of each setting, run in turn on each image (the order
-        reversed on every other image), so that all of them see the same machine. A single tuning
-        image runs each setting once, in the order given."""
-        totals = [0.0] * len(approximations)
+        """Mean seconds per image of each setting, each image's the quickest of its runs there,
+        after one more run of each in turn on each image (the order reversed on every other
+        image), so that all of them see the same machine."""
         for turn, index in enumerate(indices):
             order = range(len(approximations))
             for k in (order if turn % 2 == 0 else reversed(order)):
-                totals[k] += self._run(index, approximations[k])[1]
-        return [total / len(indices) for total in totals]
+                self._run(index, approximations[k])
+        return [float(np.mean([self._quickest[approximation, index] for index in indices]))
+                for approximation in approximations]
 
     def evaluate(self, approximation: Approximation, indices: Sequence[int]
-                 ) -> tuple[float, float]:
-        """Mean seconds per image and the SSIM score against exact over ``indices``."""
-        seconds, scores = [], []
+                 ) -> tuple[float, float, float | None]:
+        """Mean seconds per image, the SSIM score against exact over ``indices``, and the
+        mean saving in convolution FLOPs."""
+        seconds, scores, savings = [], [], []
         for index in indices:
-            heatmap, elapsed = self._run(index, approximation)
+            result, elapsed = self._run(index, approximation)
             seconds.append(elapsed)
-            scores.append(heatmap_ssim(heatmap, self._exact[index]))
-        return float(np.mean(seconds)), float(self._combine(scores))
+            scores.append(heatmap_ssim(result.heatmap, self._exact[index]))
+            if result.stats.flops_ratio is not None:
+                savings.append(result.stats.flops_ratio)
+        flops_ratio = float(np.mean(savings)) if len(savings) == len(seconds) else None
+        return float(np.mean(seconds)), float(self._combine(scores)), flops_ratio
 
 
 def _describe(approximation: Approximation) -> str:

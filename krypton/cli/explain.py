@@ -327,11 +327,13 @@ def tune_dataset(
 
 def _frontier_table(result: TuningResult) -> str:
     lines = ["| tau | drill-down r | coarse stride | bisection tolerance | s/image | x exact "
-             "| SSIM | timed side by side |", "|---|---|---|---|---|---|---|---|"]
+             "| x fewer FLOPs | SSIM | timed side by side |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for point in result.frontier:
         a = point.approximation
         tolerance = "-" if a.drilldown_tolerance is None else a.drilldown_tolerance
         lines.append(f"| {a.tau:.2f} | {a.drilldown_ratio or '-'} | {a.coarse_stride or '-'} "
                      f"| {tolerance} | {point.seconds:.3f} | {point.speedup:.2f} "
-                     f"| {point.ssim:.3f} | {'yes' if point.side_by_side else ''} |")
+                     f"| {point.flops_ratio or 0:.1f} | {point.ssim:.3f} "
+                     f"| {'yes' if point.side_by_side else ''} |")
     return "\n".join(lines)
