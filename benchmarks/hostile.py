@@ -183,7 +183,7 @@ def redis_empty(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any
         running.redis.kill()
         running.redis.wait(10)
         running.start_redis()  # empty: it kept nothing
-        answers = collections.Counter()
+        answers: collections.Counter[str] = collections.Counter()
         with _http(running) as http:
             for job_id in ids:
                 response = http.get(f"/v1/heatmaps/{job_id}")
@@ -430,7 +430,7 @@ def _every_dicom_path(running: Cluster, form: dict[str, str]) -> dict[str, int]:
     single = samples.marked(samples.secondary_capture(pixels, "MONOCHROME2"))
     multi = samples.marked(_shipped("examples_ybr_color.dcm"))
     unknown = pydicom.dcmread(io.BytesIO(samples.marked(_shipped("MR_small_RLE.dcm"))))
-    unknown.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    unknown.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.840.10008.1.2.4.100")
     buffer = io.BytesIO()
     unknown.save_as(buffer)
     statuses: dict[str, int] = {}

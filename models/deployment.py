@@ -221,7 +221,7 @@ def _model(entry: dict[str, Any], base: Path, file: Path) -> DeployedModel:
 def _window(value: object, where: str) -> WindowChoice:
     """``window = {center = 40, width = 400}``, ``window = "image"``, or none."""
     if value is None or value == "image":
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, dict) and set(value) == {"center", "width"}:
         try:
             return Window(value["center"], value["width"])

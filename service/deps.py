@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from krypton.models.deployment import Deployment
 from krypton.service.auth import OPEN, Caller, KeyStore
 from krypton.service.config import Settings
-from krypton.service.errors import Forbidden, InvalidInput, Unauthorized
+from krypton.service.problems import Forbidden, InvalidInput, Unauthorized
 from krypton.service.queue import Admission, JobQueue
 
 __all__ = [

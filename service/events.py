@@ -36,7 +36,7 @@ from fastapi.sse import ServerSentEvent
 
 from krypton import render
 from krypton.service import constants
-from krypton.service.errors import JobLost, problem, problem_for
+from krypton.service.problems import JobLost, problem, problem_for
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import Job, JobStatus, JobView
 

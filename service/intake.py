@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton.service.auth import ApiKey, KeyStore
-from krypton.service.errors import (
+from krypton.service.problems import (
     PROBLEM_MEDIA_TYPE,
     Forbidden,
     PayloadTooLarge,

@@ -36,9 +36,9 @@ from krypton.models import DatasetConfig, decode_image, patch_value
 from krypton.models.deployment import DeployedModel
 from krypton.models.images import INFERENCE_SIDE, decode
 from krypton.render import heatmap_npy
-from krypton.service.errors import invalid_input, problem_for
 from krypton.service.model_cache import ModelCache
 from krypton.service.plans import HeatmapPlan, TuningPlan
+from krypton.service.problems import invalid_input, problem_for
 from krypton.service.schemas import (
     JobKind,
     Prediction,

@@ -3,7 +3,7 @@
 FastAPI declares its own validation error (``HTTPValidationError``, as
 ``application/json``) on every route with parameters; the service answers
 every error with an RFC 9457 problem document instead. The routes declare their
-own errors as problem documents (:func:`~krypton.service.errors.problem_responses`);
+own errors as problem documents (:func:`~krypton.service.problems.problem_responses`);
 this module adds the ``Problem`` schema to the components, turns FastAPI's
 own 422 into a problem document too, and describes optional form fields as
 what they are in a multipart body: left out, never null.
@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from krypton.service.errors import PROBLEM_MEDIA_TYPE, Problem, problem_responses
+from krypton.service.problems import PROBLEM_MEDIA_TYPE, Problem, problem_responses
 
 __all__ = ["install_openapi", "openapi_document"]
 

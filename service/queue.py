@@ -43,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.service import constants
-from krypton.service.errors import QueueFull, QuotaExceeded, RateLimited, StoreBusy, StoreFull
+from krypton.service.problems import QueueFull, QuotaExceeded, RateLimited, StoreBusy, StoreFull
 from krypton.service.schemas import Job, WorkerInfo, job_created_at, utcnow
 
 __all__ = ["Admission", "Claim", "InMemoryQueue", "JobQueue", "RedisStreamQueue"]
@@ -506,7 +506,7 @@ class _Pool(aioredis.BlockingConnectionPool):
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().get_connection(*args, **kwargs)
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
         except RedisConnectionError as exc:
             if isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
                 raise StoreBusy(f"all {self.max_connections} connections to Redis stayed in "

@@ -17,7 +17,7 @@ from krypton.models.images import image_size, reduced_png
 from krypton.models.windows import WindowChoice
 from krypton.render import dicom as dicom_render
 from krypton.service import constants
-from krypton.service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from krypton.service.problems import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 __all__ = ["Upload", "read_image"]
 

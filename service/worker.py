@@ -33,9 +33,9 @@ from krypton.models import DEFAULT_MAX_PIXELS
 from krypton.models.deployment import Deployment
 from krypton.render import heatmap_npy, shrink
 from krypton.service import constants
-from krypton.service.errors import problem
 from krypton.service.jobs import JobContext, Outcome, failure, run_body
 from krypton.service.model_cache import COMPUTE_LOCK, ModelCache
+from krypton.service.problems import problem
 from krypton.service.queue import Claim, JobQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, utcnow
 

@@ -17,7 +17,6 @@ from krypton.service.deps import (
     SettingsDep,
     refuse_ambiguous_fields,
 )
-from krypton.service.errors import DatasetNotFound, JobNotFound, problem_responses
 from krypton.service.plans import (
     DEFAULT_PATCH_SIZE,
     DEFAULT_STRIDE,
@@ -25,6 +24,7 @@ from krypton.service.plans import (
     resolve_tuning,
     stale_reason,
 )
+from krypton.service.problems import DatasetNotFound, JobNotFound, problem_responses
 from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view, visible_job
 from krypton.service.schemas import (

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from krypton.service.constants import RETRY_AFTER_SECONDS
 from krypton.service.deps import AdminDep, OptionalCallerDep, QueueDep
-from krypton.service.errors import problem_responses
+from krypton.service.problems import problem_responses
 from krypton.service.schemas import ReadyReport
 
 router = APIRouter(tags=["health"])

@@ -41,7 +41,9 @@ from krypton.service.deps import (
     get_optional_caller,
     refuse_ambiguous_fields,
 )
-from krypton.service.errors import (
+from krypton.service.events import EventHub, job_events
+from krypton.service.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
+from krypton.service.problems import (
     JobLost,
     JobNotFound,
     NotForThisInput,
@@ -49,8 +51,6 @@ from krypton.service.errors import (
     ResultNotReady,
     problem_responses,
 )
-from krypton.service.events import EventHub, job_events
-from krypton.service.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
 from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
     ClassProbability,

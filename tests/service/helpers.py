@@ -28,7 +28,7 @@ from skimage import data
 from krypton.models import DatasetConfig, DatasetStore, build_model
 from krypton.models.deployment import Deployment
 from krypton.service import constants
-from krypton.service.errors import PROBLEM_MEDIA_TYPE
+from krypton.service.problems import PROBLEM_MEDIA_TYPE
 from krypton.service.queue import RedisStreamQueue
 from krypton.service.worker import Worker
 

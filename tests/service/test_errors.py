@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient
 
 from krypton.engine import InvalidParamsError, UnsupportedModelError
 from krypton.models import CheckpointError, ImageDecodeError, UnknownModelError
-from krypton.service.errors import (
+from krypton.service.jobs import failure
+from krypton.service.problems import (
     InvalidInput,
     JobNotFound,
     PayloadTooLarge,
@@ -22,7 +23,6 @@ from krypton.service.errors import (
     UnsupportedMediaType,
     problem_for,
 )
-from krypton.service.jobs import failure
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 from tests.service.helpers import FAST, MODEL

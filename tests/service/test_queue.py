@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from krypton.models import DatasetConfig, DatasetStore
-from krypton.service.errors import RateLimited, ServiceError
 from krypton.service.plans import HeatmapPlan
+from krypton.service.problems import RateLimited, ServiceError
 from krypton.service.queue import (
     Admission,
     Claim,
