@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         app.state.queue = queue or make_queue(settings, deployment)
         app.state.events = EventHub(app.state.queue)
         if not settings.embedded:
+            # The consumer group, before any worker starts: an autoscaler reads its lag.
+            await app.state.queue.make_claimable()
             with contextlib.suppress(Exception):  # Redis may come up after the API
                 imported = await import_dataset_configs(app.state.queue, deployment)
                 if imported:

@@ -202,6 +202,15 @@ class JobQueue(ABC):
         """Whether workers can claim from the store now (it holds the queue to claim from)."""
         return True
 
+    async def make_claimable(self) -> bool:
+        """Make what workers claim from where it is missing, and say whether it exists now.
+
+        Workers make it when they first claim; the API makes it too, so that it
+        exists before any worker has started (an autoscaler reads its backlog to
+        start the first) and again after Redis lost its data.
+        """
+        return await self.claimable()
+
     @abstractmethod
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
         """The dataset's tuned config, or ``None`` before it is tuned."""
@@ -748,6 +757,14 @@ class RedisStreamQueue(JobQueue):
         except (RedisError, OSError):
             return False
         return any(_text(group["name"]) == constants.GROUP for group in groups)
+
+    async def make_claimable(self) -> bool:
+        self._group_ready = False  # what this process saw before may be gone
+        try:
+            await self._ensure_group()
+        except (RedisError, OSError):
+            return False
+        return True
 
     async def dataset_config(self, dataset: str) -> DatasetConfig | None:
         raw = await self.client.get(constants.DATASET_KEY.format(dataset))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -20,21 +22,35 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+ReadyScope = Literal["service", "api"]
+
+
 @router.get("/readyz", response_model=ReadyReport,
-            responses={503: {"model": ReadyReport, "description": "Redis or workers missing"}})
-async def readyz(queue: QueueDep, caller: OptionalCallerDep) -> JSONResponse:
-    """Ready when workers can claim from the queue and at least one is at work.
+            responses={503: {"model": ReadyReport, "description": "Redis or workers missing"},
+                       **problem_responses(422)})
+async def readyz(queue: QueueDep, caller: OptionalCallerDep,
+                 scope: Annotated[ReadyScope, Query(
+                     description="service: jobs get done now (a worker lives and can "
+                     "claim); api: this API can take jobs (the queue answers and holds its "
+                     "consumer group, which this check makes again if Redis lost it), "
+                     "workers or not. A cluster that scales workers from zero routes on "
+                     "the api scope.")] = "service") -> JSONResponse:
+    """Ready when workers can claim from the queue and at least one is at work; with
+    ``scope=api``, when this API can queue jobs for workers that may not have started.
 
     The queue must answer and hold its consumer group (a Redis that came
-    back empty holds none until a worker makes it again), and a worker's
-    heartbeat must be live: workers beat only while their claims succeed.
-    Open to probes without a key; the workers' details (host, pid, current
-    job) only to an admin key.
+    back empty holds none until a worker, or this check with ``scope=api``,
+    makes it again), and a worker's heartbeat must be live: workers beat only
+    while their claims succeed. Open to probes without a key; the workers'
+    details (host, pid, current job) only to an admin key.
     """
     queue_ok = await queue.ping()
-    claimable = queue_ok and await queue.claimable()
+    if scope == "api":
+        claimable = queue_ok and await queue.make_claimable()
+    else:
+        claimable = queue_ok and await queue.claimable()
     workers = await queue.workers() if queue_ok else []
-    ready = claimable and bool(workers)
+    ready = claimable and (scope == "api" or bool(workers))
     report = ReadyReport(status="ready" if ready else "not ready", queue=queue.name,
                          queue_ok=queue_ok, claimable=claimable, live_workers=len(workers),
                          workers=workers if caller is not None and caller.admin else None)

@@ -262,7 +262,51 @@ def test_redis_readyz_without_workers_answers_503(client: TestClient) -> None:
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json() == {"status": "not ready", "queue": "redis", "queue_ok": True,
-                               "claimable": False, "live_workers": 0, "workers": []}
+                               "claimable": True, "live_workers": 0, "workers": []}
+
+
+def _groups(redis_client: redis.Redis) -> list[str]:
+    try:
+        return [group["name"].decode() for group in redis_client.xinfo_groups(constants.STREAM)]
+    except redis.ResponseError:  # no stream
+        return []
+
+
+def test_the_api_makes_the_consumer_group_when_it_starts(
+        make_client: ClientFactory, redis_url: str, redis_client: redis.Redis) -> None:
+    redis_client.flushall()
+    make_client(redis_url=redis_url)
+    # Before any worker started: an autoscaler reads the group's lag to start the first.
+    assert _groups(redis_client) == [constants.GROUP]
+
+
+def test_readyz_for_the_api_is_ready_while_no_worker_lives(client: TestClient) -> None:
+    response = client.get("/readyz", params={"scope": "api"})
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["live_workers"]) == ("ready", 0)
+
+
+def test_readyz_for_the_api_makes_the_group_again_after_redis_lost_it(
+        client: TestClient, redis_client: redis.Redis) -> None:
+    redis_client.flushall()
+    assert client.get("/readyz").json()["claimable"] is False
+    response = client.get("/readyz", params={"scope": "api"})
+    assert response.status_code == 200, response.text
+    assert _groups(redis_client) == [constants.GROUP]
+
+
+def test_readyz_for_the_api_with_unreachable_redis_answers_503(make_client: ClientFactory,
+                                                              unused_port: int) -> None:
+    client = make_client(redis_url=f"redis://127.0.0.1:{unused_port}/0")
+    response = client.get("/readyz", params={"scope": "api"})
+    assert response.status_code == 503
+    assert response.json()["queue_ok"] is False
+
+
+def test_readyz_refuses_an_unknown_scope(client: TestClient) -> None:
+    response = client.get("/readyz", params={"scope": "everything"})
+    assert response.status_code == 422
+    assert "scope" in response.json()["detail"]
 
 
 def test_redis_readyz_lists_a_live_worker(client: TestClient, redis_url: str,
