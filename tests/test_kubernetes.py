@@ -311,3 +311,20 @@ def test_the_cpu_overlay_asks_for_no_gpu() -> None:
     pod = _one(objects, "Deployment", "krypton-worker")["spec"]["template"]["spec"]
     assert {"name": "KRYPTON_DEVICE", "value": "cpu"} in pod["containers"][0]["env"]
     assert _one(objects, "ScaledObject", "krypton-worker")["spec"]["minReplicaCount"] >= 1
+
+
+def test_the_managed_redis_example_runs_no_redis_and_logs_keda_in() -> None:
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(KUBERNETES / "examples" / "managed-redis")],
+        capture_output=True, text=True, timeout=120, check=True).stdout
+    objects = [d for d in yaml.safe_load_all(rendered) if d]
+    assert not [o for o in objects if o["metadata"]["name"] == "krypton-redis"
+                and o["kind"] in ("StatefulSet", "Service", "NetworkPolicy")]
+    secret = _one(objects, "Secret", "krypton-redis")
+    authentication = _one(objects, "TriggerAuthentication", "krypton-redis")
+    parameters = {r["parameter"]: r["key"] for r in authentication["spec"]["secretTargetRef"]}
+    assert {"address", "password", "tls"} <= set(parameters)
+    assert set(parameters.values()) <= set(secret["data"])
+    for document in objects:
+        if not document["apiVersion"].startswith("keda.sh/"):
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)

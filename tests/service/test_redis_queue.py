@@ -184,6 +184,49 @@ def test_redis_job_of_a_killed_worker_is_finished_by_another(
                        what="the rescuer to acknowledge the job")
 
 
+def test_redis_job_of_a_worker_scaled_down_mid_job_is_finished_exactly_once_by_another(
+    client: TestClient, redis_url: str, redis_client: redis.Redis, registry: Path,
+    retina_png: bytes, tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    """What an autoscaler's scale-down does: SIGTERM to a worker in the middle of a job."""
+    logs = {name: tmp_path / f"{name}.log" for name in ("stopping", "rescuer")}
+
+    def explain(what: str) -> str:
+        return what + "".join(f"\n--- {name} log:\n{path.read_text(errors='replace')[-3000:]}"
+                              for name, path in logs.items() if path.exists())
+
+    stopping = _spawn_worker(registry, redis_url, logs["stopping"])
+    spawned.append(stopping)
+    url = helpers.submit(client, retina_png, **SLOW).headers["Location"]
+
+    def computing() -> dict[str, Any] | None:
+        job: dict[str, Any] = client.get(url).json()
+        assert job["status"] != "succeeded", explain("the job finished before the SIGTERM")
+        return job if job["status"] == "running" and job["progress"] > 0 else None
+
+    job_id = helpers.wait_until(computing, timeout=120, what=explain("the job to compute"))["id"]
+    stopping.send_signal(signal.SIGTERM)
+    # Well within the worker's terminationGracePeriodSeconds in deploy/kubernetes (60 s).
+    assert stopping.wait(30) == 0, explain("the worker did not exit cleanly")
+    handed_back = client.get(url).json()
+    assert (handed_back["status"], handed_back["progress"]) == ("queued", 0.0)
+    assert _pending(redis_client) == 1, "the claim stays pending for another worker"
+
+    rescuer = _spawn_worker(registry, redis_url, logs["rescuer"], KRYPTON_CLAIM_IDLE_MS="1000")
+    spawned.append(rescuer)
+    job = helpers.wait_for_job(client, url, timeout=180)
+    assert job["status"] == "succeeded", explain(str(job["error"]))
+    stored = helpers.job_document(redis_client, job["id"])
+    assert (stored["attempts"], f"-{rescuer.pid}-" in stored["worker"]) == (1, True)
+    helpers.wait_until(lambda: _pending(redis_client) == 0, timeout=30,
+                       what="the rescuer to acknowledge the job")
+    assert redis_client.xlen(constants.STREAM) == 0, "the job's entry is gone, not left twice"
+    finished = [line for name in logs for line in logs[name].read_text().splitlines()
+                if job_id in line and " succeeded in " in line]
+    assert len(finished) == 1, explain(f"finished {len(finished)} times")
+    assert "job handed back" in logs["stopping"].read_text()
+
+
 # ---------------------------------------------------------------- expiry and deletion
 
 
