@@ -20,7 +20,7 @@ import typer
 
 from krypton.benchmarks.engine import bench_deployment
 from krypton.demo import SAMPLE_SEED, lesion_samples
-from krypton.engine import Approximation, heatmap_ssim
+from krypton.engine import Approximation, approximate, heatmap_ssim
 from krypton.service.model_cache import ModelCache
 
 
@@ -50,7 +50,7 @@ def main(
         positions = reference.stats.positions
         for approximation in settings:
             started = time.perf_counter()
-            result = approximation.attribute(exact, image, patch, stride,
+            result = approximate(approximation, exact, image, patch, stride,
                                              target=reference.target)
             seconds[approximation] += time.perf_counter() - started
             scores[approximation].append(heatmap_ssim(result.heatmap, reference.heatmap))

@@ -53,7 +53,7 @@ from torch import Tensor
 
 from krypton.benchmarks.engine import POINTING_TOLERANCE, bench_deployment
 from krypton.demo import SAMPLE_SEED, lesion_batch
-from krypton.engine import Approximation, IncrementalOcclusion, heatmap_ssim, points_at
+from krypton.engine import Approximation, IncrementalOcclusion, approximate, heatmap_ssim, points_at
 from krypton.engine.bisection import bisect_from_lattice, lattice_axis
 from krypton.engine.drilldown import drilldown_count, interpolate_coarse
 from krypton.engine.patches import PatchGrid
@@ -159,8 +159,8 @@ def main() -> None:
         exact_hits.append(points_at(exact.heatmap, box, patch, stride, tolerance=tolerance))
         for coarse_stride in strides:
             grid = PatchGrid(size, size, patch, coarse_stride)
-            drilled = Approximation(1.0, ratio, coarse_stride).attribute(
-                engine, image, patch, stride, target=exact.target).heatmap
+            drilled = approximate(Approximation(1.0, ratio, coarse_stride),
+                                  engine, image, patch, stride, target=exact.target).heatmap
             coarse = torch.from_numpy(engine.attribute(
                 image, patch, coarse_stride, target=exact.target).heatmap)
             estimate = interpolate_coarse(coarse, grid, fine)
@@ -179,8 +179,9 @@ def main() -> None:
                 heatmap, cost = _bisected(exact.heatmap, coarse_stride // stride, limit,
                                           drilldown_count(fine.size, args.cap))
                 if index == 0:
-                    engine_map = Approximation(1.0, args.cap, coarse_stride, limit).attribute(
-                        engine, image, patch, stride, target=exact.target).heatmap
+                    engine_map = approximate(Approximation(1.0, args.cap, coarse_stride, limit),
+                                             engine, image, patch, stride,
+                                             target=exact.target).heatmap
                     assert np.abs(heatmap - engine_map).max() < 1e-4, "it is the engine's"
                 scores.setdefault((coarse_stride, f"bisect {limit}"), []).append((
                     heatmap_ssim(heatmap, exact.heatmap),

@@ -26,6 +26,7 @@ from krypton.engine import (
     Approximation,
     IncrementalOcclusion,
     ReferenceOcclusion,
+    approximate,
     heatmap_ssim,
     points_at,
     tune,
@@ -186,11 +187,11 @@ def _bench_model(
            f"(batch {exact_result.stats.batch_size})")
     approximate_pps = approximate_ssim = None
     if approximation is not None:
-        approximate, approximate_seconds = _timed(functools.partial(
-            approximation.attribute, exact, image, patch, stride, target=exact_result.target,
+        approximated, approximate_seconds = _timed(functools.partial(
+            approximate, approximation, exact, image, patch, stride, target=exact_result.target,
             batch_size=exact_batch), device)
         approximate_pps = grid.size / approximate_seconds
-        approximate_ssim = heatmap_ssim(approximate.heatmap, exact_result.heatmap)
+        approximate_ssim = heatmap_ssim(approximated.heatmap, exact_result.heatmap)
         report(f"  approx  {approximate_pps:8.2f} positions/s, SSIM {approximate_ssim:.3f}")
     stats = exact_result.stats
     return BenchRow(
@@ -538,7 +539,7 @@ def run_approximate_benchmark(
             exact_seconds += seconds
             ranges.append(float(np.ptp(reference.heatmap)))
             result, seconds = _timed(functools.partial(
-                tuning.approximation.attribute, exact, image, patch, stride,
+                approximate, tuning.approximation, exact, image, patch, stride,
                 target=reference.target), device)
             approximate_seconds += seconds
             scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
@@ -582,7 +583,7 @@ def _check_quality(engine: IncrementalOcclusion, preprocessing: Preprocessing, c
         box = tuple(int(v) for v in batch.boxes[index])
         assert len(box) == 4
         reference = engine.attribute(image, patch, stride)
-        result = approximation.attribute(engine, image, patch, stride, target=reference.target)
+        result = approximate(approximation, engine, image, patch, stride, target=reference.target)
         scores.append(heatmap_ssim(result.heatmap, reference.heatmap))
         exact_hits.append(points_at(reference.heatmap, box, patch, stride, tolerance=tolerance))
         approximate_hits.append(points_at(result.heatmap, box, patch, stride,

@@ -29,7 +29,7 @@ import torch
 import typer
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from krypton.engine import Approximation, IncrementalOcclusion
+from krypton.engine import Approximation, IncrementalOcclusion, approximate
 from krypton.engine import incremental as incremental_module
 from krypton.models import build_model
 
@@ -98,7 +98,7 @@ def main() -> None:
         model = build_model(name, num_classes=4, seed=0).eval()
         engine = IncrementalOcclusion(model)
         settings = (Approximation(), Approximation(args.tau))
-        runs = {s.tau: functools.partial(s.attribute, engine, image, args.patch, args.stride)
+        runs = {s.tau: functools.partial(approximate, s, engine, image, args.patch, args.stride)
                 for s in settings}
         for run in runs.values():
             run()  # plans, buffers and first-call costs out of the way

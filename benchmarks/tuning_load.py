@@ -26,7 +26,7 @@ from torch import Tensor
 
 from krypton.benchmarks.engine import bench_deployment
 from krypton.demo import SAMPLE_SEED, lesion_samples
-from krypton.engine import Approximation, IncrementalOcclusion, TuningResult, tune
+from krypton.engine import Approximation, IncrementalOcclusion, TuningResult, approximate, tune
 from krypton.service.model_cache import ModelCache
 
 
@@ -70,7 +70,7 @@ def _idle_seconds(engine: IncrementalOcclusion, images: list[Tensor], settings: 
             order = range(len(settings)) if (turn + i) % 2 == 0 else reversed(range(len(settings)))
             for k in order:
                 started = time.perf_counter()
-                settings[k].attribute(engine, image, patch, stride)
+                approximate(settings[k], engine, image, patch, stride)
                 quickest[k, i] = min(quickest[k, i], time.perf_counter() - started)
     return [float(row.mean()) for row in quickest]
 

@@ -3,7 +3,8 @@
 Knows nothing of HTTP, Redis or files: tensors in, heatmaps out.
 """
 
-from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
+from krypton.approximation import Approximation, ApproximationError
+from krypton.engine.approximation import approximate, coarse_stride_for_speedup
 from krypton.engine.base import (
     OcclusionEngine,
     Output,
@@ -29,6 +30,7 @@ from krypton.engine.tuning import FrontierPoint, TuningResult, tune
 __all__ = [
     "MODES",
     "Approximation",
+    "ApproximationError",
     "DrillDown",
     "EngineError",
     "FrontierPoint",
@@ -47,6 +49,7 @@ __all__ = [
     "StopCheck",
     "TuningResult",
     "UnsupportedModelError",
+    "approximate",
     "coarse_stride_for_speedup",
     "heatmap_ssim",
     "points_at",

@@ -26,6 +26,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from krypton.approximation import Approximation
 from krypton.engine.errors import InvalidParamsError, RunStopped
 from krypton.engine.patches import PatchGrid, PatchValue, patch_tensor
 from krypton.engine.result import OcclusionResult, RunStats
@@ -39,7 +40,6 @@ __all__ = [
     "ProgressCallback",
     "Session",
     "StopCheck",
-    "check_tau",
     "prepare_model",
 ]
 
@@ -233,7 +233,7 @@ class OcclusionEngine(ABC):
         Positions are flat indices into the grid, row-major; ``on_batch`` as
         :meth:`BatchLoop.occlude`.
         """
-        check_tau(tau)
+        Approximation(tau)  # the one check of tau
         if positions is None:
             positions = torch.arange(grid.size, device=self.device)
         session = self._session(prepared.state, grid, prepared.patch, tau)
@@ -281,15 +281,14 @@ class OcclusionEngine(ABC):
             loop.total = grid.size
             heatmap = self.occlude(prepared, grid, loop, tau=tau,
                                    on_batch=_so_far(partial, grid.shape)).view(grid.shape)
-        return self.result(prepared, grid, heatmap, loop, tau=tau)
+        return self.result(prepared, grid, heatmap, loop, Approximation(tau))
 
-    def result(self, prepared: Prepared, grid: PatchGrid, heatmap: Tensor, loop: BatchLoop, *,
-               tau: float, drilldown_ratio: float | None = None,
-               coarse_stride: int | None = None, drilldown_tolerance: float | None = None,
-               refined: int | None = None, rounds: int | None = None) -> OcclusionResult:
+    def result(self, prepared: Prepared, grid: PatchGrid, heatmap: Tensor, loop: BatchLoop,
+               approximation: Approximation, *, refined: int | None = None,
+               rounds: int | None = None) -> OcclusionResult:
         """The finished heatmap of ``grid``, its prediction and how the run went."""
         seconds = time.perf_counter() - loop.started
-        approximate = tau != 1.0 or drilldown_ratio is not None
+        approximate = not approximation.is_exact
         logger.debug("%s occlusion: %d positions in %.3f s", self.mode, loop.done, seconds)
         flops = loop.flops(grid.size)
         probabilities = prepared.probabilities
@@ -311,10 +310,7 @@ class OcclusionEngine(ABC):
                 flops_full=flops[0] if flops else None,
                 flops_incremental=flops[1] if flops else None,
                 theoretical_ratio=loop.theoretical_ratio,
-                tau=tau,
-                drilldown_ratio=drilldown_ratio,
-                coarse_stride=coarse_stride,
-                drilldown_tolerance=drilldown_tolerance,
+                approximation=approximation,
                 refined_positions=refined,
                 refine_rounds=rounds,
             ),
@@ -333,12 +329,6 @@ def _so_far(partial: PartialCallback | None, shape: tuple[int, int]
         partial(heatmap.reshape(shape))
 
     return report
-
-
-def check_tau(tau: float) -> None:
-    """Raises InvalidParamsError unless ``0 < tau <= 1``."""
-    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0.0 < float(tau) <= 1.0:
-        raise InvalidParamsError(f"tau must be in (0, 1], got {tau!r}")
 
 
 def prepare_model(model: nn.Module, device: torch.device, *, copy: bool = True) -> nn.Module:

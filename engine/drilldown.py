@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from krypton.approximation import Approximation
 from krypton.engine.base import (
     BatchLoop,
     OcclusionEngine,
@@ -40,8 +41,7 @@ from krypton.engine.errors import InvalidParamsError
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.result import OcclusionResult
 
-__all__ = ["DrillDown", "check_bisection_strides", "check_drilldown", "drilldown_count",
-           "interpolate_coarse", "top_drop"]
+__all__ = ["DrillDown", "drilldown_count", "interpolate_coarse", "top_drop"]
 
 
 class DrillDown:
@@ -49,26 +49,30 @@ class DrillDown:
 
     Args:
         engine: the engine that occludes both grids.
-        ratio: fraction ``r`` of fine positions recomputed, ``0 < r <= 1``;
-            with a ``tolerance``, the most that may be.
-        coarse_stride: stride of the coarse stage, in input pixels; with a
-            ``tolerance``, a multiple of the fine stride.
-        tolerance: refine by bisection until measured points depart from the
-            interpolation by at most this share of the coarse values' range;
-            ``None`` refines the ``ratio`` with the largest drop.
+        approximation: a drill-down: its ``drilldown_ratio`` is the fraction
+            ``r`` of fine positions recomputed (with a tolerance, the most that
+            may be), its ``coarse_stride`` the coarse stage's stride in input
+            pixels, its ``drilldown_tolerance`` (if any) refines by bisection
+            until measured points depart from the interpolation by at most
+            that share of the coarse values' range; its ``tau`` applies to both
+            stages.
+
+    Raises:
+        InvalidParamsError: ``approximation`` does not drill down.
 
     Example::
 
         >>> engine = IncrementalOcclusion(model)
-        >>> DrillDown(engine, ratio=0.05, coarse_stride=16).attribute(image, 16, 4)
-        >>> DrillDown(engine, ratio=0.5, coarse_stride=16, tolerance=0.1).attribute(image, 16, 4)
+        >>> DrillDown(engine, Approximation(1.0, 0.05, 16)).attribute(image, 16, 4)
+        >>> DrillDown(engine, Approximation(1.0, 0.5, 16, 0.1)).attribute(image, 16, 4)
     """
 
-    def __init__(self, engine: OcclusionEngine, *, ratio: float, coarse_stride: int,
-                 tolerance: float | None = None) -> None:
-        check_drilldown(ratio, coarse_stride, tolerance)
-        self.engine, self.ratio, self.coarse_stride = engine, float(ratio), coarse_stride
-        self.tolerance = None if tolerance is None else float(tolerance)
+    def __init__(self, engine: OcclusionEngine, approximation: Approximation) -> None:
+        if approximation.drilldown_ratio is None or approximation.coarse_stride is None:
+            raise InvalidParamsError(f"{approximation.describe()} runs no drill-down")
+        self.engine, self.approximation = engine, approximation
+        self.ratio, self.coarse_stride = approximation.drilldown_ratio, approximation.coarse_stride
+        self.tolerance = approximation.drilldown_tolerance
 
     def attribute(
         self,
@@ -82,7 +86,6 @@ class DrillDown:
         progress: ProgressCallback | None = None,
         should_stop: StopCheck | None = None,
         partial: PartialCallback | None = None,
-        tau: float = 1.0,
     ) -> OcclusionResult:
         """The drilled-down heatmap; arguments as :meth:`OcclusionEngine.attribute`.
 
@@ -93,8 +96,7 @@ class DrillDown:
         then that map with the refined cells filled in: after every fine batch
         for the ``ratio`` rule, after every round for bisection.
         """
-        engine = self.engine
-        check_bisection_strides(self.tolerance, self.coarse_stride, stride)
+        engine, tau = self.engine, self.approximation.for_stride(stride).tau
         loop = BatchLoop(batch_size, engine.device, progress, should_stop)
         with torch.inference_mode():
             prepared = engine.prepare(image, patch_value=patch_value, target=target)
@@ -121,9 +123,8 @@ class DrillDown:
                     measure, partial)
                 if progress is not None and loop.done < loop.total:
                     progress(loop.done, loop.done)  # spent less than the cap: done all the same
-        return engine.result(prepared, fine, heatmap, loop, tau=tau,
-                             drilldown_ratio=self.ratio, coarse_stride=self.coarse_stride,
-                             drilldown_tolerance=self.tolerance, refined=refined, rounds=rounds)
+        return engine.result(prepared, fine, heatmap, loop, self.approximation,
+                             refined=refined, rounds=rounds)
 
 
 Measure = Callable[..., Tensor]
@@ -186,28 +187,6 @@ def _nearest(fine: npt.NDArray[np.int64], coarse: npt.NDArray[np.int64]) -> npt.
     """For each fine position, the index of the coarse position nearest it."""
     nearest: npt.NDArray[np.intp] = np.abs(fine[:, None] - coarse[None, :]).argmin(axis=1)
     return nearest
-
-
-def check_drilldown(ratio: float, coarse_stride: int, tolerance: float | None = None) -> None:
-    """Raises InvalidParamsError unless ``0 < ratio <= 1``, ``coarse_stride >= 1`` and
-    ``tolerance``, if given, is in ``[0, 1]``."""
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 < ratio <= 1.0:
-        raise InvalidParamsError(f"drilldown_ratio must be in (0, 1], got {ratio!r}")
-    if isinstance(coarse_stride, bool) or not isinstance(coarse_stride, int) or coarse_stride < 1:
-        raise InvalidParamsError(
-            f"coarse_stride must be a positive integer, got {coarse_stride!r}")
-    if tolerance is not None and (isinstance(tolerance, bool)
-                                  or not isinstance(tolerance, int | float)
-                                  or not 0.0 <= tolerance <= 1.0):
-        raise InvalidParamsError(f"drilldown_tolerance must be in [0, 1], got {tolerance!r}")
-
-
-def check_bisection_strides(tolerance: float | None, coarse_stride: int, stride: int) -> None:
-    """Raises InvalidParamsError if bisection (a ``tolerance``) would start off the fine grid."""
-    if tolerance is not None and coarse_stride % stride:
-        raise InvalidParamsError(
-            f"drilldown_tolerance needs a coarse_stride that is a multiple of the stride "
-            f"({stride}), got {coarse_stride}")
 
 
 def interpolate_coarse(coarse: torch.Tensor, coarse_grid: PatchGrid,

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from krypton.engine.approximation import Approximation
+from krypton.approximation import Approximation
+from krypton.engine.approximation import approximate
 from krypton.engine.base import (
     OcclusionEngine,
     Output,
@@ -112,6 +113,8 @@ def occlusion(
     Raises:
         InvalidParamsError: a bad argument, approximation knobs without
             ``mode="approximate"``, or ``mode="approximate"`` without knobs.
+        ApproximationError: knobs that break a rule of
+            :class:`~krypton.approximation.Approximation`.
 
     Example::
 
@@ -129,11 +132,10 @@ def occlusion(
         raise InvalidParamsError(
             "mode='approximate' needs tau and/or drilldown_ratio with coarse_stride "
             "(see `krypton tune` for a dataset's settings); mode='exact' runs without them")
-    approximation = Approximation(1.0 if tau is None else tau, drilldown_ratio, coarse_stride,
-                                  drilldown_tolerance)
+    approximation = Approximation.of(tau, drilldown_ratio, coarse_stride, drilldown_tolerance)
     engine = _engine(model, mode, device, output)
-    return approximation.attribute(
-        engine, image, patch_size, stride, patch_value=patch_value, target=target,
+    return approximate(
+        approximation, engine, image, patch_size, stride, patch_value=patch_value, target=target,
         batch_size=batch_size, progress=progress, should_stop=should_stop, partial=partial,
     )
 

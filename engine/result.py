@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
+from krypton.approximation import Approximation
 
 __all__ = ["OcclusionResult", "RunStats"]
 
@@ -33,10 +35,8 @@ class RunStats:
     flops_full: int | None = None
     flops_incremental: int | None = None
     theoretical_ratio: float | None = None
-    tau: float = 1.0
-    drilldown_ratio: float | None = None
-    coarse_stride: int | None = None
-    drilldown_tolerance: float | None = None
+    approximation: Approximation = field(default_factory=Approximation)
+    """How far the run departed from exact (exact: ``tau`` 1, no drill-down)."""
     refined_positions: int | None = None
     """Drill-down only: fine positions recomputed after the coarse stage."""
     refine_rounds: int | None = None

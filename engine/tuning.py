@@ -48,7 +48,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from torch import Tensor
 
-from krypton.engine.approximation import Approximation, coarse_stride_for_speedup
+from krypton.approximation import Approximation
+from krypton.engine.approximation import approximate, coarse_stride_for_speedup
 from krypton.engine.base import StopCheck
 from krypton.engine.errors import InvalidParamsError
 from krypton.engine.incremental import IncrementalOcclusion
@@ -196,7 +197,7 @@ def tune(
         seconds, ssim, flops_ratio = search.evaluate(approximation, tuning)
         point = FrontierPoint(approximation, seconds, exact_seconds / seconds, ssim, flops_ratio)
         frontier.append(point)
-        say(f"{_describe(approximation)}: SSIM {ssim:.3f}, {point.speedup:.2f}x over exact")
+        say(f"{approximation.describe()}: SSIM {ssim:.3f}, {point.speedup:.2f}x over exact")
         return point
 
     for ratio in RATIOS:
@@ -237,7 +238,7 @@ def tune(
     for point in candidates:
         _, holdout_ssim, _ = search.evaluate(point.approximation, held_out)
         checks.append(HoldoutCheck(point.approximation, holdout_ssim))
-        say(f"held out: {_describe(point.approximation)} SSIM {holdout_ssim:.3f}")
+        say(f"held out: {point.approximation.describe()} SSIM {holdout_ssim:.3f}")
         if holdout_ssim >= target_ssim:
             chosen = point
             break
@@ -283,7 +284,7 @@ def _timed_side_by_side(search: _SideBySide, frontier: list[FrontierPoint], targ
                for point, s in zip(passing, seconds, strict=True)}
     say(f"side by side: exact: {exact:.2f} s per image")
     for point in retimed.values():
-        say(f"side by side: {_describe(point.approximation)}: {point.seconds:.2f} s, "
+        say(f"side by side: {point.approximation.describe()}: {point.seconds:.2f} s, "
             f"{point.speedup:.2f}x over exact")
     return ([retimed.get(id(point), replace(point, speedup=exact / point.seconds))
              for point in frontier], exact)
@@ -316,8 +317,8 @@ class _Search:
 
     def _run(self, index: int, approximation: Approximation) -> tuple[OcclusionResult, float]:
         started = self._clock()
-        result = approximation.attribute(
-            self._engine, self._images[index], self._patch, self._stride,
+        result = approximate(
+            approximation, self._engine, self._images[index], self._patch, self._stride,
             patch_value=self._value, target=self._targets.get(index), batch_size=self._batch,
             should_stop=self._should_stop,
         )
@@ -361,13 +362,3 @@ class _Search:
                 savings.append(result.stats.flops_ratio)
         flops_ratio = float(np.mean(savings)) if len(savings) == len(seconds) else None
         return float(np.mean(seconds)), float(self._combine(scores)), flops_ratio
-
-
-def _describe(approximation: Approximation) -> str:
-    text = f"tau {approximation.tau:.2f}"
-    if approximation.drills_down:
-        text += (f", drill-down r {approximation.drilldown_ratio:.2f} "
-                 f"coarse stride {approximation.coarse_stride}")
-    if approximation.drilldown_tolerance is not None:
-        text += f", bisection tolerance {approximation.drilldown_tolerance:.2f}"
-    return text

@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from krypton.approximation import Approximation, ApproximationError
 from krypton.models.errors import DatasetConfigError
 
-__all__ = ["DEFAULT_DATASETS_DIR", "SCHEMA_VERSION", "DatasetConfig", "DatasetStore",
-           "bisection_problem"]
+__all__ = ["DEFAULT_DATASETS_DIR", "SCHEMA_VERSION", "DatasetConfig", "DatasetStore"]
 
 SCHEMA_VERSION = 1
 DEFAULT_DATASETS_DIR = Path("datasets")
@@ -28,42 +28,11 @@ DEFAULT_DATASETS_DIR = Path("datasets")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def bisection_problem(tolerance: float | None, ratio: float | None, coarse_stride: int | None,
-                      stride: int) -> str | None:
-    """What keeps these knobs from refining by bisection, or None when nothing does.
-
-    A tuned config and a request's own knobs obey the same rule, each raising
-    its own error with this message. Bisection halves cells of the coarse
-    lattice down to the fine grid, so the coarse stride must be on that grid.
-    """
-    if tolerance is None:
-        return None
-    if ratio is None or coarse_stride is None:
-        return "drilldown_tolerance needs drilldown_ratio (its cap) and coarse_stride"
-    if not 0.0 <= tolerance <= 1.0:
-        return f"drilldown_tolerance must be in [0, 1], got {tolerance}"
-    if coarse_stride % stride:
-        return (f"drilldown_tolerance needs a coarse_stride that is a multiple of the stride "
-                f"{stride}, got {coarse_stride}")
-    return None
-
-
-class TunedKnobs(Protocol):
-    @property
-    def tau(self) -> float: ...
-    @property
-    def drilldown_ratio(self) -> float | None: ...
-    @property
-    def coarse_stride(self) -> int | None: ...
-    @property
-    def drilldown_tolerance(self) -> float | None: ...
-
-
 class TuningOutcome(Protocol):
     """The fields of a tuning result a config records."""
 
     @property
-    def approximation(self) -> TunedKnobs: ...
+    def approximation(self) -> Approximation: ...
     @property
     def target_ssim(self) -> float: ...
     @property
@@ -105,14 +74,20 @@ class DatasetConfig:
                 f"dataset config version {self.version} is not supported (expected "
                 f"{SCHEMA_VERSION})"
             )
-        if not 0.0 < self.tau <= 1.0:
-            raise DatasetConfigError(f"tau must be in (0, 1], got {self.tau}")
-        if (self.drilldown_ratio is None) != (self.coarse_stride is None):
-            raise DatasetConfigError("drilldown_ratio and coarse_stride go together")
-        problem = bisection_problem(self.drilldown_tolerance, self.drilldown_ratio,
-                                    self.coarse_stride, self.stride)
-        if problem is not None:
-            raise DatasetConfigError(problem)
+        try:
+            self.approximation.for_stride(self.stride)
+        except ApproximationError as exc:
+            raise DatasetConfigError(f"dataset {self.dataset!r}: {exc}") from exc
+
+    @property
+    def approximation(self) -> Approximation:
+        """The tuned knobs as the one value every part of Krypton checks and runs.
+
+        Raises:
+            ApproximationError: knobs that break one of its rules.
+        """
+        return Approximation(self.tau, self.drilldown_ratio, self.coarse_stride,
+                             self.drilldown_tolerance)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,11 +121,8 @@ class DatasetConfig:
         ``result`` is what :func:`krypton.engine.tune` returns; this package
         reads only the fields it names, so it needs no engine.
         """
-        chosen = result.approximation
         return cls(dataset=dataset, model=model, checkpoint=checkpoint, patch_size=patch_size,
-                   stride=stride, tau=chosen.tau, drilldown_ratio=chosen.drilldown_ratio,
-                   coarse_stride=chosen.coarse_stride,
-                   drilldown_tolerance=chosen.drilldown_tolerance, target_ssim=result.target_ssim,
+                   stride=stride, **result.approximation.knobs(), target_ssim=result.target_ssim,
                    achieved_ssim=round(result.holdout_ssim, 4),
                    speedup=round(result.speedup, 3))
 

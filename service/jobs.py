@@ -23,13 +23,13 @@ import numpy.typing as npt
 import torch
 
 from krypton.engine import (
-    Approximation,
     EngineError,
     IncrementalOcclusion,
     OcclusionResult,
     PartialCallback,
     ProgressCallback,
     StopCheck,
+    approximate,
     tune,
 )
 from krypton.models import DatasetConfig, decode_image, patch_value
@@ -107,10 +107,8 @@ def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floatin
     loaded = cache.get(plan.model)
     plan.check_weights(loaded.weights_id)
     preprocessing = loaded.deployed.preprocessing
-    approximation = Approximation(plan.tau, plan.drilldown_ratio, plan.coarse_stride,
-                                  plan.drilldown_tolerance)
-    return approximation.attribute(
-        cache.engine(plan.model, plan.mode), loaded.model_input(pixels),
+    return approximate(
+        plan.approximation, cache.engine(plan.model, plan.mode), loaded.model_input(pixels),
         plan.patch_size, plan.stride, patch_value=patch_value(plan.patch_color, preprocessing),
         target=plan.target_class, progress=progress, should_stop=should_stop, partial=partial)
 
@@ -141,9 +139,7 @@ def summarize(result: OcclusionResult, deployed: DeployedModel, plan: HeatmapPla
     run = RunSummary(
         positions=stats.positions, input_size=deployed.preprocessing.size,
         heatmap_shape=result.heatmap.shape, seconds=stats.seconds, device=stats.device,
-        mode=plan.mode, flops_ratio=stats.flops_ratio, tau=stats.tau,
-        drilldown_ratio=stats.drilldown_ratio, coarse_stride=stats.coarse_stride,
-        drilldown_tolerance=stats.drilldown_tolerance,
+        mode=plan.mode, flops_ratio=stats.flops_ratio, **stats.approximation.knobs(),
         refined_positions=stats.refined_positions, refine_rounds=stats.refine_rounds)
     return prediction, run
 

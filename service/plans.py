@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from krypton.approximation import Approximation, ApproximationError
 from krypton.models import (
     DatasetConfig,
     DatasetConfigError,
@@ -26,7 +27,6 @@ from krypton.models import (
     get_model_spec,
     patch_value,
 )
-from krypton.models.datasets import bisection_problem
 from krypton.models.deployment import DeployedModel, Deployment
 
 __all__ = [
@@ -87,6 +87,17 @@ class HeatmapPlan(BaseModel):
         default=None, description="Identity of the weights the dataset's config was tuned on.")
     frame: int | None = Field(
         default=None, description="Which frame of a multi-frame DICOM image (1-based).")
+
+    @model_validator(mode="after")
+    def _knobs_obey_the_rules(self) -> HeatmapPlan:
+        self.approximation.for_stride(self.stride)
+        return self
+
+    @property
+    def approximation(self) -> Approximation:
+        """The knobs as the one value every part of Krypton checks and runs."""
+        return Approximation(self.tau, self.drilldown_ratio, self.coarse_stride,
+                             self.drilldown_tolerance)
 
     def check_weights(self, weights_id: str | None) -> None:
         """Refuse to run a dataset's tuned knobs on weights they were not tuned on
@@ -196,13 +207,11 @@ def resolve_heatmap(
         if dataset is not None:
             raise InvalidArgumentError("give either a dataset or tau/drilldown_ratio/"
                                        "coarse_stride, not both")
-        problem = bisection_problem(drilldown_tolerance, drilldown_ratio, coarse_stride, stride)
-        if problem is not None:
-            raise InvalidArgumentError(problem)
-        plan = plan.model_copy(update={"tau": 1.0 if tau is None else tau,
-                                       "drilldown_ratio": drilldown_ratio,
-                                       "coarse_stride": coarse_stride,
-                                       "drilldown_tolerance": drilldown_tolerance})
+        try:
+            approximation = Approximation.of(*knobs).for_stride(stride)
+        except ApproximationError as exc:
+            raise InvalidArgumentError(str(exc)) from exc
+        plan = plan.model_copy(update=approximation.knobs())
     else:
         plan = plan.model_copy(update=_tuned_knobs(deployed, dataset, config, patch_size,
                                                    stride))
@@ -317,6 +326,4 @@ def _tuned_knobs(deployed: DeployedModel, dataset: str | None, config: DatasetCo
         raise DatasetConfigError(f"dataset {dataset!r} is not tuned yet; tune it first "
                                  f"(POST /v1/datasets/{dataset}/tuning or `krypton tune`)")
     config.check_compatible(deployed.architecture, patch_size=patch_size, stride=stride)
-    return {"tau": config.tau, "drilldown_ratio": config.drilldown_ratio,
-            "coarse_stride": config.coarse_stride,
-            "drilldown_tolerance": config.drilldown_tolerance, "tuned_for": config.checkpoint}
+    return {**config.approximation.knobs(), "tuned_for": config.checkpoint}

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from krypton.approximation import Approximation, ApproximationError
 from krypton.cli.common import Device, fail
 from krypton.models import ModelError
-
-if TYPE_CHECKING:
-    from krypton.engine import Approximation
 
 __all__ = ["register"]
 
@@ -102,11 +100,9 @@ def bench(
 
 def _setting(text: str | None) -> Approximation | None:
     """``TAU/R/COARSE[/TOLERANCE]`` as an approximation (:meth:`Approximation.from_text`)."""
-    from krypton.engine import Approximation, InvalidParamsError
-
     if text is None:
         return None
     try:
         return Approximation.from_text(text)
-    except InvalidParamsError as exc:
+    except ApproximationError as exc:
         fail(f"--setting: {exc}")

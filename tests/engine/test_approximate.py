@@ -10,6 +10,7 @@ from torch import nn
 
 from krypton.engine import (
     Approximation,
+    ApproximationError,
     DrillDown,
     IncrementalOcclusion,
     InvalidParamsError,
@@ -85,7 +86,7 @@ def test_smaller_tau_spends_fewer_flops(resnet_case: tuple[nn.Module, torch.Tens
     assert approximate.stats.flops_incremental is not None
     assert exact.stats.flops_incremental is not None
     assert approximate.stats.flops_incremental < exact.stats.flops_incremental
-    assert approximate.stats.tau == tau
+    assert approximate.stats.approximation == Approximation(tau)
 
 
 def test_small_tau_changes_the_heatmap_but_keeps_its_structure(
@@ -117,8 +118,8 @@ def test_drilldown_wrapper_equals_the_approximate_mode_of_occlusion(
     resnet_case: tuple[nn.Module, torch.Tensor],
 ) -> None:
     model, image = resnet_case
-    wrapped = DrillDown(IncrementalOcclusion(model), ratio=0.2, coarse_stride=18)
-    direct = wrapped.attribute(image, 12, 6, tau=0.8)
+    wrapped = DrillDown(IncrementalOcclusion(model), Approximation(0.8, 0.2, 18))
+    direct = wrapped.attribute(image, 12, 6)
     via_mode = occlusion(model, image, 12, 6, mode="approximate", tau=0.8,
                          drilldown_ratio=0.2, coarse_stride=18)
     np.testing.assert_array_equal(direct.heatmap, via_mode.heatmap)
@@ -127,7 +128,7 @@ def test_drilldown_wrapper_equals_the_approximate_mode_of_occlusion(
 
 def test_drilldown_over_the_naive_engine_runs_without_tau(tiny_cnn: nn.Module) -> None:
     image = torch.randn(3, 20, 20)
-    drilled = DrillDown(ReferenceOcclusion(tiny_cnn), ratio=1.0, coarse_stride=4)
+    drilled = DrillDown(ReferenceOcclusion(tiny_cnn), Approximation(1.0, 1.0, 4))
     exact = occlusion(tiny_cnn, image, 4, 2)
     np.testing.assert_allclose(drilled.attribute(image, 4, 2).heatmap, exact.heatmap,
                                atol=TOLERANCE)
@@ -147,9 +148,9 @@ def test_drilldown_over_the_naive_engine_runs_without_tau(tiny_cnn: nn.Module) -
     pytest.param({"drilldown_ratio": 0.5, "coarse_stride": 8, "drilldown_tolerance": -0.1},
                  "drilldown_tolerance", id="negative-tolerance"),
 ])
-def test_approximation_with_bad_setting_raises_invalid_params(options: dict[str, float],
-                                                              message: str) -> None:
-    with pytest.raises(InvalidParamsError, match=message):
+def test_approximation_with_bad_setting_raises_approximation_error(
+        options: dict[str, float], message: str) -> None:
+    with pytest.raises(ApproximationError, match=message):
         Approximation(**options)  # type: ignore[arg-type]
 
 
@@ -284,7 +285,7 @@ def test_bisection_keeps_exact_values_where_it_refines_and_reports_what_it_did(
     result = occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.5,
                        coarse_stride=24, drilldown_tolerance=0.1)
     stats, coarse = result.stats, PatchGrid(96, 96, 12, 24)
-    assert stats.drilldown_tolerance == 0.1 and stats.refine_rounds is not None
+    assert stats.approximation.drilldown_tolerance == 0.1 and stats.refine_rounds is not None
     assert 0 < stats.refined_positions <= np.ceil(0.5 * exact.size)
     assert stats.positions == coarse.size + stats.refined_positions
     exact_cells = np.isclose(result.heatmap, exact, rtol=0, atol=TOLERANCE)
@@ -295,7 +296,7 @@ def test_bisection_needs_a_coarse_stride_on_the_fine_grid(
     resnet_case: tuple[nn.Module, torch.Tensor],
 ) -> None:
     model, image = resnet_case
-    with pytest.raises(InvalidParamsError, match="multiple of the stride"):
+    with pytest.raises(ApproximationError, match="multiple of the stride"):
         occlusion(model, image, 12, 6, mode="approximate", drilldown_ratio=0.5,
                   coarse_stride=20, drilldown_tolerance=0.1)
 
@@ -311,7 +312,7 @@ def test_a_setting_reads_from_its_text_form(text: str, expected: Approximation) 
 
 @pytest.mark.parametrize("text", ["1/0.05", "x/0.05/16", "1/0.05/16/0.1/9", "1/-/-/0.1"])
 def test_a_bad_setting_text_is_refused(text: str) -> None:
-    with pytest.raises(InvalidParamsError):
+    with pytest.raises(ApproximationError):
         Approximation.from_text(text)
 
 

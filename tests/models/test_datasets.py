@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from krypton.approximation import Approximation
 from krypton.models import (
     DatasetConfig,
     DatasetConfigError,
@@ -70,11 +71,9 @@ def test_config_is_accepted_for_its_own_model_and_geometry() -> None:
 
 
 def test_config_from_tuning_records_the_chosen_knobs_and_scores() -> None:
-    class Knobs:
-        tau, drilldown_ratio, coarse_stride, drilldown_tolerance = 0.6, 0.5, 16, 0.1
-
     class Result:
-        approximation, target_ssim, holdout_ssim, speedup = Knobs(), 0.9, 0.912345, 7.12345
+        approximation = Approximation(0.6, 0.5, 16, 0.1)
+        target_ssim, holdout_ssim, speedup = 0.9, 0.912345, 7.12345
 
     config = DatasetConfig.from_tuning(Result(), dataset="d", model="resnet18",
                                        checkpoint="ab" * 32, patch_size=16, stride=4)
@@ -104,7 +103,7 @@ def test_malformed_config_raises_dataset_config_error(text: str, message: str) -
 @pytest.mark.parametrize(("changes", "message"), [
     pytest.param({"version": 2}, "version", id="future-version"),
     pytest.param({"tau": 0.0}, "tau", id="tau-zero"),
-    pytest.param({"coarse_stride": None}, "together", id="ratio-without-stride"),
+    pytest.param({"coarse_stride": None}, "needs both", id="ratio-without-stride"),
     pytest.param({"dataset": "../etc/passwd"}, "dataset name", id="path-traversal"),
 ])
 def test_invalid_config_values_raise_dataset_config_error(changes: dict[str, object],

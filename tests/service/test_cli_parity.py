@@ -72,6 +72,42 @@ def test_explain_gives_the_api_heatmap_for_a_deployed_checkpoint(
     assert float(np.ptp(served)) > 1e-3, "a flat map would make the comparison moot"
 
 
+# What differs between two runs of the same request: who ran it, where and how long it took.
+RUN_SPECIFIC = {("id",), ("run", "seconds"), ("run", "device")}
+
+
+def _leaves(document: object, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], object]:
+    if isinstance(document, dict):
+        return {leaf: value for key, item in document.items()
+                for leaf, value in _leaves(item, (*path, key)).items()}
+    return {path: document}
+
+
+def test_explain_writes_the_services_heatmap_json_key_by_key(
+        own_registry: Path, make_client: ClientFactory, retina_png: bytes,
+        tmp_path: Path) -> None:
+    image = tmp_path / "retina.png"
+    image.write_bytes(retina_png)
+    fields = {"dataset": helpers.TUNED_DATASET, "mode": "approximate"}
+    result = CliRunner().invoke(app, [
+        "explain", str(image), "-o", str(tmp_path / "cli.json"), "--registry",
+        str(own_registry), "--model", helpers.MODEL, "--dataset", helpers.TUNED_DATASET,
+        "--mode", "approximate"])
+    assert result.exit_code == 0, result.output
+    client = make_client(registry=own_registry, datasets_dir=own_registry.parent / "datasets")
+    job = helpers.finished(client, retina_png, model=helpers.MODEL, **fields)
+    served = _leaves(client.get(job["links"]["json"]).json())
+    written = _leaves(json.loads((tmp_path / "cli.json").read_text()))
+
+    assert set(written) == set(served)
+    assert ("run", "tau") in served and ("params", "tuned_for") in served
+    for key in set(served) - RUN_SPECIFIC:
+        if isinstance(served[key], float):
+            assert written[key] == pytest.approx(served[key], rel=1e-6), key
+        else:
+            assert written[key] == served[key], key
+
+
 def _readme_command(name: str) -> list[str]:
     """The README's ``krypton NAME`` line for the retina dataset, as arguments."""
     line = next(line for line in (ROOT / "README.md").read_text().splitlines()
