@@ -14,7 +14,7 @@ worker's compute thread and never touch the store themselves; the worker
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from krypton.engine import (
     PartialCallback,
     ProgressCallback,
     StopCheck,
+    TuningResult,
     approximate,
     tune,
 )
@@ -165,13 +166,36 @@ def predict(context: JobContext, params: PredictParams, images: list[bytes]) -> 
     })
 
 
+def tune_dataset(cache: ModelCache, plan: TuningPlan,
+                 pictures: Sequence[npt.NDArray[np.floating]], *,
+                 report: Callable[[str], None] | None = None,
+                 should_stop: StopCheck | None = None) -> tuple[TuningResult, DatasetConfig]:
+    """Tune ``plan``'s dataset on decoded sample pictures: the search and the config it
+    found, pinned to the weights it ran on. The tuning job and ``krypton tune`` both
+    call this.
+
+    Raises:
+        EngineError: the engine refused (or ``should_stop`` stopped) the search.
+    """
+    loaded = cache.get(plan.model)
+    engine = cache.engine(plan.model, "exact")
+    assert isinstance(engine, IncrementalOcclusion)
+    result = tune(engine, [loaded.model_input(picture) for picture in pictures],
+                  plan.patch_size, plan.stride, target_ssim=plan.target_ssim,
+                  score=plan.score, holdout=plan.holdout,
+                  patch_value=patch_value(plan.patch_color, loaded.deployed.preprocessing),
+                  report=report, should_stop=should_stop)
+    config = DatasetConfig.from_tuning(
+        result, dataset=plan.dataset, model=loaded.deployed.architecture,
+        checkpoint=loaded.weights_id, patch_size=plan.patch_size, stride=plan.stride)
+    return result, config
+
+
 @job_body(JobKind.tuning)
 def tuning(context: JobContext, params: TuningPlan, images: list[bytes]) -> Outcome:
-    loaded = context.cache.get(params.model)
-    window = loaded.deployed.preprocessing.window
-    tensors = [loaded.model_input(decode_image(i, max_pixels=context.max_pixels,
-                                               max_side=INFERENCE_SIDE, window=window))
-               for i in images]
+    window = context.cache.get(params.model).deployed.preprocessing.window
+    pictures = [decode_image(i, max_pixels=context.max_pixels, max_side=INFERENCE_SIDE,
+                             window=window) for i in images]
     steps = [0]
 
     def report(line: str) -> None:
@@ -179,15 +203,7 @@ def tuning(context: JobContext, params: TuningPlan, images: list[bytes]) -> Outc
         steps[0] += 1
         context.progress(min(steps[0], 19), 20)  # tuning's length is unknown up front
 
-    engine = context.cache.engine(params.model, "exact")
-    assert isinstance(engine, IncrementalOcclusion)
-    result = tune(engine, tensors, params.patch_size, params.stride,
-                  target_ssim=params.target_ssim, score=params.score,
-                  holdout=max(1, len(tensors) // 2),
-                  patch_value=patch_value("gray", loaded.deployed.preprocessing),
-                  report=report, should_stop=context.should_stop)
-    config = DatasetConfig.from_tuning(
-        result, dataset=params.dataset, model=loaded.deployed.architecture,
-        checkpoint=loaded.weights_id, patch_size=params.patch_size, stride=params.stride)
+    _, config = tune_dataset(context.cache, params, pictures, report=report,
+                             should_stop=context.should_stop)
     return Outcome(updates={"tuned": config.as_dict() | {"met_target": config.met_target}},
                    dataset_config=config)

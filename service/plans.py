@@ -133,6 +133,9 @@ class TuningPlan(BaseModel):
     target_ssim: float
     score: Literal["mean", "min"] = Field(
         default="mean", description="Hold the images' mean SSIM to the target, or each image's.")
+    patch_color: str = "gray"
+    holdout: int | None = Field(
+        default=None, description="Images held out for the final check; None: half.")
 
 
 def resolve_heatmap(
@@ -229,9 +232,16 @@ def resolve_tuning(
     stride: int = DEFAULT_STRIDE,
     target_ssim: float = 0.9,
     score: Literal["mean", "min"] = "mean",
+    patch_color: str = "gray",
+    holdout: int | None = None,
+    max_images: int | None = MAX_TUNING_IMAGES,
     max_gflop: float | None = None,
 ) -> TuningPlan:
     """The validated plan for tuning ``dataset`` on ``images`` sample images.
+
+    The service and ``krypton tune`` both plan with this; the service also
+    bounds the images one job may carry (``max_images``) and its work
+    (``max_gflop``).
 
     Refuses up front what the tuner would refuse only after loading the model:
     a heatmap too small to score, or more work than one job may book. Tuning
@@ -245,9 +255,16 @@ def resolve_tuning(
     """
     deployed = deployment.model(deployment.dataset(dataset).model)
     _check_geometry(deployed, patch_size, stride)
-    if not MIN_TUNING_IMAGES <= images <= MAX_TUNING_IMAGES:
-        raise InvalidArgumentError(f"tuning needs {MIN_TUNING_IMAGES} to {MAX_TUNING_IMAGES} "
-                                   f"images, got {images}")
+    if images < MIN_TUNING_IMAGES or (max_images is not None and images > max_images):
+        most = f" to {max_images}" if max_images is not None else " or more"
+        raise InvalidArgumentError(f"tuning needs {MIN_TUNING_IMAGES}{most} images, "
+                                   f"got {images}")
+    if score not in ("mean", "min"):
+        raise InvalidArgumentError(f"score must be 'mean' or 'min', got {score!r}")
+    patch_value(patch_color, deployed.preprocessing)
+    if holdout is not None and not 1 <= holdout < images:
+        raise InvalidArgumentError(f"holdout must leave at least one image on each side, got "
+                                   f"{holdout} of {images}")
     if not 0.0 < target_ssim <= 1.0:
         raise InvalidArgumentError(f"target_ssim must be in (0, 1], got {target_ssim}")
     side = deployed.preprocessing.size
@@ -258,7 +275,8 @@ def resolve_tuning(
             f"{deployed.name!r}'s {side}-pixel input; tuning scores heatmaps by SSIM, which "
             f"needs at least {MIN_TUNING_GRID}x{MIN_TUNING_GRID}: use a smaller patch or stride")
     plan = TuningPlan(model=deployed.name, dataset=dataset, patch_size=patch_size,
-                      stride=stride, target_ssim=target_ssim, score=score)
+                      stride=stride, target_ssim=target_ssim, score=score,
+                      patch_color=patch_color, holdout=holdout)
     if max_gflop is not None:
         exact = HeatmapPlan(model=deployed.name, patch_size=patch_size, stride=stride)
         booked = images * work(deployed, exact)

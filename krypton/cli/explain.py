@@ -24,13 +24,11 @@ from krypton import render
 from krypton.cli.common import Device, EngineMode, fail
 from krypton.models import (
     DEFAULT_DATASETS_DIR,
-    DatasetConfig,
     DatasetStore,
     ModelError,
     decode_image,
     get_model_spec,
     list_models,
-    patch_value,
 )
 from krypton.models.deployment import (
     DeployedDataset,
@@ -45,6 +43,7 @@ from krypton.service.plans import (
     DEFAULT_STRIDE,
     HeatmapPlan,
     resolve_heatmap,
+    resolve_tuning,
 )
 
 if TYPE_CHECKING:
@@ -283,33 +282,23 @@ def tune_dataset(
     seed: Seed = 0,
 ) -> None:
     """Tune approximate inference for one dataset and write its config file."""
-    from krypton.engine import EngineError, IncrementalOcclusion, tune
+    from krypton.engine import EngineError
+    from krypton.service.jobs import tune_dataset as run_tuning
     from krypton.service.model_cache import ModelCache
 
     try:
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if len(files) < 2:
-            raise ValueError(f"{images} holds {len(files)} image(s); tuning needs at least 2")
         deployment = _deployment(registry, model, weights, num_classes, seed, dataset, configs)
-        plan = resolve_heatmap(deployment, model=model, dataset=dataset,
-                               patch_size=patch, stride=stride, patch_color=color)
-        cache = ModelCache(deployment, device.value)
-        loaded = cache.get(plan.model)
-        engine = cache.engine(plan.model, "exact")
-        assert isinstance(engine, IncrementalOcclusion)
-        window = loaded.deployed.preprocessing.window
-        samples = [loaded.model_input(decode_image(f, max_side=INFERENCE_SIDE, window=window))
-                   for f in files]
+        plan = resolve_tuning(deployment, dataset, images=len(files), patch_size=patch,
+                              stride=stride, target_ssim=target_ssim,
+                              score=score,  # type: ignore[arg-type]  # resolve refuses others
+                              patch_color=color, holdout=holdout, max_images=None)
+        window = deployment.model(plan.model).preprocessing.window
+        pictures = [decode_image(f, max_side=INFERENCE_SIDE, window=window) for f in files]
         typer.echo(f"tuning {dataset!r} on {len(files)} images, {plan.model}, patch {patch}, "
                    f"stride {stride}, target SSIM {target_ssim}", err=True)
-        result = tune(
-            engine, samples, patch, stride, target_ssim=target_ssim,
-            score=score,  # type: ignore[arg-type]  # tune() refuses anything else
-            patch_value=patch_value(color, loaded.deployed.preprocessing), holdout=holdout,
-            report=lambda line: typer.echo(f"  {line}", err=True))
-        config = DatasetConfig.from_tuning(
-            result, dataset=dataset, model=loaded.deployed.architecture,
-            checkpoint=loaded.weights_id, patch_size=patch, stride=stride)
+        result, config = run_tuning(ModelCache(deployment, device.value), plan, pictures,
+                                    report=lambda line: typer.echo(f"  {line}", err=True))
         path = DatasetStore(deployment.datasets_dir).save(config)
     except (EngineError, ModelError, ValueError, OSError) as exc:
         fail(str(exc))

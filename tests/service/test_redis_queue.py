@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,26 +149,40 @@ def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
         process.wait(30)
 
 
-def test_redis_job_of_a_killed_worker_is_finished_by_another(
-    client: TestClient, redis_url: str, redis_client: redis.Redis, registry: Path,
-    retina_png: bytes, tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
-) -> None:
-    logs = {name: tmp_path / f"{name}.log" for name in ("doomed", "rescuer")}
+def _explainer(logs: dict[str, Path]) -> Callable[[str], str]:
+    """A failure message followed by the tail of each worker's log."""
 
     def explain(what: str) -> str:
         return what + "".join(f"\n--- {name} log:\n{path.read_text(errors='replace')[-3000:]}"
                               for name, path in logs.items() if path.exists())
 
-    doomed = _spawn_worker(registry, redis_url, logs["doomed"])
-    spawned.append(doomed)
-    url = helpers.submit(client, retina_png, **SLOW).headers["Location"]
+    return explain
+
+
+def _wait_until_computing(client: TestClient, url: str, explain: Callable[[str], str]
+                          ) -> dict[str, Any]:
+    """The job once its worker has finished a batch of it, not before it succeeds."""
 
     def computing() -> dict[str, Any] | None:
         job: dict[str, Any] = client.get(url).json()
-        assert job["status"] != "succeeded", explain("the job finished before the kill")
+        assert job["status"] != "succeeded", explain("the job finished too soon")
         return job if job["status"] == "running" and job["progress"] > 0 else None
 
-    helpers.wait_until(computing, timeout=120, what=explain("the job to be computing"))
+    job: dict[str, Any] = helpers.wait_until(computing, timeout=120,
+                                             what=explain("the job to be computing"))
+    return job
+
+
+def test_redis_job_of_a_killed_worker_is_finished_by_another(
+    client: TestClient, redis_url: str, redis_client: redis.Redis, registry: Path,
+    retina_png: bytes, tmp_path: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    logs = {name: tmp_path / f"{name}.log" for name in ("doomed", "rescuer")}
+    explain = _explainer(logs)
+    doomed = _spawn_worker(registry, redis_url, logs["doomed"])
+    spawned.append(doomed)
+    url = helpers.submit(client, retina_png, **SLOW).headers["Location"]
+    _wait_until_computing(client, url, explain)
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(30)
     assert client.get(url).json()["status"] == "running"
@@ -190,21 +204,11 @@ def test_redis_job_of_a_worker_scaled_down_mid_job_is_finished_exactly_once_by_a
 ) -> None:
     """What an autoscaler's scale-down does: SIGTERM to a worker in the middle of a job."""
     logs = {name: tmp_path / f"{name}.log" for name in ("stopping", "rescuer")}
-
-    def explain(what: str) -> str:
-        return what + "".join(f"\n--- {name} log:\n{path.read_text(errors='replace')[-3000:]}"
-                              for name, path in logs.items() if path.exists())
-
+    explain = _explainer(logs)
     stopping = _spawn_worker(registry, redis_url, logs["stopping"])
     spawned.append(stopping)
     url = helpers.submit(client, retina_png, **SLOW).headers["Location"]
-
-    def computing() -> dict[str, Any] | None:
-        job: dict[str, Any] = client.get(url).json()
-        assert job["status"] != "succeeded", explain("the job finished before the SIGTERM")
-        return job if job["status"] == "running" and job["progress"] > 0 else None
-
-    job_id = helpers.wait_until(computing, timeout=120, what=explain("the job to compute"))["id"]
+    job_id = _wait_until_computing(client, url, explain)["id"]
     stopping.send_signal(signal.SIGTERM)
     # Well within the worker's terminationGracePeriodSeconds in deploy/kubernetes (60 s).
     assert stopping.wait(30) == 0, explain("the worker did not exit cleanly")
