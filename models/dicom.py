@@ -311,7 +311,8 @@ def _stored_frame(dataset: Dataset, header: DicomHeader, index: int | None,
         if _pillow_reduces(header, factor):
             return _pillow_frame(dataset, header, index, factor)
         stored = pixel_array(dataset, index=index)
-    except (NotImplementedError, RuntimeError, ValueError, OSError, SyntaxError) as exc:
+    except (NotImplementedError, RuntimeError, ValueError, OSError, SyntaxError,
+            AttributeError) as exc:  # AttributeError: pydicom's "missing required element"
         raise _undecodable(header) from exc
     photometric = header.photometric
     if photometric.startswith("YBR"):

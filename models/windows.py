@@ -129,7 +129,7 @@ def grayscale_display(dataset: Dataset, stored: npt.NDArray[np.generic], photome
     if isinstance(choice, Window):
         window: Window | None = choice
         applied = AppliedWindow("model", choice.center, choice.width)
-    elif choice is None and ("WindowCenter" in dataset or "VOILUTSequence" in dataset):
+    elif choice is None and (_has_window(dataset) or "VOILUTSequence" in dataset):
         return _files_window(dataset, photometric)
     elif choice is None and int(dataset.BitsStored) <= 8:
         window = _stored_range(dataset)
@@ -147,6 +147,11 @@ def grayscale_display(dataset: Dataset, stored: npt.NDArray[np.generic], photome
     return display, applied
 
 
+def _has_window(dataset: Dataset) -> bool:
+    """A window needs both its centre and its width: a file with a centre alone has none."""
+    return "WindowCenter" in dataset and "WindowWidth" in dataset
+
+
 def _files_window(dataset: Dataset, photometric: str) -> tuple[Display, AppliedWindow]:
     """The file's first VOI LUT or window, through pydicom, scaled by its output range."""
     low_stored, high_stored = _stored_bounds(dataset)
@@ -161,8 +166,8 @@ def _files_window(dataset: Dataset, photometric: str) -> tuple[Display, AppliedW
         scaled = np.clip((np.asarray(values, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
         return _inverted(scaled.astype(np.float32), photometric)
 
-    if "VOILUTSequence" in dataset and "WindowCenter" not in dataset:
-        return display, AppliedWindow("file")
+    if not _has_window(dataset):
+        return display, AppliedWindow("file")  # its VOI LUT table
     return display, AppliedWindow("file", _first(dataset.WindowCenter),
                                   _first(dataset.WindowWidth))
 

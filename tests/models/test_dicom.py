@@ -173,6 +173,34 @@ def test_display_attributes_that_are_not_numbers_are_refused_as_unreadable(
         decode_image(buffer.getvalue())
 
 
+def _ct_small_without(change: str) -> bytes:
+    dataset = pydicom.dcmread(io.BytesIO(files.shipped("CT_small.dcm")))
+    if change == "planar-configuration":
+        dataset.SamplesPerPixel = 3
+        dataset.PhotometricInterpretation = "RGB"
+    elif change == "pixel-data":
+        del dataset.PixelData
+    else:
+        dataset.WindowCenter = 40
+        if "WindowWidth" in dataset:
+            del dataset.WindowWidth
+    buffer = io.BytesIO()
+    dataset.save_as(buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("change", ["planar-configuration", "pixel-data"])
+def test_a_header_missing_what_its_pixels_need_is_refused_as_unreadable(change: str) -> None:
+    with pytest.raises(ImageDecodeError):
+        decode_image(_ct_small_without(change))
+
+
+def test_a_window_centre_without_its_width_is_no_window() -> None:
+    decoded = decode(_ct_small_without("window-width"))
+    assert decoded.window is not None and decoded.window.source == "image"
+    assert float(decoded.pixels.std()) > 0.05
+
+
 def test_multi_frame_file_needs_a_frame() -> None:
     with pytest.raises(ImageDecodeError, match="30 frames"):
         decode_image(files.shipped("examples_ybr_color.dcm"))
