@@ -10,6 +10,7 @@ code here, never restated, so renaming one in the code fails a test.
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -107,7 +108,7 @@ def test_every_overlay_renders_the_api_workers_redis_and_their_scaling(
                      ("Deployment", "krypton-worker"), ("ScaledObject", "krypton-worker"),
                      ("TriggerAuthentication", "krypton-redis"),
                      ("StatefulSet", "krypton-redis"), ("Service", "krypton-redis"),
-                     ("Secret", "krypton-redis"), ("NetworkPolicy", "krypton-redis"),
+                     ("NetworkPolicy", "krypton-redis"),
                      ("NetworkPolicy", "krypton-worker")}
     # The registry's ConfigMap carries a hash of its content, so a changed registry
     # rolls the pods that mount it.
@@ -155,18 +156,37 @@ def test_workers_scale_on_the_stream_and_group_the_code_uses(
     assert sorted(map(sorted, modes)) == [["lagCount"], ["pendingEntriesCount"]]
 
 
-def test_keda_reaches_redis_through_the_secret_the_api_and_workers_read(
-        objects: list[dict[str, Any]]) -> None:
-    secret = _one(objects, "Secret", "krypton-redis")
-    keys = set(secret.get("data", {})) | set(secret.get("stringData", {}))
-    authentication = _one(objects, "TriggerAuthentication", "krypton-redis")
-    for reference in authentication["spec"]["secretTargetRef"]:
-        assert (reference["name"], reference["key"] in keys) == ("krypton-redis", True)
+def _documented_secret_keys(name: str, text: str) -> set[str]:
+    """The keys of the ``kubectl create secret generic NAME`` command in ``text``, which
+    may go on over lines ending in a backslash."""
+    lines = text[text.index(f"create secret generic {name} "):].splitlines()
+    command = []
+    for line in lines:
+        command.append(line)
+        if not line.rstrip().endswith("\\"):
+            break
+    return set(re.findall(r"--from-literal=(\w+)=", " ".join(command)))
+
+
+def _secret_keys_used(objects: list[dict[str, Any]], name: str) -> set[str]:
+    """Every key of Secret ``name`` a container or KEDA reads."""
+    keys = {reference["key"] for o in objects if o["kind"] == "TriggerAuthentication"
+            for reference in o["spec"]["secretTargetRef"] if reference["name"] == name}
     for _, container in _containers(objects):
         for variable in container.get("env", []):
             reference = variable.get("valueFrom", {}).get("secretKeyRef")
-            if reference and reference["name"] == "krypton-redis":
-                assert reference["key"] in keys
+            if reference and reference["name"] == name:
+                keys.add(reference["key"])
+    return keys
+
+
+def test_the_redis_secret_the_docs_create_has_every_key_the_manifests_read(
+        objects: list[dict[str, Any]]) -> None:
+    assert not [o for o in objects if o["kind"] == "Secret"], "secrets are never committed"
+    documented = _documented_secret_keys("krypton-redis",
+                                         (ROOT / "docs" / "deploy.md").read_text())
+    assert _secret_keys_used(objects, "krypton-redis") == documented == {
+        "password", "url", "address"}
 
 
 def test_every_krypton_variable_is_a_setting_the_code_reads(
@@ -276,8 +296,10 @@ def test_every_object_carries_the_recommended_labels(objects: list[dict[str, Any
 def test_workers_accept_no_connections_and_redis_only_krypton_and_keda(
         objects: list[dict[str, Any]]) -> None:
     worker = _one(objects, "NetworkPolicy", "krypton-worker")["spec"]
-    assert worker["policyTypes"] == ["Ingress"] and worker["ingress"] == []
-    [rule] = _one(objects, "NetworkPolicy", "krypton-redis")["spec"]["ingress"]
+    assert worker["ingress"] == []
+    redis = _one(objects, "NetworkPolicy", "krypton-redis")["spec"]
+    assert (redis["policyTypes"], redis["egress"]) == (["Ingress", "Egress"], [])
+    [rule] = redis["ingress"]
     peers = rule["from"]
     components = peers[0]["podSelector"]["matchExpressions"][0]["values"]
     assert sorted(components) == ["api", "worker"]
@@ -313,18 +335,33 @@ def test_the_cpu_overlay_asks_for_no_gpu() -> None:
     assert _one(objects, "ScaledObject", "krypton-worker")["spec"]["minReplicaCount"] >= 1
 
 
+@pytest.mark.parametrize("workload", ["api", "worker"])
+def test_the_api_and_workers_connect_only_to_redis_and_dns(
+        objects: list[dict[str, Any]], workload: str) -> None:
+    policy = _one(objects, "NetworkPolicy", f"krypton-{workload}")["spec"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    to_redis, to_dns = policy["egress"]
+    assert to_redis["to"] == [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "krypton", "app.kubernetes.io/component": "redis"}}}]
+    redis = _one(objects, "Service", "krypton-redis")["spec"]["ports"][0]["port"]
+    assert to_redis["ports"] == [{"port": redis, "protocol": "TCP"}]
+    assert {p["port"] for p in to_dns["ports"]} == {53}
+
+
 def test_the_managed_redis_example_runs_no_redis_and_logs_keda_in() -> None:
-    rendered = subprocess.run(
-        ["kubectl", "kustomize", str(KUBERNETES / "examples" / "managed-redis")],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+    example = KUBERNETES / "examples" / "managed-redis"
+    rendered = subprocess.run(["kubectl", "kustomize", str(example)], capture_output=True,
+                              text=True, timeout=120, check=True).stdout
     objects = [d for d in yaml.safe_load_all(rendered) if d]
     assert not [o for o in objects if o["metadata"]["name"] == "krypton-redis"
-                and o["kind"] in ("StatefulSet", "Service", "NetworkPolicy")]
-    secret = _one(objects, "Secret", "krypton-redis")
-    authentication = _one(objects, "TriggerAuthentication", "krypton-redis")
-    parameters = {r["parameter"]: r["key"] for r in authentication["spec"]["secretTargetRef"]}
-    assert {"address", "password", "tls"} <= set(parameters)
-    assert set(parameters.values()) <= set(secret["data"])
+                and o["kind"] in ("StatefulSet", "Service", "NetworkPolicy", "Secret")]
+    documented = _documented_secret_keys(
+        "krypton-redis", (example / "kustomization.yaml").read_text().replace("#   ", ""))
+    assert _secret_keys_used(objects, "krypton-redis") | {"url"} <= documented
+    assert {"address", "password", "tls"} <= documented
+    for workload in ("api", "worker"):
+        egress = _one(objects, "NetworkPolicy", f"krypton-{workload}")["spec"]["egress"]
+        assert egress[0]["to"][0]["ipBlock"]["except"] == ["169.254.0.0/16"]
     for document in objects:
         if not document["apiVersion"].startswith("keda.sh/"):
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
