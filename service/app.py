@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 
 from krypton import __version__
 from krypton.models import DatasetStore
@@ -136,12 +136,24 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
     app.state.keys = None if settings.keys_file is None else _keys(settings.keys_file)
     app.state.metrics = Metrics()
     app.middleware("http")(app.state.metrics.middleware)
+    app.middleware("http")(_protective_headers)
     install_handlers(app)
     for module in (heatmaps, catalog, health):
         app.include_router(module.router)
     install_openapi(app, keyed=app.state.keys is not None)
     install_pages(app)
     return app
+
+
+async def _protective_headers(request: Request,
+                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """No browser guesses a type the service did not send, and no cache (a browser's, a
+    proxy's) keeps a job, an image's heatmap or anything else under /v1: patient data."""
+    response = await call_next(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    if request.url.path.startswith("/v1/"):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def _keys(path: Path) -> KeyStore:

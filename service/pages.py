@@ -21,6 +21,8 @@ __all__ = ["install_pages"]
 
 _STATIC = Path(__file__).with_name("static")
 _DOCS_STATIC = "/static-docs"
+_VIEWER_POLICY = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+                  "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 def install_pages(app: FastAPI) -> None:
@@ -32,7 +34,11 @@ def install_pages(app: FastAPI) -> None:
 
     @app.get("/", include_in_schema=False)
     async def viewer() -> FileResponse:
-        return FileResponse(_STATIC / "viewer.html", media_type="text/html")
+        # The viewer holds an API key: no other site may frame it (clickjacking) or
+        # have it run a script from elsewhere.
+        return FileResponse(_STATIC / "viewer.html", media_type="text/html",
+                            headers={"Content-Security-Policy": _VIEWER_POLICY,
+                                     "X-Frame-Options": "DENY"})
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,15 @@ def _chromium() -> str:
             return path
     pytest.fail("Chromium is not installed: the test command installs Debian's chromium "
                 "(`apt-get install chromium`)", pytrace=False)
+
+
+def _wait_for(page: Any, expression: str, timeout: float = 60.0) -> None:
+    """Poll ``expression`` from outside the page: the viewer's Content-Security-Policy
+    forbids the in-page eval that Playwright's wait_for_function needs."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
 
 
 @pytest.fixture(scope="module")
@@ -67,19 +77,39 @@ def test_pages_reference_no_outside_host(api: TestClient, path: str) -> None:
     assert [ref for ref in references if urlparse(ref).netloc] == []
 
 
+def test_the_viewer_cannot_be_framed_or_load_scripts_from_elsewhere(api: TestClient) -> None:
+    response = api.get("/")
+    assert response.headers["x-frame-options"] == "DENY"
+    policy = response.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_job_documents_and_results_are_never_cached(api: TestClient, retina_png: bytes) -> None:
+    job = helpers.finished(api, retina_png, **helpers.FAST)
+    for url in (job["links"]["self"], job["links"]["png"], job["links"]["json"]):
+        response = api.get(url)
+        assert response.status_code == 200, url
+        assert response.headers["cache-control"] == "no-store", url
+
+
 def test_viewer_explains_an_image_as_the_api_does(browser: Any, served: str,
                                                   tmp_path: Path) -> None:
     page = browser.new_page()
     hosts: set[str] = set()
     page.on("request", lambda request: _record(hosts, request.url))
+    refused: list[str] = []
+    page.on("console", lambda message: refused.append(message.text)
+            if "Content Security Policy" in message.text else None)
     page.goto(served)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    _wait_for(page, "document.querySelectorAll('#model option').length > 0")
     page.select_option("#model", helpers.MODEL)
     page.fill("#stride", "16")
     page.set_input_files("#image", str(ROOT / "examples" / "retina.jpg"))
     page.click("#explain")
     page.wait_for_selector("#result[data-done='true']", timeout=120_000)
-    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    _wait_for(page, "document.getElementById('overlay').naturalWidth > 0")
+    assert refused == [], "the viewer breaks its own Content-Security-Policy"
 
     job_id = page.inner_text("#job-id")
     job = httpx.get(f"{served}/v1/heatmaps/{job_id}").json()
@@ -107,14 +137,14 @@ def _explain(page: Any, image: Path, **fields: str) -> None:
     page.set_input_files("#image", str(image))
     page.click("#explain")
     page.wait_for_selector("#result[data-done='true']", timeout=120_000)
-    page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    _wait_for(page, "document.getElementById('overlay').naturalWidth > 0")
 
 
 @pytest.fixture
 def viewer(browser: Any, served: str) -> Iterator[Any]:
     page = browser.new_page()
     page.goto(served)
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    _wait_for(page, "document.querySelectorAll('#model option').length > 0")
     yield page
     page.close()
 
@@ -128,7 +158,7 @@ def test_a_finished_job_shows_its_overlay_and_no_partial_map(viewer: Any, tmp_pa
 def test_the_next_job_starts_without_the_last_ones_pictures(viewer: Any) -> None:
     _explain(viewer, ROOT / "examples" / "retina.jpg")
     viewer.click("#explain")
-    viewer.wait_for_function("!document.getElementById('result').dataset.done")
+    _wait_for(viewer, "!document.getElementById('result').dataset.done")
     assert viewer.is_hidden("#overlay") and viewer.inner_text("#prediction") == ""
     viewer.wait_for_selector("#result[data-done='true']", timeout=120_000)
 
