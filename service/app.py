@@ -33,8 +33,9 @@ from krypton.service.pages import install_pages
 from krypton.service.plans import MAX_TUNING_IMAGES
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
+from krypton.service.tuned import import_dataset_configs
 
-__all__ = ["create_app", "import_dataset_configs", "make_deployment", "make_queue"]
+__all__ = ["create_app", "make_deployment", "make_queue"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +55,6 @@ def make_queue(settings: Settings, deployment: Deployment) -> JobQueue:
         return InMemoryQueue(configs=DatasetStore(deployment.datasets_dir), **options)
     return RedisStreamQueue.from_url(str(settings.redis_url),
                                      max_connections=settings.redis_max_connections, **options)
-
-
-async def import_dataset_configs(queue: JobQueue, deployment: Deployment) -> list[str]:
-    """Store the config files in the deployment's ``datasets_dir`` that the store lacks.
-
-    A config tuned with ``krypton tune`` (or in an earlier deployment) then
-    serves without re-tuning; one the store already has (tuned by the
-    service since) is left alone. Returns the names imported.
-    """
-    files = DatasetStore(deployment.datasets_dir)
-    imported = []
-    for name in await asyncio.to_thread(files.names):
-        if name not in deployment.datasets or await queue.dataset_config(name) is not None:
-            continue
-        await queue.save_dataset_config(await asyncio.to_thread(files.load, name))
-        imported.append(name)
-    return imported
 
 
 def make_deployment(settings: Settings) -> Deployment:

@@ -10,6 +10,7 @@ code here, never restated, so renaming one in the code fails a test.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
@@ -365,3 +366,28 @@ def test_the_managed_redis_example_runs_no_redis_and_logs_keda_in() -> None:
     for document in objects:
         if not document["apiVersion"].startswith("keda.sh/"):
             kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_deployment_the_docs_write_renders_with_its_own_images_and_registry(
+        tmp_path: Path) -> None:
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    start = text.index("cat > ../my-krypton/kustomization.yaml <<EOF\n")
+    body = text[text.index("\n", start) + 1:text.index("\nEOF\n", start)]
+    own = tmp_path / "my-krypton"
+    own.mkdir()
+    (own / "kustomization.yaml").write_text(
+        body.replace('../$(basename "$PWD")', os.path.relpath(ROOT, own)) + "\n")
+    (own / "registry.toml").write_text('[[models]]\nname = "chest"\narchitecture = "vgg16"\n'
+                                       'labels = ["a", "b"]\n')
+    rendered = subprocess.run(["kubectl", "kustomize", str(own)], capture_output=True,
+                              text=True, timeout=120, check=False)
+    assert rendered.returncode == 0, rendered.stderr
+    objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
+    images = {c["image"] for _, c in _containers(objects)}
+    assert {"registry.example.org/krypton-api:0.1.0",
+            "registry.example.org/krypton-worker:0.1.0"} <= images
+    [registry] = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert 'name = "chest"' in registry["data"]["registry.toml"]
+    mounted = {v["configMap"]["name"] for d in objects if d["kind"] == "Deployment"
+               for v in d["spec"]["template"]["spec"]["volumes"] if "configMap" in v}
+    assert mounted == {registry["metadata"]["name"]}

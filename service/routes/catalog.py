@@ -35,6 +35,7 @@ from krypton.service.schemas import (
     ModelInfo,
     new_job_id,
 )
+from krypton.service.tuned import tuned_config
 from krypton.service.uploads import read_image
 from krypton.service.weights import served_weights
 
@@ -64,7 +65,7 @@ def _deployed_dataset(deployment: Deployment, name: str) -> DeployedDataset:
 
 async def _dataset_info(queue: JobQueue, deployment: Deployment, name: str) -> DatasetInfo:
     dataset = _deployed_dataset(deployment, name)
-    tuned = await queue.dataset_config(name)
+    tuned = await tuned_config(queue, deployment, name)
     stale = None if tuned is None else stale_reason(
         name, tuned.checkpoint, await served_weights(queue, deployment.model(dataset.model)),
         dataset.model)

@@ -63,6 +63,7 @@ from krypton.service.schemas import (
     heatmap_metadata,
     new_job_id,
 )
+from krypton.service.tuned import tuned_config
 from krypton.service.uploads import read_image
 from krypton.service.weights import served_weights
 
@@ -130,7 +131,7 @@ async def _dataset_config(queue: JobQueue, deployment: Deployment,
     """The named dataset's tuned config, if the deployment serves it and it is tuned."""
     if dataset is None or dataset not in deployment.datasets:
         return None  # resolve_heatmap names the unknown dataset
-    return await queue.dataset_config(dataset)
+    return await tuned_config(queue, deployment, dataset)
 
 
 @router.post("/heatmaps", status_code=202, response_model=JobView,

@@ -413,6 +413,19 @@ def test_redis_api_keeps_a_config_redis_already_has_over_the_file(
     assert client.get(f"/v1/datasets/{helpers.TUNED_DATASET}").json()["tuned"]["tau"] == 0.55
 
 
+def test_redis_that_lost_its_data_serves_the_config_files_again_without_a_restart(
+        client: TestClient, redis_url: str, redis_client: redis.Redis, deployment: Deployment,
+        retina_png: bytes) -> None:
+    redis_client.flushall()
+    tuned = client.get(f"/v1/datasets/{helpers.TUNED_DATASET}").json()["tuned"]
+    assert tuned is not None and tuned["tau"] == helpers.TUNED_TAU
+    with ThreadedWorker(redis_url, deployment, name="w1"):
+        job = helpers.finished(client, retina_png, dataset=helpers.TUNED_DATASET,
+                               mode="approximate")
+    assert job["status"] == "succeeded", job["error"]
+    assert job["run"]["tau"] == helpers.TUNED_TAU
+
+
 def test_redis_approximate_job_runs_the_knobs_redis_holds(
         client: TestClient, redis_url: str, deployment: Deployment, retina_png: bytes) -> None:
     with ThreadedWorker(redis_url, deployment, name="w1"):

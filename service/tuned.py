@@ -1,0 +1,43 @@
+"""The tuned dataset configs the API serves: the store's, else the deployment's files.
+
+With Redis the store is what the workers read, but config files written by
+``krypton tune`` (or kept from an earlier deployment) sit in the deployment's
+``datasets_dir``. The API copies a file into the store when the store lacks
+it: at start, and whenever a request asks for it after Redis lost its data,
+so approximate mode comes back without restarting anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from krypton.models import DatasetConfig, DatasetStore
+from krypton.models.deployment import Deployment
+from krypton.service.queue import JobQueue
+
+__all__ = ["import_dataset_configs", "tuned_config"]
+
+
+async def tuned_config(queue: JobQueue, deployment: Deployment,
+                       dataset: str) -> DatasetConfig | None:
+    """``dataset``'s tuned config: the store's, or its file's, copied into the store."""
+    config = await queue.dataset_config(dataset)
+    if config is not None or dataset not in deployment.datasets:
+        return config
+    files = DatasetStore(deployment.datasets_dir)
+    config = await asyncio.to_thread(files.find, dataset)
+    if config is not None:
+        await queue.save_dataset_config(config)
+    return config
+
+
+async def import_dataset_configs(queue: JobQueue, deployment: Deployment) -> list[str]:
+    """Copy into the store every config file of a deployed dataset that the store lacks;
+    one the store has (tuned by the service since) is left alone. Returns the names."""
+    names = await asyncio.to_thread(DatasetStore(deployment.datasets_dir).names)
+    imported = []
+    for name in names:
+        lacking = name in deployment.datasets and await queue.dataset_config(name) is None
+        if lacking and await tuned_config(queue, deployment, name) is not None:
+            imported.append(name)
+    return imported
