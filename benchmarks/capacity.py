@@ -73,10 +73,11 @@ def measure(
         if name in tuned:
             runs.append(("tuned", Approximation.from_text(tuned[name])))
         for label, approximation in runs:
-            mode = "exact" if approximation.is_exact else "approximate"
-            plan = resolve_heatmap(deployment, model=name, patch_size=patch, stride=stride,
-                                   mode=mode, **(approximation.knobs() if mode != "exact"
-                                                 else {}))
+            if approximation.is_exact:
+                plan = resolve_heatmap(deployment, model=name, patch_size=patch, stride=stride)
+            else:
+                plan = resolve_heatmap(deployment, model=name, patch_size=patch, stride=stride,
+                                       mode="approximate", **approximation.knobs())
             explain(cache, plan, pictures[0])  # loading and tracing out of the way
             seconds = []
             for picture in pictures[1:]:
