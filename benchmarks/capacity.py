@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+import os
 import platform
 import random
 import subprocess
@@ -55,14 +56,18 @@ def measure(
     """Seconds per heatmap job, per model and setting, measured on this machine."""
     from krypton.approximation import Approximation
     from krypton.benchmarks.engine import bench_deployment
-    from krypton.demo import SAMPLE_SEED, lesion_samples
+    from krypton.demo import SAMPLE_SEED, demo_checkpoint, lesion_samples
+    from krypton.models.deployment import Deployment
     from krypton.service.jobs import explain
     from krypton.service.model_cache import ModelCache
     from krypton.service.plans import resolve_heatmap
 
     tuned = dict(text.split("=", 1) for text in setting or [])
     names = models.split(",")
-    deployment = bench_deployment(names, weights)
+    trained = [n for n in names if weights and demo_checkpoint(weights, n).is_file()]
+    deployment = Deployment(models={
+        **bench_deployment([n for n in names if n not in trained]).models,
+        **(bench_deployment(trained, weights).models if trained else {})})
     cache = ModelCache(deployment, "cpu")
     rows = []
     for name in names:
@@ -85,17 +90,27 @@ def measure(
                 explain(cache, plan, picture)
                 seconds.append(time.perf_counter() - started)
             rows.append({"model": name, "setting": label, "knobs": approximation.knobs(),
+                         "weights": "demo" if name in trained else "random",
                          "seconds_per_job": float(np.mean(seconds)),
                          "jobs_per_second": 1.0 / float(np.mean(seconds)),
                          "images": images, "patch": patch, "stride": stride})
             typer.echo(f"{name} {label}: {rows[-1]['seconds_per_job']:.2f} s per job", err=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
+                            text=True, check=False, cwd=Path(__file__).parent).stdout.strip()
     output.write_text(json.dumps({
-        "measured": time.strftime("%Y-%m-%d"), "commit": commit,
-        "machine": f"{platform.processor() or platform.machine()}, CPU",
-        "rows": rows}, indent=2) + "\n")
+        "measured": time.strftime("%Y-%m-%d"), "commit": commit or "unknown",
+        "machine": f"{_processor()}, {os.cpu_count()} cores, CPU", "rows": rows},
+        indent=2) + "\n")
     typer.echo(f"wrote {output}")
+
+
+def _processor() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 @dataclass(order=True)
@@ -155,6 +170,7 @@ def simulate(times: list[float], service: float, *, fixed: int | None = None,
         events += [_Event(t, "poll") for t in np.arange(0.0, end_of_day + 3600.0, poll)]
     heapq.heapify(events)
     next_id, last_job, low_since, last_removal = 0, -math.inf, None, -math.inf
+    last_done = 0.0
 
     def add_worker(now: float, warm: bool) -> None:
         nonlocal next_id
@@ -184,7 +200,7 @@ def simulate(times: list[float], service: float, *, fixed: int | None = None,
             last_job = now
         elif event.kind == "done":
             waits.append(now - busy.pop(event.worker))
-            last_job = now
+            last_job = last_done = now
         elif event.kind == "ready" and event.worker in starting:
             del starting[event.worker]
             ready.add(event.worker)
@@ -211,7 +227,7 @@ def simulate(times: list[float], service: float, *, fixed: int | None = None,
                 low_since = None
         dispatch(now)
         peak = max(peak, len(ready) + len(starting))
-    finish = max(end_of_day, max(times, default=0.0) + service)
+    finish = max(end_of_day, last_done)  # a fixed pool is paid for until its last job ends
     worker_seconds += sum(finish - started for started in started_at.values())
     return Outcome(waits, worker_seconds / 3600.0, peak)
 
