@@ -72,8 +72,7 @@ def measure(
     rows = []
     for name in names:
         size = cache.get(name).deployed.preprocessing.size
-        pictures = [p.astype(np.float32) / 255.0 if p.dtype == np.uint8 else p
-                    for p in lesion_samples(size, images + 1, seed=SAMPLE_SEED + 2)]
+        pictures = lesion_samples(size, images + 1, seed=SAMPLE_SEED + 2)
         runs = [("exact", Approximation())]
         if name in tuned:
             runs.append(("tuned", Approximation.from_text(tuned[name])))

@@ -71,8 +71,6 @@ class DrillDown:
         if approximation.drilldown_ratio is None or approximation.coarse_stride is None:
             raise InvalidParamsError(f"{approximation.describe()} runs no drill-down")
         self.engine, self.approximation = engine, approximation
-        self.ratio, self.coarse_stride = approximation.drilldown_ratio, approximation.coarse_stride
-        self.tolerance = approximation.drilldown_tolerance
 
     def attribute(
         self,
@@ -96,13 +94,16 @@ class DrillDown:
         then that map with the refined cells filled in: after every fine batch
         for the ``ratio`` rule, after every round for bisection.
         """
-        engine, tau = self.engine, self.approximation.for_stride(stride).tau
+        engine, approximation = self.engine, self.approximation.for_stride(stride)
+        ratio, coarse_stride = approximation.drilldown_ratio, approximation.coarse_stride
+        assert ratio is not None and coarse_stride is not None  # checked when made
+        tau, tolerance = approximation.tau, approximation.drilldown_tolerance
         loop = BatchLoop(batch_size, engine.device, progress, should_stop)
         with torch.inference_mode():
             prepared = engine.prepare(image, patch_value=patch_value, target=target)
             fine = PatchGrid(prepared.height, prepared.width, patch_size, stride)
-            coarse = PatchGrid(prepared.height, prepared.width, patch_size, self.coarse_stride)
-            budget = drilldown_count(fine.size, self.ratio)
+            coarse = PatchGrid(prepared.height, prepared.width, patch_size, coarse_stride)
+            budget = drilldown_count(fine.size, ratio)
             loop.total = coarse.size + budget
             coarse_map = engine.occlude(
                 prepared, coarse, loop, tau=tau,
@@ -114,12 +115,12 @@ class DrillDown:
                 return engine.occlude(prepared, fine, loop, positions=positions, tau=tau,
                                       on_batch=on_batch)
 
-            if self.tolerance is None:
-                heatmap, refined, rounds = _refine_lowest(coarse_map, coarse, fine, self.ratio,
+            if tolerance is None:
+                heatmap, refined, rounds = _refine_lowest(coarse_map, coarse, fine, ratio,
                                                           measure, partial)
             else:
                 heatmap, refined, rounds = _refine_by_bisection(
-                    coarse_map, fine, self.coarse_stride // stride, self.tolerance, budget,
+                    coarse_map, fine, coarse_stride // stride, tolerance, budget,
                     measure, partial)
                 if progress is not None and loop.done < loop.total:
                     progress(loop.done, loop.done)  # spent less than the cap: done all the same

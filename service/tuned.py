@@ -22,12 +22,8 @@ async def tuned_config(queue: JobQueue, deployment: Deployment,
                        dataset: str) -> DatasetConfig | None:
     """``dataset``'s tuned config: the store's, or its file's, copied into the store."""
     config = await queue.dataset_config(dataset)
-    if config is not None or dataset not in deployment.datasets:
-        return config
-    files = DatasetStore(deployment.datasets_dir)
-    config = await asyncio.to_thread(files.find, dataset)
-    if config is not None:
-        await queue.save_dataset_config(config)
+    if config is None and dataset in deployment.datasets:
+        config = await _copy_file(queue, deployment, dataset)
     return config
 
 
@@ -38,6 +34,15 @@ async def import_dataset_configs(queue: JobQueue, deployment: Deployment) -> lis
     imported = []
     for name in names:
         lacking = name in deployment.datasets and await queue.dataset_config(name) is None
-        if lacking and await tuned_config(queue, deployment, name) is not None:
+        if lacking and await _copy_file(queue, deployment, name) is not None:
             imported.append(name)
     return imported
+
+
+async def _copy_file(queue: JobQueue, deployment: Deployment,
+                     dataset: str) -> DatasetConfig | None:
+    """``dataset``'s config file, stored in ``queue``; ``None`` where there is no file."""
+    config = await asyncio.to_thread(DatasetStore(deployment.datasets_dir).find, dataset)
+    if config is not None:
+        await queue.save_dataset_config(config)
+    return config
