@@ -1,7 +1,7 @@
 """How many workers a hospital's day of heatmaps needs: measure, then simulate.
 
 ``measure`` times heatmap jobs per model the way a worker runs them (the job
-body of ``krypton.service.jobs``: decode, preprocess, occlude), on images of
+body of ``krypton.core.jobs``: decode, preprocess, occlude), on images of
 the demo, and writes the mean seconds per job, with the machine and settings.
 
 ``simulate`` replays a day of arrivals (Poisson, at a rate that follows a
@@ -56,11 +56,11 @@ def measure(
     """Seconds per heatmap job, per model and setting, measured on this machine."""
     from krypton.approximation import Approximation
     from krypton.benchmarks.engine import bench_deployment
+    from krypton.core.jobs import explain
+    from krypton.core.model_cache import ModelCache
+    from krypton.core.plans import resolve_heatmap
     from krypton.demo import SAMPLE_SEED, demo_checkpoint, lesion_samples
     from krypton.models.deployment import Deployment
-    from krypton.service.jobs import explain
-    from krypton.service.model_cache import ModelCache
-    from krypton.service.plans import resolve_heatmap
 
     tuned = dict(text.split("=", 1) for text in setting or [])
     names = models.split(",")

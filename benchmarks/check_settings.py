@@ -19,9 +19,9 @@ import numpy as np
 import typer
 
 from krypton.benchmarks.engine import bench_deployment
+from krypton.core.model_cache import ModelCache
 from krypton.demo import SAMPLE_SEED, lesion_samples
 from krypton.engine import Approximation, approximate, heatmap_ssim
-from krypton.service.model_cache import ModelCache
 
 
 def main(

@@ -52,13 +52,13 @@ import typer
 from torch import Tensor
 
 from krypton.benchmarks.engine import POINTING_TOLERANCE, bench_deployment
+from krypton.core.model_cache import ModelCache
 from krypton.demo import SAMPLE_SEED, lesion_batch
 from krypton.engine import Approximation, IncrementalOcclusion, approximate, heatmap_ssim, points_at
 from krypton.engine.bisection import bisect_from_lattice, lattice_axis
 from krypton.engine.drilldown import drilldown_count, interpolate_coarse
 from krypton.engine.patches import PatchGrid
 from krypton.models import to_model_input
-from krypton.service.model_cache import ModelCache
 
 _Number = TypeVar("_Number", int, float)
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from krypton.core.model_cache import ModelCache
+from krypton.core.plans import resolve_heatmap
 from krypton.engine import (
     Approximation,
     IncrementalOcclusion,
@@ -35,8 +37,6 @@ from krypton.engine.patches import PatchGrid
 from krypton.engine.tuning import Score
 from krypton.models import Preprocessing, classifier_head, to_model_input
 from krypton.models.deployment import DEMO_LABELS, DeployedModel, Deployment
-from krypton.service.model_cache import ModelCache
-from krypton.service.plans import resolve_heatmap
 
 __all__ = [
     "ApproximateRow",

@@ -84,7 +84,9 @@ fi
 # would shadow the package.
 mkdir -p "$SITE/src/krypton"
 cp -r "$ROOT/krypton/." "$SITE/src/krypton/"
-for part in engine models render service demo benchmarks; do
+for part in $("$PYTHON" -c 'import sys, tomllib
+folders = tomllib.load(open(sys.argv[1], "rb"))["tool"]["setuptools"]["package-dir"]
+print(" ".join(f for f in folders.values() if f != "krypton"))' "$ROOT/pyproject.toml"); do
     ln -s "$ROOT/$part" "$SITE/src/krypton/$part"
 done
 ln -s "$ROOT/tests" "$SITE/src/tests"

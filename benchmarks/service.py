@@ -22,11 +22,11 @@ from typing import Any
 import httpx
 import numpy as np
 
+from krypton.core.jobs import explain
+from krypton.core.model_cache import ModelCache
+from krypton.core.plans import resolve_heatmap
 from krypton.models import decode_image
 from krypton.models.deployment import default_deployment
-from krypton.service.jobs import explain
-from krypton.service.model_cache import ModelCache
-from krypton.service.plans import resolve_heatmap
 
 __all__ = ["LoadReport", "engine_call", "format_report", "resident_bytes", "run_load"]
 

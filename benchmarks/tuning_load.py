@@ -25,9 +25,9 @@ import typer
 from torch import Tensor
 
 from krypton.benchmarks.engine import bench_deployment
+from krypton.core.model_cache import ModelCache
 from krypton.demo import SAMPLE_SEED, lesion_samples
 from krypton.engine import Approximation, IncrementalOcclusion, TuningResult, approximate, tune
-from krypton.service.model_cache import ModelCache
 
 
 def _spin(seed: int, bursts: bool) -> None:

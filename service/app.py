@@ -19,6 +19,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 
 from krypton import __version__
+from krypton.core.plans import MAX_TUNING_IMAGES
 from krypton.models import DatasetStore
 from krypton.models.budget import DECODING, return_freed_memory
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
@@ -30,7 +31,6 @@ from krypton.service.intake import Intake
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
 from krypton.service.pages import install_pages
-from krypton.service.plans import MAX_TUNING_IMAGES
 from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
 from krypton.service.tuned import import_dataset_configs
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
         workers = []
         if settings.embedded and settings.embedded_workers:
             # Imported here: they load torch, which only the embedded mode needs.
-            from krypton.service.model_cache import ModelCache
+            from krypton.core.model_cache import ModelCache
             from krypton.service.worker import Worker
 
             cache = ModelCache(deployment, settings.device)  # one copy of each model

@@ -4,7 +4,7 @@ Routes, the queue and workers raise these (or let the models' errors
 through); :func:`problem_for` gives any of them its problem document with a
 stable ``type``. The HTTP layer answers with it
 (:func:`krypton.service.errors.install_handlers`), and a failed job stores
-the same document (:func:`krypton.service.jobs.failure` adds the engine's
+the same document (:func:`krypton.core.jobs.failure` adds the engine's
 errors, which only workers meet). Nothing here echoes request bodies: they
 are patient images. Nothing here imports FastAPI: workers import it.
 """

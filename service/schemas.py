@@ -10,25 +10,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from krypton.core.plans import HeatmapPlan, TuningPlan
+from krypton.core.records import JobKind, Prediction, PredictParams, RunSummary
 from krypton.models.windows import AppliedWindow, Window
-from krypton.service.plans import HeatmapPlan, TuningPlan
 
 __all__ = [
     "DatasetInfo",
     "Job",
-    "JobKind",
     "JobStatus",
     "ModelInfo",
-    "Prediction",
-    "PredictParams",
     "PredictResponse",
     "JobView",
     "ReadyReport",
     "ClassProbability",
-    "RunSummary",
     "Timings",
     "WorkerInfo",
-    "heatmap_metadata",
     "job_created_at",
     "new_job_id",
     "utcnow",
@@ -68,29 +64,6 @@ class JobStatus(StrEnum):
         return self in (JobStatus.succeeded, JobStatus.failed)
 
 
-class JobKind(StrEnum):
-    heatmap = "heatmap"
-    predict = "predict"
-    tuning = "tuning"
-
-
-class PredictParams(BaseModel):
-    kind: Literal["predict"] = "predict"
-    model: str
-    frame: int | None = None
-
-
-class Prediction(BaseModel):
-    """The classifier's answer on the unoccluded image, and the class explained."""
-
-    predicted_class: int
-    predicted_label: str
-    predicted_probability: float
-    target_class: int
-    target_label: str
-    target_probability: float
-
-
 class Timings(BaseModel):
     created_at: dt.datetime
     started_at: dt.datetime | None = None
@@ -107,27 +80,6 @@ class Timings(BaseModel):
         if self.started_at is None or self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
-
-
-class RunSummary(BaseModel):
-    """How the engine ran the job."""
-
-    positions: int
-    input_size: int
-    """Side of the square model input the patch and stride are measured on."""
-    heatmap_shape: tuple[int, int]
-    seconds: float
-    device: str
-    mode: str
-    flops_ratio: float | None = None
-    tau: float = 1.0
-    drilldown_ratio: float | None = None
-    coarse_stride: int | None = None
-    drilldown_tolerance: float | None = None
-    refined_positions: int | None = None
-    """Drill-down: fine positions recomputed after the coarse stage."""
-    refine_rounds: int | None = None
-    """Drill-down: rounds of refinement (bisection escalates one level per round)."""
 
 
 class Job(BaseModel):
@@ -214,16 +166,6 @@ class JobView(BaseModel):
                    dicom=job.dicom, dicom_unmade=job.dicom_unmade,
                    random_weights=job.random_weights, images=job.images,
                    attempts=job.attempts, worker=job.worker, links=links)
-
-
-def heatmap_metadata(job_id: str | None, view: str, params: HeatmapPlan,
-                     prediction: Prediction, random_weights: bool,
-                     run: RunSummary | None) -> dict[str, Any]:
-    """What heatmap.json says beside the array, from the service and the command line alike
-    (``job_id`` is ``None`` for the command line's)."""
-    return {"id": job_id, "view": view, "params": params.model_dump(),
-            "prediction": prediction.model_dump(), "random_weights": random_weights,
-            "run": run.model_dump() if run else None}
 
 
 class ClassProbability(BaseModel):

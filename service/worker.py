@@ -1,8 +1,8 @@
 """The worker: claims jobs, runs their bodies, stores outcomes, acknowledges.
 
 One long-lived worker per GPU (or CPU) loads each model once and keeps it
-(:mod:`~krypton.service.model_cache`); what each kind of job computes lives in
-:mod:`~krypton.service.jobs`. Compute runs in a thread so the worker's event
+(:mod:`~krypton.core.model_cache`); what each kind of job computes lives in
+:mod:`~krypton.core.jobs`. Compute runs in a thread so the worker's event
 loop stays free to beat its heartbeat, keep its claim fresh and write
 progress while batches finish. The engine polls a stop check before every
 batch: a job deleted mid-run is abandoned at its next batch, and so is one
@@ -22,26 +22,35 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from krypton.engine import RunStopped
+from krypton.core.jobs import JobContext, Outcome, run_body
+from krypton.core.model_cache import COMPUTE_LOCK, ModelCache
+from krypton.engine import EngineError, RunStopped
 from krypton.models import DEFAULT_MAX_PIXELS
 from krypton.models.deployment import Deployment
 from krypton.render import heatmap_npy, shrink
 from krypton.service import constants
-from krypton.service.jobs import JobContext, Outcome, failure, run_body
-from krypton.service.model_cache import COMPUTE_LOCK, ModelCache
-from krypton.service.problems import problem
+from krypton.service.problems import invalid_input, problem, problem_for
 from krypton.service.queue import Claim, JobQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, utcnow
 
 __all__ = ["Worker"]
 
 logger = logging.getLogger(__name__)
+
+
+def failure(exc: BaseException) -> dict[str, Any]:
+    """The problem document a job that raised ``exc`` is failed with: the engine's
+    refusals are the caller's to fix, like any invalid input."""
+    if isinstance(exc, EngineError):
+        return invalid_input(str(exc))
+    return problem_for(exc)
 
 
 @dataclass

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from krypton.approximation import Approximation, ApproximationError
 from krypton.cli import app
+from krypton.core.plans import resolve_heatmap
 from krypton.engine import occlusion
 from krypton.models import DatasetConfig, DatasetConfigError, InvalidArgumentError
 from krypton.models.deployment import default_deployment
-from krypton.service.plans import resolve_heatmap
 
 BAD_KNOBS = [
     pytest.param({"tau": 1.5}, "tau must be in (0, 1], got 1.5", id="tau-above-one"),

@@ -17,8 +17,8 @@ from skimage import data
 from typer.testing import CliRunner
 
 from krypton.cli import app
+from krypton.core.records import Prediction, RunSummary
 from krypton.models.deployment import default_deployment
-from krypton.service.schemas import Prediction, RunSummary
 
 runner = CliRunner()
 FAST = ["--model", "resnet18", "--num-classes", "3", "--patch", "32", "--stride", "32"]

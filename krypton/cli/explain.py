@@ -2,7 +2,7 @@
 
 Both commands run what the service runs: a deployment (the registry file the
 service reads, or one model made up from ``--model``/``--weights``), a
-:class:`~krypton.service.plans.HeatmapPlan` resolved by the same function,
+:class:`~krypton.core.plans.HeatmapPlan` resolved by the same function,
 and the same heatmap code as the worker, so a checkpoint explained here and
 through the API gives the same array.
 """
@@ -22,6 +22,13 @@ from tqdm import tqdm
 
 from krypton import render
 from krypton.cli.common import Device, EngineMode, fail
+from krypton.core.plans import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_STRIDE,
+    HeatmapPlan,
+    resolve_heatmap,
+    resolve_tuning,
+)
 from krypton.models import (
     DEFAULT_DATASETS_DIR,
     DatasetStore,
@@ -38,13 +45,6 @@ from krypton.models.deployment import (
     load_deployment,
 )
 from krypton.models.images import INFERENCE_SIDE
-from krypton.service.plans import (
-    DEFAULT_PATCH_SIZE,
-    DEFAULT_STRIDE,
-    HeatmapPlan,
-    resolve_heatmap,
-    resolve_tuning,
-)
 
 if TYPE_CHECKING:
     from krypton.engine import OcclusionResult, TuningResult
@@ -128,9 +128,9 @@ def explain(
         help="Which frame of a multi-frame DICOM image (1-based).")] = None,
 ) -> None:
     """Compute the occlusion heatmap of IMAGE and write it to OUTPUT."""
+    from krypton.core.jobs import explain as explain_plan
+    from krypton.core.model_cache import ModelCache
     from krypton.engine import EngineError
-    from krypton.service.jobs import explain as explain_plan
-    from krypton.service.model_cache import ModelCache
 
     suffix = output.suffix.lower()
     if suffix not in OUTPUT_SUFFIXES:
@@ -230,8 +230,8 @@ def _write(output: Path, values: npt.NDArray[np.float32], result: OcclusionResul
            view: str) -> list[Path]:
     """The files the service would give for this heatmap: its array, its JSON document,
     or its PNG and overlay (with the untrained-model band where weights are random)."""
-    from krypton.service.jobs import summarize
-    from krypton.service.schemas import heatmap_metadata
+    from krypton.core.jobs import summarize
+    from krypton.core.records import heatmap_metadata
 
     output.parent.mkdir(parents=True, exist_ok=True)
     suffix = output.suffix.lower()
@@ -282,9 +282,9 @@ def tune_dataset(
     seed: Seed = 0,
 ) -> None:
     """Tune approximate inference for one dataset and write its config file."""
+    from krypton.core.jobs import tune_dataset as run_tuning
+    from krypton.core.model_cache import ModelCache
     from krypton.engine import EngineError
-    from krypton.service.jobs import tune_dataset as run_tuning
-    from krypton.service.model_cache import ModelCache
 
     try:
         files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

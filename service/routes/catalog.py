@@ -6,6 +6,14 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Response, UploadFile
 
+from krypton.core.plans import (
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_STRIDE,
+    TuningPlan,
+    resolve_tuning,
+    stale_reason,
+)
+from krypton.core.records import JobKind
 from krypton.models.deployment import DeployedDataset, Deployment
 from krypton.service.auth import Caller
 from krypton.service.deps import (
@@ -17,24 +25,10 @@ from krypton.service.deps import (
     SettingsDep,
     refuse_ambiguous_fields,
 )
-from krypton.service.plans import (
-    DEFAULT_PATCH_SIZE,
-    DEFAULT_STRIDE,
-    TuningPlan,
-    resolve_tuning,
-    stale_reason,
-)
 from krypton.service.problems import DatasetNotFound, JobNotFound, problem_responses
 from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view, visible_job
-from krypton.service.schemas import (
-    DatasetInfo,
-    Job,
-    JobKind,
-    JobView,
-    ModelInfo,
-    new_job_id,
-)
+from krypton.service.schemas import DatasetInfo, Job, JobView, ModelInfo, new_job_id
 from krypton.service.tuned import tuned_config
 from krypton.service.uploads import read_image
 from krypton.service.weights import served_weights

@@ -26,6 +26,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydicom.dataset import Dataset
 
 from krypton import render
+from krypton.core.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
+from krypton.core.records import JobKind, PredictParams, heatmap_metadata
 from krypton.models import DatasetConfig, decode_image
 from krypton.models.deployment import DeployedModel, Deployment
 from krypton.models.dicom import read_dicom
@@ -42,7 +44,6 @@ from krypton.service.deps import (
     refuse_ambiguous_fields,
 )
 from krypton.service.events import EventHub, job_events
-from krypton.service.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
 from krypton.service.problems import (
     JobLost,
     JobNotFound,
@@ -55,12 +56,9 @@ from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
     ClassProbability,
     Job,
-    JobKind,
     JobStatus,
     JobView,
-    PredictParams,
     PredictResponse,
-    heatmap_metadata,
     new_job_id,
 )
 from krypton.service.tuned import tuned_config

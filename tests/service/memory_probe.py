@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 from fastapi.testclient import TestClient
 
+from krypton.core.plans import HeatmapPlan
+from krypton.core.records import Prediction, RunSummary
 from krypton.models.deployment import load_deployment
 from krypton.render import heatmap_npy
 from krypton.service.app import create_app
 from krypton.service.config import Settings
-from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import InMemoryQueue
-from krypton.service.schemas import Job, JobStatus, Prediction, RunSummary, new_job_id
+from krypton.service.schemas import Job, JobStatus, new_job_id
 from krypton.service.worker import Worker
 
 FAST = {"patch_size": "16", "stride": "16"}

@@ -11,9 +11,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from krypton.core.plans import MAX_TUNING_IMAGES
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment
-from krypton.service.plans import MAX_TUNING_IMAGES
 from tests.service import helpers
 from tests.service.helpers import (
     DEMO_MODEL,

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 from krypton.engine import InvalidParamsError, UnsupportedModelError
 from krypton.models import CheckpointError, ImageDecodeError, UnknownModelError
-from krypton.service.jobs import failure
 from krypton.service.problems import (
     InvalidInput,
     JobNotFound,
@@ -23,6 +22,7 @@ from krypton.service.problems import (
     UnsupportedMediaType,
     problem_for,
 )
+from krypton.service.worker import failure
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 from tests.service.helpers import FAST, MODEL

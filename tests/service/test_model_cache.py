@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from krypton.core.model_cache import ModelCache
 from krypton.models import CheckpointError
 from krypton.models.deployment import DeployedModel, Deployment, load_deployment
-from krypton.service.model_cache import ModelCache
 from tests.service import helpers
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from krypton.core.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE, resolve_heatmap
 from krypton.models import DatasetConfig, DatasetConfigError, InvalidArgumentError
 from krypton.models.deployment import DeployedDataset, DeployedModel, Deployment
-from krypton.service.plans import DEFAULT_PATCH_SIZE, DEFAULT_STRIDE, resolve_heatmap
 
 MODEL, OTHER, DATASET = "fundus", "chest", "retina"
 

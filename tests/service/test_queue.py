@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from krypton.core.plans import HeatmapPlan
 from krypton.models import DatasetConfig, DatasetStore
-from krypton.service.plans import HeatmapPlan
 from krypton.service.problems import RateLimited, ServiceError
 from krypton.service.queue import (
     Admission,

@@ -24,13 +24,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from krypton.core.jobs import explain
+from krypton.core.model_cache import ModelCache
+from krypton.core.plans import HeatmapPlan
 from krypton.models import build_model, decode_image
 from krypton.models.deployment import Deployment, load_deployment
 from krypton.models.images import INFERENCE_SIDE
 from krypton.service import constants
-from krypton.service.jobs import explain
-from krypton.service.model_cache import ModelCache
-from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import Claim, RedisStreamQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
 from krypton.service.worker import Worker

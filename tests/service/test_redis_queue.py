@@ -24,10 +24,10 @@ import redis
 import torch
 from fastapi.testclient import TestClient
 
+from krypton.core.plans import HeatmapPlan
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment
 from krypton.service import constants
-from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import RedisStreamQueue
 from krypton.service.schemas import Job, new_job_id
 from tests.service import helpers

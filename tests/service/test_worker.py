@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import redis
 
+from krypton.core.model_cache import ModelCache
+from krypton.core.plans import HeatmapPlan
 from krypton.models.deployment import Deployment
 from krypton.service import constants
-from krypton.service.model_cache import ModelCache
-from krypton.service.plans import HeatmapPlan
 from krypton.service.queue import InMemoryQueue, JobQueue
 from krypton.service.schemas import Job, JobStatus, new_job_id
 from krypton.service.worker import Worker

@@ -8,7 +8,7 @@ worker's compute thread and never touch the store themselves; the worker
 (:mod:`krypton.service.worker`) owns claims, saves and acknowledgements.
 
 :func:`explain` is the heatmap itself, shared with ``krypton explain``: one
-:class:`~krypton.service.plans.HeatmapPlan` gives one heatmap, wherever it runs.
+:class:`~krypton.core.plans.HeatmapPlan` gives one heatmap, wherever it runs.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from krypton.core.model_cache import ModelCache
+from krypton.core.plans import HeatmapPlan, TuningPlan
+from krypton.core.records import JobKind, Prediction, PredictParams, RunSummary
 from krypton.engine import (
-    EngineError,
     IncrementalOcclusion,
     OcclusionResult,
     PartialCallback,
@@ -37,17 +39,8 @@ from krypton.models import DatasetConfig, decode_image, patch_value
 from krypton.models.deployment import DeployedModel
 from krypton.models.images import INFERENCE_SIDE, decode
 from krypton.render import heatmap_npy
-from krypton.service.model_cache import ModelCache
-from krypton.service.plans import HeatmapPlan, TuningPlan
-from krypton.service.problems import invalid_input, problem_for
-from krypton.service.schemas import (
-    JobKind,
-    Prediction,
-    PredictParams,
-    RunSummary,
-)
 
-__all__ = ["JobContext", "Outcome", "explain", "failure", "job_body", "run_body", "summarize"]
+__all__ = ["JobContext", "Outcome", "explain", "job_body", "run_body", "summarize"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,13 +80,6 @@ def job_body(kind: JobKind) -> Callable[[JobBody], JobBody]:
 def run_body(context: JobContext, kind: JobKind, params: Any, images: list[bytes]) -> Outcome:
     """Run the body registered for ``kind``."""
     return _BODIES[kind](context, params, images)
-
-
-def failure(exc: BaseException) -> dict[str, Any]:
-    """The problem document a job that raised ``exc`` is failed with."""
-    if isinstance(exc, EngineError):
-        return invalid_input(str(exc))
-    return problem_for(exc)
 
 
 def explain(cache: ModelCache, plan: HeatmapPlan, pixels: npt.NDArray[np.floating], *,
