@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from krypton.benchmarks.provenance import cpu_name
 from krypton.core.model_cache import ModelCache
 from krypton.core.plans import resolve_heatmap
 from krypton.engine import (
@@ -273,20 +274,9 @@ def machine_description(device: str) -> str:
     if device.startswith("cuda"):
         hardware = torch.cuda.get_device_name(torch.device(device))
     else:
-        hardware = _cpu_name() + f", {torch.get_num_threads()} threads"
+        hardware = cpu_name() + f", {torch.get_num_threads()} threads"
     return (f"{hardware}; torch {torch.__version__}; Python {platform.python_version()}; "
             f"{platform.system()} {platform.machine()}")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
@@ -396,6 +386,8 @@ class ApproximateRow:
     side) of every setting tuning tried."""
     check: QualityCheck | None = None
     """The chosen setting on further images, per image (not timed)."""
+    holdout_images: int | None = None
+    """How many held-out images the times and held-out SSIMs are over."""
 
     @property
     def naive_seconds(self) -> float:
@@ -562,6 +554,7 @@ def run_approximate_benchmark(
                             p.speedup, p.ssim, p.side_by_side)
                            for p in tuning.frontier),
             check=checked,
+            holdout_images=len(held_out),
         ))
         report(f"  held out: {rows[-1].speedup_naive:.1f}x over naive, "
                f"{rows[-1].speedup_exact:.1f}x over exact, SSIM {rows[-1].holdout_ssim:.3f}")

@@ -12,7 +12,10 @@ from krypton.approximation import Approximation, ApproximationError
 from krypton.cli.common import Device, fail
 from krypton.models import ModelError
 
-__all__ = ["register"]
+__all__ = ["JSON_FORMAT", "register"]
+
+JSON_FORMAT = 2
+"""Version of ``--json``'s layout; 1 was ``{"machine": "...", "rows": [...]}`` alone."""
 
 
 def register(app: typer.Typer) -> None:
@@ -49,8 +52,10 @@ def bench(
     check_seed: Annotated[int, typer.Option(
         help="Which set of --check images: 1, 2, ... (tuning draws from none of them).",
         min=1)] = 1,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write rows as JSON.")
-                        ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help=(
+        "Also write the rows as JSON, with the date (UTC), git commit, machine, torch "
+        "version and command line; `python -m krypton.benchmarks.report` makes "
+        "BENCHMARKS.md's table from such files."))] = None,
 ) -> None:
     """Time naive, Captum and exact occlusion in this process and print the speedups."""
     from krypton.benchmarks.engine import (
@@ -60,8 +65,11 @@ def bench(
         run_approximate_benchmark,
         run_benchmark,
     )
+    from krypton.benchmarks.provenance import run_record
     from krypton.engine import EngineError
 
+    # Taken before the run: the commit and the tree are those of the code that runs.
+    record = run_record(device.value)
     names = [n.strip() for n in models_.split(",") if n.strip()]
     if not approximate and check:
         fail("--check applies to --approximate only")
@@ -79,9 +87,8 @@ def bench(
         typer.echo(f"machine: {machine_description(device.value)}")
         typer.echo(format_approximate_table(approximate_rows))
         if json_out is not None:
-            json_out.write_text(json.dumps({
-                "machine": machine_description(device.value),
-                "rows": [r.as_dict() for r in approximate_rows]}, indent=2))
+            _write_json(json_out, record, "approximate", device.value,
+                        [r.as_dict() for r in approximate_rows])
         return
     try:
         rows = run_benchmark(names, patch=patch, stride=stride, device=device.value,
@@ -93,9 +100,23 @@ def bench(
     typer.echo(f"machine: {machine_description(device.value)}")
     typer.echo(format_table(rows))
     if json_out is not None:
-        json_out.write_text(json.dumps(
-            {"machine": machine_description(device.value), "rows": [r.as_dict() for r in rows]},
-            indent=2))
+        _write_json(json_out, record, "exact", device.value, [r.as_dict() for r in rows],
+                    setting=setting)
+
+
+def _write_json(path: Path, record: dict[str, object], mode: str, device: str,
+                rows: list[dict[str, object]], setting: str | None = None) -> None:
+    """The rows with the run's date, commit, machine and command line beside them
+    (``record``, :func:`krypton.benchmarks.provenance.run_record`), which the report prints
+    next to every figure; ``machine_description`` keeps the one line the table printed."""
+    from krypton.benchmarks.engine import machine_description
+
+    machine = record["machine"]
+    assert isinstance(machine, dict)
+    machine["description"] = machine_description(device)
+    path.write_text(json.dumps(
+        {"format": JSON_FORMAT, "mode": mode, "setting": setting, **record, "rows": rows},
+        indent=2) + "\n")
 
 
 def _setting(text: str | None) -> Approximation | None:
