@@ -13,16 +13,19 @@ import datetime as dt
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, Protocol, Self
 
-from krypton.approximation import Approximation, ApproximationError
+from pydantic import Field, PrivateAttr, ValidationError, model_validator
+
+from krypton.approximation import Approximation
+from krypton.config_files import FileModel, describe
 from krypton.models.errors import DatasetConfigError
 
 __all__ = ["DEFAULT_DATASETS_DIR", "SCHEMA_VERSION", "DatasetConfig", "DatasetStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 DEFAULT_DATASETS_DIR = Path("datasets")
 """Where tuned configs are written and read when nothing says otherwise."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -41,16 +44,23 @@ class TuningOutcome(Protocol):
     def speedup(self) -> float: ...
 
 
-@dataclass(frozen=True)
-class DatasetConfig:
-    """Tuned approximation settings for one dataset on one model and checkpoint."""
+class DatasetConfig(FileModel):
+    """Tuned approximation settings for one dataset on one model and checkpoint.
 
-    dataset: str
+    The four knobs are checked together by the :class:`~krypton.approximation.Approximation`
+    they make, which the config holds; the other fields by their types.
+
+    Raises:
+        DatasetConfigError: on construction, naming the dataset and each bad field.
+    """
+
+    dataset: Annotated[str, Field(pattern=_NAME.pattern)]
+    """1-64 letters, digits, '.', '_' or '-': it names the config's file."""
     model: str
     checkpoint: str
     """What identifies the weights (:func:`~krypton.models.weights.weights_id`)."""
-    patch_size: int
-    stride: int
+    patch_size: Annotated[int, Field(gt=0)]
+    stride: Annotated[int, Field(gt=0)]
     tau: float
     drilldown_ratio: float | None
     coarse_stride: int | None
@@ -61,57 +71,58 @@ class DatasetConfig:
     """Measured speedup over exact incremental inference while tuning."""
     drilldown_tolerance: float | None = None
     """Refinement by bisection to this tolerance, ``drilldown_ratio`` its cap."""
-    created: str = field(default_factory=lambda: dt.date.today().isoformat())
-    version: int = SCHEMA_VERSION
+    created: str = Field(default_factory=lambda: dt.date.today().isoformat())
+    version: Literal[1] = SCHEMA_VERSION
+    _approximation: Approximation = PrivateAttr()
 
-    def __post_init__(self) -> None:
-        if not _NAME.match(self.dataset):
-            raise DatasetConfigError(
-                f"dataset name {self.dataset!r} must be 1-64 letters, digits, '.', '_' or '-'"
-            )
-        if self.version != SCHEMA_VERSION:
-            raise DatasetConfigError(
-                f"dataset config version {self.version} is not supported (expected "
-                f"{SCHEMA_VERSION})"
-            )
-        try:
-            self.approximation.for_stride(self.stride)
-        except ApproximationError as exc:
-            raise DatasetConfigError(f"dataset {self.dataset!r}: {exc}") from exc
+    if not TYPE_CHECKING:  # a type checker keeps the fields as the signature
+        def __init__(self, /, **fields: Any) -> None:
+            """Refuses with :class:`DatasetConfigError`, as every reader of configs expects,
+            not pydantic's ``ValidationError``."""
+            try:
+                super().__init__(**fields)
+            except ValidationError as exc:
+                raise DatasetConfigError(describe(exc, _entry(fields), DatasetConfig,
+                                                  fields)) from None
+
+    @model_validator(mode="after")
+    def _knobs_make_an_approximation_for_the_stride(self) -> Self:
+        """Its rules, and their messages, are the approximation's own: not repeated here."""
+        self._approximation = Approximation(
+            self.tau, self.drilldown_ratio, self.coarse_stride, self.drilldown_tolerance
+        ).for_stride(self.stride)
+        return self
 
     @property
     def approximation(self) -> Approximation:
-        """The tuned knobs as the one value every part of Krypton checks and runs.
-
-        Raises:
-            ApproximationError: knobs that break one of its rules.
-        """
-        return Approximation(self.tau, self.drilldown_ratio, self.coarse_stride,
-                             self.drilldown_tolerance)
+        """The tuned knobs as the one value every part of Krypton checks and runs."""
+        return self._approximation
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump()
 
     def to_json(self) -> str:
         return json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> DatasetConfig:
-        """Parse and validate a config document.
+    def from_json(cls, text: str, source: str = "dataset config") -> DatasetConfig:
+        """Parse and validate a config document; ``source`` says where it came from, such as
+        ``dataset config datasets/retina-oct.json``, for the messages.
 
         Raises:
-            DatasetConfigError: not JSON, missing or unknown fields, bad values.
+            DatasetConfigError: not JSON, missing or unknown fields, bad values; naming
+                ``source``, the dataset and the field.
         """
         try:
             document: Any = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise DatasetConfigError(f"dataset config is not valid JSON: {exc}") from exc
+            raise DatasetConfigError(f"{source} is not valid JSON: {exc}") from exc
         if not isinstance(document, dict):
-            raise DatasetConfigError("dataset config must be a JSON object")
+            raise DatasetConfigError(f"{source} must be a JSON object")
         try:
             return cls(**document)
-        except TypeError as exc:
-            raise DatasetConfigError(f"dataset config has wrong fields: {exc}") from exc
+        except DatasetConfigError as exc:
+            raise DatasetConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def from_tuning(cls, result: TuningOutcome, *, dataset: str, model: str, checkpoint: str,
@@ -180,7 +191,8 @@ class DatasetStore:
                 f"no tuned config for dataset {dataset!r} in {self.root} (known: {known}); "
                 "run `krypton tune` first"
             )
-        return DatasetConfig.from_json(path.read_text(encoding="utf-8"))
+        return DatasetConfig.from_json(path.read_text(encoding="utf-8"),
+                                       source=f"dataset config {path}")
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -190,3 +202,9 @@ class DatasetStore:
     def find(self, dataset: str) -> DatasetConfig | None:
         """The dataset's config, or ``None`` when it has none yet."""
         return self.load(dataset) if self.path(dataset).is_file() else None
+
+
+def _entry(fields: Mapping[str, object]) -> str:
+    """The dataset a config is for, as its messages name it; ``""`` when it names none."""
+    name = fields.get("dataset")
+    return f"dataset {name!r}" if isinstance(name, str) else ""

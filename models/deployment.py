@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, ClassVar, Literal, Self
 
+from pydantic import Discriminator, Field, FiniteFloat, Tag, model_validator
+
+from krypton.config_files import ARRAY, FileModel, listed_once
 from krypton.models.datasets import DEFAULT_DATASETS_DIR
 from krypton.models.errors import DatasetConfigError, InvalidArgumentError, UnknownModelError
 from krypton.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -143,8 +147,9 @@ def load_deployment(path: str | os.PathLike[str],
     ``<file's folder>/datasets``.
 
     Raises:
-        InvalidArgumentError: unreadable file, unknown keys, missing fields, or a
-            dataset naming a model the file does not deploy.
+        InvalidArgumentError: unreadable file, unknown or missing fields, bad values,
+            or a dataset naming a model the file does not deploy; the message names
+            the file, the entry (``model 'retina-resnet18'``) and the field.
         UnknownModelError: a model names an unknown architecture.
     """
     file = Path(path)
@@ -152,95 +157,118 @@ def load_deployment(path: str | os.PathLike[str],
         document = tomllib.loads(file.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise InvalidArgumentError(f"cannot read registry {file}: {exc}") from exc
+    registry = _RegistryFile.read(document, f"registry {file}", InvalidArgumentError)
     base = file.parent
-    _check_keys(document, {"datasets_dir", "models", "datasets"}, f"registry {file}")
-    models: dict[str, DeployedModel] = {}
-    for entry in document.get("models", []):
-        deployed = _model(entry, base, file)
-        if deployed.name in models:
-            raise InvalidArgumentError(f"registry {file}: model {deployed.name!r} listed twice")
-        models[deployed.name] = deployed
-    if not models:
-        raise InvalidArgumentError(f"registry {file} deploys no [[models]]")
-    datasets: dict[str, DeployedDataset] = {}
-    for entry in document.get("datasets", []):
-        _check_keys(entry, {"name", "model", "description"}, f"registry {file} [[datasets]]")
-        try:
-            dataset = DeployedDataset(name=str(entry["name"]), model=str(entry["model"]),
-                                      description=str(entry.get("description", "")))
-        except KeyError as exc:
-            raise InvalidArgumentError(
-                f"registry {file}: a [[datasets]] entry lacks {exc.args[0]!r}") from None
-        if dataset.model not in models:
-            raise InvalidArgumentError(
-                f"registry {file}: dataset {dataset.name!r} names model {dataset.model!r}, "
-                f"which is not deployed (deployed: {', '.join(sorted(models))})")
-        datasets[dataset.name] = dataset
-    if "datasets_dir" in document:
-        tuned_dir = _resolve(base, document["datasets_dir"])
+    models = {entry.name: _deployed(entry, base) for entry in registry.models}
+    datasets = {entry.name: DeployedDataset(entry.name, entry.model, entry.description)
+                for entry in registry.datasets}
+    if registry.datasets_dir is not None:
+        tuned_dir = _resolve(base, registry.datasets_dir)
     else:
         tuned_dir = Path(datasets_dir) if datasets_dir is not None else base / "datasets"
     return Deployment(models=models, datasets=datasets, datasets_dir=tuned_dir)
 
 
-_MODEL_KEYS = {"name", "architecture", "checkpoint", "labels", "seed", "input_size", "mean",
-               "std", "window", "description"}
+# ---------------------------------------------------------------- the file's schema
+
+_Name = Annotated[str, Field(min_length=1)]
+_Channels = Annotated[tuple[FiniteFloat, ...], ARRAY, Field(min_length=3, max_length=3)]
+_PositiveChannels = Annotated[tuple[Annotated[FiniteFloat, Field(gt=0)], ...], ARRAY,
+                              Field(min_length=3, max_length=3)]
 
 
-def _model(entry: dict[str, Any], base: Path, file: Path) -> DeployedModel:
-    _check_keys(entry, _MODEL_KEYS, f"registry {file} [[models]]")
-    for key in ("name", "architecture", "labels"):
-        if key not in entry:
-            raise InvalidArgumentError(f"registry {file}: a [[models]] entry lacks {key!r}")
-    get_model_spec(entry["architecture"])
-    where = f"registry {file}: model {entry['name']!r}"
-    if not isinstance(entry["labels"], list) or not entry["labels"]:
-        raise InvalidArgumentError(f"{where} has no labels: give a list of class names, in "
-                                   "the order of the model's outputs")
-    labels = tuple(str(label) for label in entry["labels"])
-    seed = entry.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise InvalidArgumentError(f"{where}: seed must be an integer, got {seed!r}")
-    checkpoint = entry.get("checkpoint")
-    deployed = DeployedModel(
-        name=str(entry["name"]),
-        architecture=str(entry["architecture"]),
-        labels=labels,
-        checkpoint=None if checkpoint is None else _resolve(base, checkpoint),
-        seed=seed,
-        input_size=entry.get("input_size"),
-        mean=tuple(entry.get("mean", IMAGENET_MEAN)),
-        std=tuple(entry.get("std", IMAGENET_STD)),
-        window=_window(entry.get("window"), where),
-        description=str(entry.get("description", "")),
-    )
-    deployed.preprocessing  # noqa: B018 - validates size, mean and std now, not per request
-    return deployed
+class _WindowTable(FileModel):
+    """``window = {center = 40, width = 400}``, in units after the Modality LUT."""
+
+    center: FiniteFloat
+    width: Annotated[FiniteFloat, Field(ge=1)]
+    """DICOM's own bound: a narrower window has no meaning."""
 
 
-def _window(value: object, where: str) -> WindowChoice:
-    """``window = {center = 40, width = 400}``, ``window = "image"``, or none."""
-    if value is None or value == "image":
-        return value
-    if isinstance(value, dict) and set(value) == {"center", "width"}:
-        try:
-            return Window(value["center"], value["width"])
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(f"{where}: {exc}") from None
-    raise InvalidArgumentError(f"{where}: window must be {{center = C, width = W}} (units "
-                               f"after the Modality LUT, e.g. Hounsfield) or \"image\", "
-                               f"got {value!r}")
+def _window_form(value: object) -> str | None:
+    """Which form a ``window`` takes; ``None``, neither, gets the discriminator's message."""
+    if isinstance(value, dict):
+        return "<table>"
+    return "<image>" if value == "image" else None
 
 
-def _resolve(base: Path, value: object) -> Path:
-    path = Path(str(value)).expanduser()
+_WindowEntry = Annotated[
+    Annotated[_WindowTable, Tag("<table>")] | Annotated[Literal["image"], Tag("<image>")],
+    Discriminator(_window_form, custom_error_type="window", custom_error_message=(
+        'must be {center = C, width = W} (units after the Modality LUT, e.g. Hounsfield) '
+        'or "image"'))]
+
+
+class _ModelEntry(FileModel):
+    """A ``[[models]]`` table; what is not given is :class:`DeployedModel`'s default."""
+
+    name: _Name
+    architecture: str
+    labels: Annotated[tuple[str, ...], ARRAY, Field(min_length=1)]
+    """The class names, in the order of the model's outputs: their count sizes its head."""
+    checkpoint: str | None = None
+    seed: int = 0
+    input_size: Annotated[int, Field(gt=0)] | None = None
+    mean: _Channels = IMAGENET_MEAN
+    std: _PositiveChannels = IMAGENET_STD
+    window: _WindowEntry | None = None
+    description: str = ""
+
+
+class _DatasetEntry(FileModel):
+    """A ``[[datasets]]`` table."""
+
+    name: _Name
+    model: str
+    description: str = ""
+
+
+class _RegistryFile(FileModel):
+    """The whole file: at least one model, each listed once, and datasets on them."""
+
+    entries: ClassVar[Mapping[str, str]] = {"models": "model", "datasets": "dataset"}
+
+    datasets_dir: str | None = None
+    models: Annotated[tuple[_ModelEntry, ...], ARRAY, Field(min_length=1)]
+    datasets: Annotated[tuple[_DatasetEntry, ...], ARRAY] = ()
+
+    @model_validator(mode="after")
+    def _each_name_once_and_datasets_on_deployed_models(self) -> Self:
+        """Across entries, so no field of one entry can say it."""
+        listed_once("model", (model.name for model in self.models))
+        listed_once("dataset", (dataset.name for dataset in self.datasets))
+        deployed = {model.name for model in self.models}
+        for dataset in self.datasets:
+            if dataset.model not in deployed:
+                raise ValueError(
+                    f"dataset {dataset.name!r} names model {dataset.model!r}, which is not "
+                    f"deployed (deployed: {', '.join(sorted(deployed))})")
+        return self
+
+
+def _deployed(entry: _ModelEntry, base: Path) -> DeployedModel:
+    """The servable model of an entry; its architecture is looked up now, not per request.
+
+    Raises:
+        UnknownModelError: an unknown architecture, listing the known ones.
+    """
+    get_model_spec(entry.architecture)
+    window = entry.window
+    return DeployedModel(
+        name=entry.name, architecture=entry.architecture, labels=entry.labels,
+        checkpoint=None if entry.checkpoint is None else _resolve(base, entry.checkpoint),
+        seed=entry.seed, input_size=entry.input_size, mean=_three(entry.mean),
+        std=_three(entry.std), description=entry.description,
+        window=Window(window.center, window.width) if isinstance(window, _WindowTable)
+        else window)
+
+
+def _three(values: tuple[float, ...]) -> tuple[float, float, float]:
+    """A channel triple, its length checked by the schema, typed as one."""
+    red, green, blue = values
+    return red, green, blue
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
-
-
-def _check_keys(entry: object, allowed: set[str], where: str) -> None:
-    if not isinstance(entry, dict):
-        raise InvalidArgumentError(f"{where} must be a table")
-    unknown = sorted(set(entry) - allowed)
-    if unknown:
-        raise InvalidArgumentError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")

@@ -24,9 +24,14 @@ import json
 import os
 import secrets
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal, Self
+
+from pydantic import Field, model_validator
+
+from krypton.config_files import ARRAY, FileModel, listed_once
 
 __all__ = [
     "SCOPES",
@@ -44,13 +49,13 @@ SCOPES: tuple[Scope, ...] = ("heatmaps", "admin")
 _PREFIX = "kr_"
 
 
-@dataclass(frozen=True)
-class ApiKey:
+class ApiKey(FileModel):
     """One key as the file keeps it: its name, scope and the hash of the token."""
 
-    name: str
+    name: Annotated[str, Field(pattern=r"^[\w.-]+$")]
+    """Letters, digits, '-', '_' or '.': who or what uses the key, e.g. ``cdss-prod``."""
     scope: Scope
-    sha256: str
+    sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")]
     created: str
 
     @property
@@ -80,11 +85,25 @@ OPEN = Caller(name=None, scope="admin")
 """Everyone, when no keys are configured: every job is everyone's."""
 
 
+class _KeysFile(FileModel):
+    """The file: its keys, each name once (a name is what ``revoke`` takes)."""
+
+    entries: ClassVar[Mapping[str, str]] = {"keys": "key"}
+
+    keys: Annotated[tuple[ApiKey, ...], ARRAY]
+
+    @model_validator(mode="after")
+    def _each_name_once(self) -> Self:
+        listed_once("key", (key.name for key in self.keys))
+        return self
+
+
 class KeyStore:
     """API keys in a JSON file; re-read when the file changes, so revoking needs no restart.
 
     Raises:
-        ValueError: the file is not a keys file (on reading it).
+        ValueError: the file is not a keys file (on reading it), naming the file, the key
+            and the field at fault.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -113,17 +132,15 @@ class KeyStore:
         Raises:
             ValueError: a bad name or scope, or a key of that name exists.
         """
-        if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-            raise ValueError(f"a key name is letters, digits, '-', '_' or '.', got {name!r}")
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         token = _PREFIX + secrets.token_urlsafe(32)
+        fields = {"name": name, "scope": scope, "sha256": _digest(token),
+                  "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        key = ApiKey.read(fields, f"key {name!r}", ValueError)
         with self._lock:
             self._refresh()
             if name in self._keys:
                 raise ValueError(f"a key named {name!r} exists; revoke it first")
-            self._keys[name] = ApiKey(name, scope, _digest(token),
-                                      dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+            self._keys[name] = key
             self._write()
         return token
 
@@ -146,15 +163,15 @@ class KeyStore:
             return
         try:
             document = json.loads(self.path.read_text(encoding="utf-8"))
-            keys = [ApiKey(**entry) for entry in document["keys"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{self.path} is not a Krypton keys file: {exc}") from exc
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read keys file {self.path}: {exc}") from exc
+        keys = _KeysFile.read(document, f"keys file {self.path}", ValueError).keys
         self._seen, self._keys = (stat.st_mtime, stat.st_size), {k.name: k for k in keys}
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(json.dumps({"keys": [asdict(k) for k in self._keys.values()]},
+        partial.write_text(json.dumps({"keys": [k.model_dump() for k in self._keys.values()]},
                                       indent=2) + "\n", encoding="utf-8")
         partial.chmod(0o600)
         os.replace(partial, self.path)

@@ -46,6 +46,18 @@ def test_store_saves_and_loads_by_dataset_name(tmp_path: Path) -> None:
     assert store.names() == ["retina-oct"]
 
 
+def test_store_refuses_a_config_file_with_an_unknown_field_naming_file_dataset_and_field(
+    tmp_path: Path
+) -> None:
+    store = DatasetStore(tmp_path)
+    path = store.save(_config())
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"colour": "red"}))
+    with pytest.raises(DatasetConfigError) as raised:
+        store.load("retina-oct")
+    message = str(raised.value)
+    assert str(path) in message and "dataset 'retina-oct'" in message and "'colour'" in message
+
+
 def test_store_without_the_dataset_names_the_known_ones(tmp_path: Path) -> None:
     store = DatasetStore(tmp_path)
     store.save(_config())
@@ -93,7 +105,8 @@ def test_random_weights_have_a_seed_identity_distinct_from_files(tmp_path: Path)
 @pytest.mark.parametrize(("text", "message"), [
     pytest.param("{not json", "JSON", id="not-json"),
     pytest.param("[1, 2]", "object", id="not-object"),
-    pytest.param(json.dumps({"dataset": "x"}), "fields", id="missing-fields"),
+    pytest.param(json.dumps({"dataset": "x"}), "missing field 'model'",
+                 id="missing-fields"),
 ])
 def test_malformed_config_raises_dataset_config_error(text: str, message: str) -> None:
     with pytest.raises(DatasetConfigError, match=message):
@@ -104,7 +117,8 @@ def test_malformed_config_raises_dataset_config_error(text: str, message: str) -
     pytest.param({"version": 2}, "version", id="future-version"),
     pytest.param({"tau": 0.0}, "tau", id="tau-zero"),
     pytest.param({"coarse_stride": None}, "needs both", id="ratio-without-stride"),
-    pytest.param({"dataset": "../etc/passwd"}, "dataset name", id="path-traversal"),
+    pytest.param({"dataset": "../etc/passwd"}, "dataset: should match pattern",
+                 id="path-traversal"),
 ])
 def test_invalid_config_values_raise_dataset_config_error(changes: dict[str, object],
                                                           message: str) -> None:

@@ -160,11 +160,11 @@ def test_deployed_model_without_input_size_uses_the_architecture_default() -> No
     pytest.param('[[models]]\nname = "m"\narchitecture = "resnet18"\n', "'labels'",
                  id="model-without-labels"),
     pytest.param('[[models]]\nname = "m"\narchitecture = "resnet18"\nlabels = []\n',
-                 "no labels", id="empty-labels"),
+                 "labels", id="empty-labels"),
     pytest.param(_models_only() + _models_only().replace('labels = ["a", "b"]',
                                                          'labels = ["c"]'),
                  "twice", id="duplicate-model"),
-    pytest.param('datasets_dir = "x"\n', "no [[models]]", id="no-models"),
+    pytest.param('datasets_dir = "x"\n', "'models'", id="no-models"),
     pytest.param(_models_only() + '[[datasets]]\nname = "d"\nmodel = "vgg"\n', "'vgg'",
                  id="dataset-of-undeployed-model"),
     pytest.param(_models_only() + '[[datasets]]\nname = "d"\n', "'model'",
@@ -194,6 +194,22 @@ def test_load_deployment_with_bad_registry_raises_naming_the_fault(
 ) -> None:
     with pytest.raises(InvalidArgumentError, match=message.replace("[", r"\[")):
         load_deployment(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(("text", "entry", "field"), [
+    pytest.param(_models_only(model_extra='chekpoint = "w.pt"'), "model 'm'", "chekpoint",
+                 id="model"),
+    pytest.param(_models_only() + '[[datasets]]\nname = "d"\nmodel = "m"\ncolour = "red"\n',
+                 "dataset 'd'", "colour", id="dataset"),
+])
+def test_load_deployment_refuses_an_unknown_field_naming_file_entry_and_field(
+    tmp_path: Path, text: str, entry: str, field: str
+) -> None:
+    registry = _write(tmp_path, text)
+    with pytest.raises(InvalidArgumentError) as raised:
+        load_deployment(registry)
+    message = str(raised.value)
+    assert str(registry) in message and entry in message and repr(field) in message
 
 
 def test_load_deployment_of_a_missing_file_raises_naming_it(tmp_path: Path) -> None:

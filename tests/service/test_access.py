@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,19 @@ def test_keys_file_holds_hashes_not_keys(keys: tuple[Path, dict[str, str]]) -> N
     text = keys[0].read_text()
     assert all(token not in text for token in keys[1].values())
     assert keys[0].stat().st_mode & 0o077 == 0, "readable by its owner only"
+
+
+def test_keys_file_with_an_unknown_field_is_refused_naming_file_key_and_field(
+        tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    KeyStore(path).add("alice", "heatmaps")
+    document = json.loads(path.read_text())
+    document["keys"][0]["comment"] = "ward 4"
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError) as raised:
+        KeyStore(path).keys()
+    message = str(raised.value)
+    assert str(path) in message and "key 'alice'" in message and "'comment'" in message
 
 
 def test_app_with_a_missing_keys_file_does_not_start(make_client: ClientFactory,

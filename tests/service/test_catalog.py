@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -252,7 +251,7 @@ def test_tuning_job_writes_the_config_file(tuning: tuple[Any, dict[str, Any]],
 def test_tuned_config_is_shown_by_get_dataset(api: TestClient, datasets_dir: Path,
                                               tuning: tuple[Any, dict[str, Any]]) -> None:
     shown = api.get(f"/v1/datasets/{TUNING_DATASET}").json()["tuned"]
-    assert shown == dataclasses.asdict(DatasetStore(datasets_dir).load(TUNING_DATASET))
+    assert shown == DatasetStore(datasets_dir).load(TUNING_DATASET).as_dict()
 
 
 def test_freshly_tuned_dataset_runs_approximate_jobs(api: TestClient, retina_png: bytes,

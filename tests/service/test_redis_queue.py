@@ -8,7 +8,6 @@ test needs: SIGKILL leaves no chance to clean up.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from krypton.core.plans import HeatmapPlan
-from krypton.models import DatasetStore
+from krypton.models import DatasetConfig, DatasetStore
 from krypton.models.deployment import Deployment
 from krypton.service import constants
 from krypton.service.queue import RedisStreamQueue
@@ -407,7 +406,7 @@ def test_redis_api_keeps_a_config_redis_already_has_over_the_file(
         make_client: ClientFactory, redis_url: str, redis_client: redis.Redis,
         deployment: Deployment) -> None:
     newer = DatasetStore(deployment.datasets_dir).load(helpers.TUNED_DATASET)
-    newer = dataclasses.replace(newer, tau=0.55)
+    newer = DatasetConfig(**(newer.as_dict() | {"tau": 0.55}))
     redis_client.set(constants.DATASET_KEY.format(helpers.TUNED_DATASET), newer.to_json())
     client = make_client(redis_url=redis_url)
     assert client.get(f"/v1/datasets/{helpers.TUNED_DATASET}").json()["tuned"]["tau"] == 0.55
