@@ -48,21 +48,18 @@ if TYPE_CHECKING:
     from krypton.models.build import build_model, classifier_head, seeded
     from krypton.models.checkpoints import (
         apply_state_dict,
-        load_checkpoint,
         read_labels,
         read_state_dict,
     )
-    from krypton.models.transforms import denormalize, normalize, to_model_input
+    from krypton.models.transforms import normalize, to_model_input
 
 _NEEDS_TORCH = {
     "build_model": "krypton.models.build",
     "classifier_head": "krypton.models.build",
     "seeded": "krypton.models.build",
     "apply_state_dict": "krypton.models.checkpoints",
-    "load_checkpoint": "krypton.models.checkpoints",
     "read_labels": "krypton.models.checkpoints",
     "read_state_dict": "krypton.models.checkpoints",
-    "denormalize": "krypton.models.transforms",
     "normalize": "krypton.models.transforms",
     "to_model_input": "krypton.models.transforms",
 }
@@ -99,11 +96,9 @@ __all__ = [
     "build_model",
     "classifier_head",
     "decode_image",
-    "denormalize",
     "fingerprint",
     "get_model_spec",
     "list_models",
-    "load_checkpoint",
     "normalize",
     "patch_value",
     "random_weights_id",

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from krypton.models.errors import CheckpointError
 
-__all__ = ["apply_state_dict", "load_checkpoint", "read_labels", "read_state_dict"]
+__all__ = ["apply_state_dict", "read_labels", "read_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,25 +37,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 _SHOWN = 5
 """How many keys of each kind a mismatch message lists before summarising."""
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
-    """Load a checkpoint file into ``model`` strictly and switch it to eval mode.
-
-    Args:
-        model: The architecture, already built; modified in place.
-        path: A ``torch.save`` file (bare or wrapped ``state_dict``) or a
-            TorchScript file.
-
-    Returns:
-        ``model`` itself, in eval mode, for chaining.
-
-    Raises:
-        CheckpointError: The file is missing or unreadable, holds no weights,
-            or its keys or shapes do not match ``model``.
-    """
-    state = read_state_dict(path)
-    return apply_state_dict(model, state, source=os.fspath(path))
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:

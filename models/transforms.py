@@ -15,7 +15,7 @@ from torch import Tensor
 from krypton.models.errors import InvalidArgumentError
 from krypton.models.preprocessing import Preprocessing
 
-__all__ = ["denormalize", "normalize", "to_model_input"]
+__all__ = ["normalize", "to_model_input"]
 
 
 def to_model_input(image: npt.NDArray[np.floating], preprocessing: Preprocessing) -> Tensor:
@@ -53,36 +53,6 @@ def normalize(pixels: Tensor, preprocessing: Preprocessing) -> Tensor:
     mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
     return (pixels - mean) / std
-
-
-def denormalize(
-    tensor: Tensor, preprocessing: Preprocessing | None = None
-) -> npt.NDArray[np.float32]:
-    """Undo :func:`to_model_input`'s normalisation, to draw a heatmap over what the model saw.
-
-    Args:
-        tensor: ``(3, H, W)`` or ``(1, 3, H, W)`` normalised image, any device.
-        preprocessing: The statistics it was normalised with; ``None`` means ImageNet's.
-
-    Returns:
-        ``(H, W, 3)`` float32 array clipped to ``[0, 1]``.
-
-    Raises:
-        InvalidArgumentError: The tensor is not one 3-channel image.
-    """
-    stats = preprocessing if preprocessing is not None else Preprocessing(size=1)
-    image = tensor.detach()
-    if image.dim() == 4 and image.shape[0] == 1:
-        image = image[0]
-    if image.dim() != 3 or image.shape[0] != 3:
-        raise InvalidArgumentError(
-            f"expected a (3, H, W) or (1, 3, H, W) tensor, got shape {tuple(tensor.shape)}"
-        )
-    image = image.to(device="cpu", dtype=torch.float32)
-    mean = torch.tensor(stats.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(stats.std, dtype=torch.float32).view(3, 1, 1)
-    pixels = (image * std + mean).clamp_(0.0, 1.0)
-    return np.ascontiguousarray(pixels.permute(1, 2, 0).numpy())
 
 
 def _pixel_array(image: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:

@@ -1,4 +1,4 @@
-"""The FastAPI application: ``create_app()`` wires settings, queue, registry and routes.
+"""The FastAPI application: ``create_app()`` wires settings, store, registry and routes.
 
 With no Redis configured the app also runs its own worker(s) in-process on an
 in-memory queue (the embedded default); with Redis it only enqueues, and
@@ -31,11 +31,11 @@ from krypton.service.intake import Intake
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
 from krypton.service.pages import install_pages
-from krypton.service.queue import InMemoryQueue, JobQueue, RedisStreamQueue
 from krypton.service.routes import catalog, health, heatmaps
+from krypton.service.store import Store
 from krypton.service.tuned import import_dataset_configs
 
-__all__ = ["create_app", "make_deployment", "make_queue"]
+__all__ = ["create_app", "make_deployment", "make_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +46,15 @@ fetch `heatmap.png`, `heatmap.json` or `heatmap.npy`. Errors are
 `application/problem+json` (RFC 9457)."""
 
 
-def make_queue(settings: Settings, deployment: Deployment) -> JobQueue:
-    """Redis when configured; else the in-memory queue, keeping tuned configs as files."""
+def make_store(settings: Settings, deployment: Deployment) -> Store:
+    """Redis when configured; else the embedded store, keeping tuned configs as files."""
     options: dict[str, Any] = {"ttl_seconds": settings.result_ttl_seconds,
                                "claim_idle_ms": settings.claim_idle_ms,
                                "heartbeat_ttl_seconds": settings.heartbeat_ttl_seconds}
     if settings.redis_url is None:
-        return InMemoryQueue(configs=DatasetStore(deployment.datasets_dir), **options)
-    return RedisStreamQueue.from_url(str(settings.redis_url),
-                                     max_connections=settings.redis_max_connections, **options)
+        return Store.memory(configs=DatasetStore(deployment.datasets_dir), **options)
+    return Store.redis(str(settings.redis_url), max_connections=settings.redis_max_connections,
+                       **options)
 
 
 def make_deployment(settings: Settings) -> Deployment:
@@ -63,8 +63,8 @@ def make_deployment(settings: Settings) -> Deployment:
     return load_deployment(settings.registry, settings.datasets_dir)
 
 
-def create_app(settings: Settings | None = None, *, queue: JobQueue | None = None) -> FastAPI:
-    """The API. ``queue`` overrides the one the settings describe (tests)."""
+def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
+    """The API. ``store`` overrides the one the settings describe (tests)."""
     settings = settings or get_settings()
     deployment = make_deployment(settings)
     return_freed_memory()
@@ -72,13 +72,13 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.queue = queue or make_queue(settings, deployment)
-        app.state.events = EventHub(app.state.queue)
+        app.state.store = store or make_store(settings, deployment)
+        app.state.events = EventHub(app.state.store.jobs)
         if not settings.embedded:
             # The consumer group, before any worker starts: an autoscaler reads its lag.
-            await app.state.queue.make_claimable()
+            await app.state.store.jobs.make_claimable()
             with contextlib.suppress(Exception):  # Redis may come up after the API
-                imported = await import_dataset_configs(app.state.queue, deployment)
+                imported = await import_dataset_configs(app.state.store.configs, deployment)
                 if imported:
                     logger.info("imported tuned configs for %s", ", ".join(imported))
         workers = []
@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
             from krypton.service.worker import Worker
 
             cache = ModelCache(deployment, settings.device)  # one copy of each model
-            workers = [Worker(app.state.queue, deployment, device=settings.device,
+            workers = [Worker(app.state.store, deployment, device=settings.device,
                               name=f"embedded-{i}", max_pixels=settings.max_pixels,
                               job_timeout_seconds=settings.job_timeout_seconds, cache=cache)
                        for i in range(settings.embedded_workers)]
@@ -107,7 +107,7 @@ def create_app(settings: Settings | None = None, *, queue: JobQueue | None = Non
             for task in tasks:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(task, timeout=5)
-            await app.state.queue.close()
+            await app.state.store.close()
 
     app = FastAPI(title="Krypton", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, docs_url=None, redoc_url=None)

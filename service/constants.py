@@ -15,6 +15,7 @@ Redis key layout (``{id}`` is a job id, ``{name}`` a worker name):
 - ``krypton:account:{account}:bytes`` - hash of their image bytes, and the ``_total``
 - ``krypton:account:{account}:active`` - set of the account's unfinished jobs
 - ``krypton:epoch`` - when this Redis started afresh (ms): jobs older were lost with it
+- ``krypton:changes`` - pub/sub channel: the id of each job just written, to wake waiters
 
 An account is an API key's id, or running open a client address.
 """
@@ -36,6 +37,7 @@ ACCOUNT_JOBS_KEY = f"{KEY_PREFIX}:account:{{}}:jobs"
 ACCOUNT_BYTES_KEY = f"{KEY_PREFIX}:account:{{}}:bytes"
 ACCOUNT_ACTIVE_KEY = f"{KEY_PREFIX}:account:{{}}:active"
 EPOCH_KEY = f"{KEY_PREFIX}:epoch"
+CHANGES_CHANNEL = f"{KEY_PREFIX}:changes"
 
 DEFAULT_RESULT_TTL_SECONDS = 24 * 3600
 DEFAULT_MAX_UPLOAD_BYTES = 32 * 1024 * 1024
@@ -65,6 +67,9 @@ its own size would cost the API gigabytes. An upload larger than the most is kep
 beside a copy reduced to it, from which overlays are drawn."""
 MAX_WAIT_SECONDS = 60
 """Upper bound of ``Prefer: wait=N``, so a request never ties up a connection for long."""
+CHANGES_FALLBACK_SECONDS = 1.0
+"""Longest a waiter goes without reading its job: Redis's pub/sub delivers at most once
+(a notification sent while the listener reconnects is lost), and an expiry writes nothing."""
 
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 10

@@ -11,7 +11,7 @@ from krypton.models.deployment import Deployment
 from krypton.service.auth import OPEN, Caller, KeyStore
 from krypton.service.config import Settings
 from krypton.service.problems import Forbidden, InvalidInput, Unauthorized
-from krypton.service.queue import Admission, JobQueue
+from krypton.service.store import Admission, JobQueue, Store
 
 __all__ = [
     "AdminDep",
@@ -21,14 +21,19 @@ __all__ = [
     "OptionalCallerDep",
     "QueueDep",
     "SettingsDep",
+    "StoreDep",
     "admit_job",
     "refuse_ambiguous_fields",
 ]
 
 
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
 def get_queue(request: Request) -> JobQueue:
-    queue: JobQueue = request.app.state.queue
-    return queue
+    return get_store(request).jobs
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -84,6 +89,7 @@ def get_admin(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
 
 
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
+StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 DeploymentDep = Annotated[Deployment, Depends(get_deployment)]
 OptionalCallerDep = Annotated[Caller | None, Depends(get_optional_caller)]
@@ -93,7 +99,7 @@ AdminDep = Annotated[Caller, Depends(get_admin)]
 
 def admit_job(request: Request, settings: SettingsDep, caller: CallerDep) -> Admission:
     """Who submits and the limits the submission must fit; the queue checks them as it
-    stores the job, in one step (:meth:`~krypton.service.queue.JobQueue.submit`).
+    stores the job, in one step (:meth:`~krypton.service.store.JobQueue.submit`).
 
     The account is the caller's key, or running open its address.
     """

@@ -2,9 +2,10 @@
 
 The stream reads the store, never the worker: it works the same embedded and
 with Redis, from any API process. One :class:`Watch` per job per process
-reads the store every ``EVENT_POLL_SECONDS`` and shares what it read with
-every stream of that job (:class:`EventHub`), so a hundred viewers of one job
-cost one reader, not a hundred. Each stream sends only what changed:
+reads the store when the store says the job changed (or at its fallback
+interval, a second) and shares what it read with every stream of that job
+(:class:`EventHub`), so a hundred viewers of one job cost one reader, not a
+hundred. Each stream sends only what changed:
 
 * ``progress``: ``{"status", "progress"}``;
 * ``partial``: the heatmap so far, ``{"shape", "heatmap"}`` with ``null`` in
@@ -37,15 +38,12 @@ from fastapi.sse import ServerSentEvent
 from krypton import render
 from krypton.service import constants
 from krypton.service.problems import JobLost, problem, problem_for
-from krypton.service.queue import JobQueue
 from krypton.service.schemas import Job, JobStatus, JobView
+from krypton.service.store import JobQueue
 
-__all__ = ["EVENT_POLL_SECONDS", "EventHub", "Snapshot", "Watch", "job_events"]
+__all__ = ["EventHub", "Snapshot", "Watch", "job_events"]
 
 logger = logging.getLogger(__name__)
-
-EVENT_POLL_SECONDS = 0.25
-
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -94,22 +92,23 @@ class Watch:
         job = self._latest.job
         assert job is not None
         await self._publish(job=job)
-        while True:
-            await asyncio.sleep(EVENT_POLL_SECONDS)
-            try:
-                current = await self._queue.get(job.id)
-                partial = gone = None
-                if current is not None and not current.status.finished:
-                    partial = await self._partial(job.id)
-                if current is None:
-                    gone = await self._why_gone(job.id)
-            except Exception as exc:  # the streams end with the problem; none hangs
-                logger.warning("job %s: events stopped: %s", job.id, type(exc).__name__)
-                await self._publish(job=None, error=problem_for(exc))
-                return
-            await self._publish(job=current, partial=partial, gone=gone)
-            if current is None or current.status.finished:
-                return
+        async with self._queue.changes(job.id) as changes:
+            while True:  # read once the watch began, then after each change
+                try:
+                    current = await self._queue.get(job.id)
+                    partial = gone = None
+                    if current is not None and not current.status.finished:
+                        partial = await self._partial(job.id)
+                    if current is None:
+                        gone = await self._why_gone(job.id)
+                except Exception as exc:  # the streams end with the problem; none hangs
+                    logger.warning("job %s: events stopped: %s", job.id, type(exc).__name__)
+                    await self._publish(job=None, error=problem_for(exc))
+                    return
+                await self._publish(job=current, partial=partial, gone=gone)
+                if current is None or current.status.finished:
+                    return
+                await changes.next(constants.CHANGES_FALLBACK_SECONDS)
 
     async def _why_gone(self, job_id: str) -> dict[str, Any]:
         since = await self._queue.lost(job_id)

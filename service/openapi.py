@@ -43,11 +43,15 @@ def openapi_document(app: FastAPI, *, keyed: bool) -> dict[str, Any]:
     """The app's document as a service with keys (``keyed``) or running open serves it."""
     schema = _with_problems(get_openapi(title=app.title, version=app.version,
                                         description=app.description, routes=app.routes))
-    if not keyed:
-        schema.get("components", {}).pop("securitySchemes", None)
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                operation.pop("security", None)
+    return schema if keyed else without_keys(schema)
+
+
+def without_keys(schema: dict[str, Any]) -> dict[str, Any]:
+    """A keyed service's document as the same service running open serves it."""
+    schema.get("components", {}).pop("securitySchemes", None)
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            operation.pop("security", None)
     return schema
 
 

@@ -41,7 +41,7 @@ def new_job_id() -> str:
     """32 hex digits: the creation time in milliseconds (12), then 80 random bits.
 
     The time lets the store tell a job it lost with its data from one that
-    never existed (:meth:`~krypton.service.queue.JobQueue.lost`).
+    never existed (:meth:`~krypton.service.store.JobQueue.lost`).
     """
     return f"{int(utcnow().timestamp() * 1000):012x}{secrets.token_hex(10)}"
 

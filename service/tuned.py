@@ -13,36 +13,36 @@ import asyncio
 
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.models.deployment import Deployment
-from krypton.service.queue import JobQueue
+from krypton.service.store import ConfigStore
 
 __all__ = ["import_dataset_configs", "tuned_config"]
 
 
-async def tuned_config(queue: JobQueue, deployment: Deployment,
+async def tuned_config(configs: ConfigStore, deployment: Deployment,
                        dataset: str) -> DatasetConfig | None:
     """``dataset``'s tuned config: the store's, or its file's, copied into the store."""
-    config = await queue.dataset_config(dataset)
+    config = await configs.get(dataset)
     if config is None and dataset in deployment.datasets:
-        config = await _copy_file(queue, deployment, dataset)
+        config = await _copy_file(configs, deployment, dataset)
     return config
 
 
-async def import_dataset_configs(queue: JobQueue, deployment: Deployment) -> list[str]:
+async def import_dataset_configs(configs: ConfigStore, deployment: Deployment) -> list[str]:
     """Copy into the store every config file of a deployed dataset that the store lacks;
     one the store has (tuned by the service since) is left alone. Returns the names."""
     names = await asyncio.to_thread(DatasetStore(deployment.datasets_dir).names)
     imported = []
     for name in names:
-        lacking = name in deployment.datasets and await queue.dataset_config(name) is None
-        if lacking and await _copy_file(queue, deployment, name) is not None:
+        lacking = name in deployment.datasets and await configs.get(name) is None
+        if lacking and await _copy_file(configs, deployment, name) is not None:
             imported.append(name)
     return imported
 
 
-async def _copy_file(queue: JobQueue, deployment: Deployment,
+async def _copy_file(configs: ConfigStore, deployment: Deployment,
                      dataset: str) -> DatasetConfig | None:
-    """``dataset``'s config file, stored in ``queue``; ``None`` where there is no file."""
+    """``dataset``'s config file, stored in ``configs``; ``None`` where there is no file."""
     config = await asyncio.to_thread(DatasetStore(deployment.datasets_dir).find, dataset)
     if config is not None:
-        await queue.save_dataset_config(config)
+        await configs.save(config)
     return config

@@ -12,16 +12,16 @@ again before it runs (a job accepted before any worker had reported).
 from __future__ import annotations
 
 from krypton.models.deployment import DeployedModel
-from krypton.service.queue import JobQueue
+from krypton.service.store import WorkerRegistry
 
 __all__ = ["served_weights"]
 
 
-async def served_weights(queue: JobQueue, deployed: DeployedModel) -> str | None:
+async def served_weights(workers: WorkerRegistry, deployed: DeployedModel) -> str | None:
     """The weights id ``deployed`` is served with; ``None`` while no live worker has said."""
     if deployed.random_weights:
         return deployed.weights_id()
-    for worker in await queue.workers():
+    for worker in await workers.live():
         if deployed.name in worker.weights:
             return worker.weights[deployed.name]
     return None

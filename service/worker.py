@@ -37,8 +37,8 @@ from krypton.models.deployment import Deployment
 from krypton.render import heatmap_npy, shrink
 from krypton.service import constants
 from krypton.service.problems import invalid_input, problem, problem_for
-from krypton.service.queue import Claim, JobQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, utcnow
+from krypton.service.store import Claim, Store
 
 __all__ = ["Worker"]
 
@@ -77,13 +77,15 @@ class _Running:
 
 
 class Worker:
-    """Claims jobs from ``queue`` and runs them until stopped (or, in burst mode, idle)."""
+    """Claims jobs from ``store``'s queue and runs them until stopped (or, in burst mode,
+    idle), beating in its worker registry."""
 
-    def __init__(self, queue: JobQueue, deployment: Deployment, *, device: str = "cpu",
+    def __init__(self, store: Store, deployment: Deployment, *, device: str = "cpu",
                  name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  cache: ModelCache | None = None,
                  job_timeout_seconds: float = constants.DEFAULT_JOB_TIMEOUT_SECONDS) -> None:
-        self.queue = queue
+        self.store = store
+        self.queue = store.jobs
         self.cache = cache or ModelCache(deployment, device)
         self.device = device
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -102,7 +104,7 @@ class Worker:
     async def run(self, *, burst: bool = False, block_ms: int = 1000) -> None:
         """Work until :meth:`stop` (or, with ``burst``, until the queue is empty)."""
         logger.info("worker %s started on %s (queue: %s)", self.name, self.device,
-                    self.queue.name)
+                    self.store.name)
         quiet = asyncio.Event()
         beating = asyncio.create_task(self._beat_until(quiet))
         try:
@@ -129,7 +131,7 @@ class Worker:
             # must never go on looking alive while it takes no jobs.
             await _stop_task(beating, quiet)
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.queue.retire(self.name),
+                await asyncio.wait_for(self.store.workers.retire(self.name),
                                        constants.SHUTDOWN_WAIT_SECONDS)
             logger.info("worker %s stopped after %d jobs", self.name, self.jobs_done)
 
@@ -151,7 +153,7 @@ class Worker:
     def can_claim(self) -> bool:
         """Whether this worker is at work: running a job, or its last claim answered
         within a heartbeat's lifetime (a worker whose claims fail is not one to wait for)."""
-        recent = time.monotonic() - self._claimed_at < self.queue.heartbeat_ttl_seconds
+        recent = time.monotonic() - self._claimed_at < self.store.workers.heartbeat_ttl_seconds
         return self.current is not None or recent
 
     async def _beat_until(self, quiet: asyncio.Event) -> None:
@@ -160,9 +162,9 @@ class Worker:
         while not quiet.is_set():
             try:
                 if self.can_claim:
-                    await self.queue.beat(self._info())
+                    await self.store.workers.beat(self._info())
                 if beats % constants.PRUNE_EVERY_BEATS == 0:
-                    forgotten = await self.queue.prune()
+                    forgotten = await self.store.workers.prune()
                     if forgotten:
                         logger.info("forgot dead workers %s", ", ".join(forgotten))
             except Exception:  # a Redis blip must not kill the worker
@@ -277,7 +279,7 @@ class Worker:
         """Store the outcome, if this worker still holds the job (one step: a worker that
         took the job over while this one stalled keeps its own outcome); whether it did."""
         if outcome.dataset_config is not None:
-            await self.queue.save_dataset_config(outcome.dataset_config)
+            await self.store.configs.save(outcome.dataset_config)
         updates = {"status": JobStatus.succeeded, "progress": 1.0} | outcome.updates
         finished = job.model_copy(update=updates | {"timings": job.timings.model_copy(
             update={"finished_at": utcnow()})})

@@ -57,7 +57,7 @@ def test_the_engine_importing_the_service_breaks_the_layers(tmp_path: Path) -> N
     module = tree / "krypton" / "engine" / "errors.py"
     source = module.read_text()
     module.unlink()
-    module.write_text(source + "\nimport krypton.service.queue  # noqa: E402,F401\n")
+    module.write_text(source + "\nimport krypton.service.store  # noqa: E402,F401\n")
     result = _lint_imports(tree)
     assert result.returncode != 0
-    assert "krypton.engine.errors -> krypton.service.queue" in result.stdout
+    assert "krypton.engine.errors -> krypton.service.store" in result.stdout

@@ -63,7 +63,7 @@ def worker(
     import torch
 
     from krypton.models.budget import DECODING, return_freed_memory
-    from krypton.service.app import make_deployment, make_queue
+    from krypton.service.app import make_deployment, make_store
     from krypton.service.config import get_settings
     from krypton.service.worker import Worker
 
@@ -81,15 +81,15 @@ def worker(
 
     async def main() -> None:
         deployment = make_deployment(settings)
-        queue = make_queue(settings, deployment)
-        runner = Worker(queue, deployment, device=settings.device,
+        store = make_store(settings, deployment)
+        runner = Worker(store, deployment, device=settings.device,
                         max_pixels=settings.max_pixels,
                         job_timeout_seconds=settings.job_timeout_seconds)
         if preload:
             failed = await asyncio.to_thread(runner.cache.preload)
             if failed and len(failed) == len(deployment.models):
                 # A worker that can run nothing must not take (and fail) every job.
-                await queue.close()
+                await store.close()
                 fail(f"none of the deployed models can be loaded on {settings.device} "
                      f"({', '.join(failed)}); the log above says why")
         loop = asyncio.get_running_loop()
@@ -98,7 +98,7 @@ def worker(
         try:
             await runner.run(burst=burst)
         finally:
-            await queue.close()
+            await store.close()
 
     asyncio.run(main())
 

@@ -23,12 +23,13 @@ from krypton.service.deps import (
     DeploymentDep,
     QueueDep,
     SettingsDep,
+    StoreDep,
     refuse_ambiguous_fields,
 )
 from krypton.service.problems import DatasetNotFound, JobNotFound, problem_responses
-from krypton.service.queue import JobQueue
 from krypton.service.routes.heatmaps import view, visible_job
 from krypton.service.schemas import DatasetInfo, Job, JobView, ModelInfo, new_job_id
+from krypton.service.store import JobQueue, Store
 from krypton.service.tuned import tuned_config
 from krypton.service.uploads import read_image
 from krypton.service.weights import served_weights
@@ -57,11 +58,12 @@ def _deployed_dataset(deployment: Deployment, name: str) -> DeployedDataset:
     return deployment.datasets[name]
 
 
-async def _dataset_info(queue: JobQueue, deployment: Deployment, name: str) -> DatasetInfo:
+async def _dataset_info(store: Store, deployment: Deployment, name: str) -> DatasetInfo:
     dataset = _deployed_dataset(deployment, name)
-    tuned = await tuned_config(queue, deployment, name)
+    tuned = await tuned_config(store.configs, deployment, name)
     stale = None if tuned is None else stale_reason(
-        name, tuned.checkpoint, await served_weights(queue, deployment.model(dataset.model)),
+        name, tuned.checkpoint,
+        await served_weights(store.workers, deployment.model(dataset.model)),
         dataset.model)
     return DatasetInfo(name=dataset.name, model=dataset.model, description=dataset.description,
                        tuned=None if tuned is None or stale else tuned.as_dict(), stale=stale)
@@ -69,18 +71,18 @@ async def _dataset_info(queue: JobQueue, deployment: Deployment, name: str) -> D
 
 @router.get("/datasets", response_model=list[DatasetInfo],
             responses=problem_responses(401, 503))
-async def list_datasets(deployment: DeploymentDep, queue: QueueDep,
+async def list_datasets(deployment: DeploymentDep, store: StoreDep,
                         caller: CallerDep) -> list[DatasetInfo]:
     """Every deployed dataset and its tuned approximation config, if any."""
-    return [await _dataset_info(queue, deployment, name) for name in sorted(deployment.datasets)]
+    return [await _dataset_info(store, deployment, name) for name in sorted(deployment.datasets)]
 
 
 @router.get("/datasets/{name}", response_model=DatasetInfo,
             responses=problem_responses(401, 404, 503))
-async def get_dataset(name: str, deployment: DeploymentDep, queue: QueueDep,
+async def get_dataset(name: str, deployment: DeploymentDep, store: StoreDep,
                       caller: CallerDep) -> DatasetInfo:
     """One deployed dataset and its tuned approximation config, if any."""
-    return await _dataset_info(queue, deployment, name)
+    return await _dataset_info(store, deployment, name)
 
 
 @router.post("/datasets/{name}/tuning", status_code=202, response_model=JobView,

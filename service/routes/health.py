@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from krypton.service.constants import RETRY_AFTER_SECONDS
-from krypton.service.deps import AdminDep, OptionalCallerDep, QueueDep
+from krypton.service.deps import AdminDep, OptionalCallerDep, StoreDep
 from krypton.service.problems import problem_responses
 from krypton.service.schemas import ReadyReport
 
@@ -28,7 +28,7 @@ ReadyScope = Literal["service", "api"]
 @router.get("/readyz", response_model=ReadyReport,
             responses={503: {"model": ReadyReport, "description": "Redis or workers missing"},
                        **problem_responses(422)})
-async def readyz(queue: QueueDep, caller: OptionalCallerDep,
+async def readyz(store: StoreDep, caller: OptionalCallerDep,
                  scope: Annotated[ReadyScope, Query(
                      description="service: jobs get done now (a worker lives and can "
                      "claim); api: this API can take jobs (the queue answers and holds its "
@@ -44,14 +44,15 @@ async def readyz(queue: QueueDep, caller: OptionalCallerDep,
     while their claims succeed. Open to probes without a key; the workers'
     details (host, pid, current job) only to an admin key.
     """
+    queue = store.jobs
     queue_ok = await queue.ping()
     if scope == "api":
         claimable = queue_ok and await queue.make_claimable()
     else:
         claimable = queue_ok and await queue.claimable()
-    workers = await queue.workers() if queue_ok else []
+    workers = await store.workers.live() if queue_ok else []
     ready = claimable and (scope == "api" or bool(workers))
-    report = ReadyReport(status="ready" if ready else "not ready", queue=queue.name,
+    report = ReadyReport(status="ready" if ready else "not ready", queue=store.name,
                          queue_ok=queue_ok, claimable=claimable, live_workers=len(workers),
                          workers=workers if caller is not None and caller.admin else None)
     headers = {} if ready else {"Retry-After": str(RETRY_AFTER_SECONDS)}

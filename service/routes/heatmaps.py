@@ -40,6 +40,7 @@ from krypton.service.deps import (
     DeploymentDep,
     QueueDep,
     SettingsDep,
+    StoreDep,
     get_optional_caller,
     refuse_ambiguous_fields,
 )
@@ -52,7 +53,6 @@ from krypton.service.problems import (
     ResultNotReady,
     problem_responses,
 )
-from krypton.service.queue import JobQueue
 from krypton.service.schemas import (
     ClassProbability,
     Job,
@@ -61,6 +61,7 @@ from krypton.service.schemas import (
     PredictResponse,
     new_job_id,
 )
+from krypton.service.store import JobQueue, Store
 from krypton.service.tuned import tuned_config
 from krypton.service.uploads import read_image
 from krypton.service.weights import served_weights
@@ -73,7 +74,6 @@ DICOM_MEDIA_TYPE = "application/dicom"
 DROPPED_HEADER = "Krypton-Dropped-Attributes"
 """Names the source header attributes a DICOM result left out for their invalid values."""
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\s*(?:$|[,;])", re.IGNORECASE)
-_POLL_SECONDS = 0.02
 
 ImagePart = Annotated[UploadFile, File(description=(
     "PNG, JPEG or TIFF (8/16-bit), or DICOM (judged by content)."))]
@@ -106,15 +106,21 @@ def view(job: Job) -> JobView:
 
 
 async def wait_for(queue: JobQueue, job: Job, seconds: float) -> Job:
-    """The job once finished, or as it stands after ``seconds``."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not job.status.finished and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(_POLL_SECONDS)
-        current = await queue.get(job.id)
-        if current is None:
-            break
-        job = current
-    return job
+    """The job once finished, or as it stands after ``seconds``: read again only when
+    the store says it changed (or at the store's fallback interval)."""
+    if seconds <= 0 or job.status.finished:
+        return job
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    async with queue.changes(job.id) as changes:
+        while True:
+            current = await queue.get(job.id)  # after the watch began: no write is missed
+            if current is None:
+                return job
+            job = current
+            if job.status.finished or loop.time() >= deadline:
+                return job
+            await changes.next(deadline - loop.time())
 
 
 def prefer_wait(prefer: str | None) -> int:
@@ -124,12 +130,12 @@ def prefer_wait(prefer: str | None) -> int:
     return min(int(match.group(1)), constants.MAX_WAIT_SECONDS) if match else 0
 
 
-async def _dataset_config(queue: JobQueue, deployment: Deployment,
+async def _dataset_config(store: Store, deployment: Deployment,
                           dataset: str | None) -> DatasetConfig | None:
     """The named dataset's tuned config, if the deployment serves it and it is tuned."""
     if dataset is None or dataset not in deployment.datasets:
         return None  # resolve_heatmap names the unknown dataset
-    return await tuned_config(queue, deployment, dataset)
+    return await tuned_config(store.configs, deployment, dataset)
 
 
 @router.post("/heatmaps", status_code=202, response_model=JobView,
@@ -138,7 +144,7 @@ async def _dataset_config(queue: JobQueue, deployment: Deployment,
                         **_UPLOAD_PROBLEMS})
 async def submit_heatmap(
     image: ImagePart,
-    queue: QueueDep,
+    store: StoreDep,
     settings: SettingsDep,
     deployment: DeploymentDep,
     caller: CallerDep,
@@ -168,14 +174,15 @@ async def submit_heatmap(
     wait_seconds = prefer_wait(prefer)
     plan = resolve_heatmap(
         deployment, model=model, dataset=dataset,
-        config=await _dataset_config(queue, deployment, dataset), patch_size=patch_size,
+        config=await _dataset_config(store, deployment, dataset), patch_size=patch_size,
         stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
         max_gflop=settings.max_job_gflop, frame=frame)
     if plan.tuned_for is not None:  # a tuned config: made for the weights served?
-        plan.check_weights(await served_weights(queue, deployment.model(plan.model)))
+        plan.check_weights(await served_weights(store.workers, deployment.model(plan.model)))
     upload = await read_image(image, max_bytes=settings.max_upload_bytes,
                               max_pixels=settings.max_pixels, frame=frame,
                               window=deployment.model(plan.model).preprocessing.window)
+    queue = store.jobs
     job = await queue.submit(Job(
         id=new_job_id(), params=plan, image_size=upload.size, owner=caller.key_id,
         dicom=upload.dicom, dicom_unmade=upload.dicom_unmade,

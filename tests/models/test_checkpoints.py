@@ -13,9 +13,9 @@ from torch import nn
 
 from krypton.models import (
     CheckpointError,
+    apply_state_dict,
     build_model,
     fingerprint,
-    load_checkpoint,
     read_labels,
     read_state_dict,
 )
@@ -25,6 +25,11 @@ from krypton.models import (
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:FutureWarning")
 
 CLASSES = 3
+
+
+def _load(model: nn.Module, path: str | Path) -> nn.Module:
+    """A checkpoint file into ``model``, as a deployment's weights are loaded."""
+    return apply_state_dict(model, read_state_dict(path), source=str(path))
 
 
 def _perturb_buffers(model: nn.Module) -> nn.Module:
@@ -120,7 +125,7 @@ def test_load_checkpoint_returns_same_model_in_eval_mode(
     path = tmp_path / "weights.pth"
     _save_plain(trained, path)
     model = torchvision.models.resnet18(weights=None, num_classes=CLASSES).train()
-    loaded = load_checkpoint(model, str(path))
+    loaded = _load(model, str(path))
     assert loaded is model and not model.training
 
 
@@ -191,18 +196,18 @@ def test_load_checkpoint_mismatch_leaves_model_untouched(tmp_path: Path) -> None
     model = build_model("resnet18", num_classes=CLASSES, seed=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(CheckpointError, match=r"1 key\(s\) missing from the checkpoint: fc\.bias"):
-        load_checkpoint(model, path)
+        _load(model, path)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_load_checkpoint_missing_file_raises_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(nn.Linear(2, 2), tmp_path / "absent.pt")
+        _load(nn.Linear(2, 2), tmp_path / "absent.pt")
 
 
 def test_load_checkpoint_directory_raises_checkpoint_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a file"):
-        load_checkpoint(nn.Linear(2, 2), tmp_path)
+        _load(nn.Linear(2, 2), tmp_path)
 
 
 @pytest.mark.parametrize("content", [
@@ -216,7 +221,7 @@ def test_load_checkpoint_garbage_file_raises_chained_checkpoint_error(
     path = tmp_path / "garbage.pt"
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as info:
-        load_checkpoint(nn.Linear(2, 2), path)
+        _load(nn.Linear(2, 2), path)
     assert info.value.__cause__ is not None
 
 
@@ -224,7 +229,7 @@ def test_load_checkpoint_pickled_module_is_refused_with_hint(tmp_path: Path) -> 
     path = tmp_path / "whole_model.pt"
     torch.save(nn.Linear(2, 2), path)
     with pytest.raises(CheckpointError, match=r"re-save it with torch\.save\(model\.state_dict"):
-        load_checkpoint(nn.Linear(2, 2), path)
+        _load(nn.Linear(2, 2), path)
 
 
 @pytest.mark.parametrize("content", [
@@ -238,7 +243,7 @@ def test_load_checkpoint_without_state_dict_raises_checkpoint_error(
     path = tmp_path / "odd.pt"
     torch.save(content, path)
     with pytest.raises(CheckpointError, match="state_dict"):
-        load_checkpoint(nn.Linear(2, 2), path)
+        _load(nn.Linear(2, 2), path)
 
 
 def test_fingerprint_equals_sha256_of_file_bytes(tmp_path: Path) -> None:

@@ -22,7 +22,6 @@ from krypton.models import (
     InvalidArgumentError,
     Preprocessing,
     decode_image,
-    denormalize,
     patch_value,
     to_model_input,
 )
@@ -227,7 +226,7 @@ def test_decode_image_bad_max_pixels_raises_invalid_argument(max_pixels: object)
         decode_image(b"", max_pixels=max_pixels)  # type: ignore[arg-type]
 
 
-# to_model_input / denormalize ---------------------------------------------------------------
+# to_model_input -----------------------------------------------------------------------------
 
 def test_to_model_input_gives_float32_tensor_of_model_size(
     retina: npt.NDArray[np.uint8],
@@ -261,7 +260,7 @@ def test_to_model_input_at_native_size_is_exact_normalisation(
 def test_to_model_input_downscale_antialiases_stripes() -> None:
     stripes = np.zeros((256, 256, 3), dtype=np.float32)
     stripes[:, ::2] = 1.0  # one-pixel stripes; naive sampling would keep only one colour
-    pixels = denormalize(to_model_input(stripes, PREP))
+    pixels = to_model_input(stripes, PREP).numpy().transpose(1, 2, 0) * STD + MEAN
     np.testing.assert_allclose(pixels, 0.5, atol=0.02)
 
 
@@ -277,21 +276,6 @@ def test_to_model_input_downscale_antialiases_stripes() -> None:
 def test_to_model_input_bad_image_raises_invalid_argument(image: np.ndarray) -> None:
     with pytest.raises(InvalidArgumentError, match="image"):
         to_model_input(image, PREP)
-
-
-def test_denormalize_inverts_to_model_input(retina: npt.NDArray[np.uint8]) -> None:
-    image = (retina[:32, :32] / 255.0).astype(np.float32)
-    np.testing.assert_allclose(denormalize(to_model_input(image, PREP)), image, atol=1e-6)
-
-
-def test_denormalize_batch_of_one_gives_same_image() -> None:
-    tensor = torch.randn(3, 8, 8)
-    np.testing.assert_array_equal(denormalize(tensor[None]), denormalize(tensor))
-
-
-def test_denormalize_batch_of_two_raises_invalid_argument() -> None:
-    with pytest.raises(InvalidArgumentError, match="shape"):
-        denormalize(torch.zeros(2, 3, 8, 8))
 
 
 # Preprocessing ----------------------------------------------------------------------------

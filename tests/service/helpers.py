@@ -29,7 +29,10 @@ from krypton.models import DatasetConfig, DatasetStore, build_model
 from krypton.models.deployment import Deployment
 from krypton.service import constants
 from krypton.service.problems import PROBLEM_MEDIA_TYPE
-from krypton.service.queue import RedisStreamQueue
+from krypton.service.store import JobQueue, Store, WorkerRegistry
+from krypton.service.store.configs import MemoryConfigs
+from krypton.service.store.memory import InMemoryWorkers
+from krypton.service.store.redis import RedisConfigs, RedisStreamQueue, RedisWorkers
 from krypton.service.worker import Worker
 
 T = TypeVar("T")
@@ -245,6 +248,15 @@ def job_document(redis_client: Any, job_id: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- workers
 
 
+def store_around(queue: JobQueue, workers: WorkerRegistry | None = None) -> Store:
+    """A store of ``queue``, with a worker registry and a config store of its kind beside
+    it: for tests that give a worker a queue of their own making."""
+    if isinstance(queue, RedisStreamQueue):
+        return Store(jobs=queue, workers=workers or RedisWorkers(queue.client),
+                     configs=RedisConfigs(queue.client))
+    return Store(jobs=queue, workers=workers or InMemoryWorkers(), configs=MemoryConfigs())
+
+
 class ThreadedWorker:
     """A real :class:`Worker` on a :class:`RedisStreamQueue`, in a thread with its own loop."""
 
@@ -294,15 +306,14 @@ class ThreadedWorker:
             self._started.set()
 
     async def _run(self) -> None:
-        queue = RedisStreamQueue.from_url(self.redis_url, ttl_seconds=3600,
-                                          claim_idle_ms=self.claim_idle_ms)
-        self.worker = Worker(queue, self.deployment, name=self.name)
+        store = Store.redis(self.redis_url, ttl_seconds=3600, claim_idle_ms=self.claim_idle_ms)
+        self.worker = Worker(store, self.deployment, name=self.name)
         self._loop = asyncio.get_running_loop()
         self._started.set()
         try:
             await self.worker.run(block_ms=100)
         finally:
-            await queue.close()
+            await store.close()
 
 
 # ---------------------------------------------------------------- a real server

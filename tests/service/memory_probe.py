@@ -30,8 +30,9 @@ from krypton.models.deployment import load_deployment
 from krypton.render import heatmap_npy
 from krypton.service.app import create_app
 from krypton.service.config import Settings
-from krypton.service.queue import InMemoryQueue
 from krypton.service.schemas import Job, JobStatus, new_job_id
+from krypton.service.store import Store
+from krypton.service.store.memory import InMemoryQueue
 from krypton.service.worker import Worker
 
 FAST = {"patch_size": "16", "stride": "16"}
@@ -77,7 +78,7 @@ def probe_api(registry: str, small: bytes, spec: dict[str, Any]) -> dict[str, in
         peaks = {"submit": peak() - idle}
         if expected != 202:
             return peaks
-        queue = app.state.queue
+        queue = app.state.store.jobs
         client.portal.call(_finish_first, queue, ids[0])
         for route in spec.get("fetch", []):
             url, params = (f"/v1/heatmaps/{ids[0]}/heatmap.png", {"overlay": "1", "size": "2048"}
@@ -109,8 +110,9 @@ def probe_worker(registry: str, small: bytes, image: bytes) -> dict[str, int]:
     model = deployment.default_model().name
 
     async def run() -> dict[str, int]:
-        queue = InMemoryQueue(ttl_seconds=600)
-        worker = Worker(queue, deployment, name="probe")
+        store = Store.memory(ttl_seconds=600)
+        queue = store.jobs
+        worker = Worker(store, deployment, name="probe")
 
         async def explain(data: bytes) -> None:
             job = await queue.submit(Job(id=new_job_id(), params=HeatmapPlan(

@@ -15,7 +15,7 @@ from krypton.render import UNTRAINED_WARNING
 from krypton.service.app import create_app
 from krypton.service.auth import KeyStore
 from krypton.service.config import Settings
-from krypton.service.queue import InMemoryQueue
+from krypton.service.store.memory import InMemoryQueue
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 from tests.service.helpers import FAST, SLOW
@@ -44,7 +44,8 @@ def test_rate_limit_counts_the_last_minute_across_a_calendar_minute_boundary(
         make_settings: Callable[..., Settings], retina_png: bytes) -> None:
     clock = helpers.FakeClock(start=60 * 1000 - 0.5)  # half a second before a minute ends
     queue = InMemoryQueue(ttl_seconds=600, clock=clock)
-    app = create_app(make_settings(rate_limit_per_minute=3, embedded_workers=0), queue=queue)
+    app = create_app(make_settings(rate_limit_per_minute=3, embedded_workers=0),
+                     store=helpers.store_around(queue))
     with TestClient(app) as client:
         statuses = [helpers.submit(client, retina_png, **FAST).status_code for _ in range(3)]
         clock.advance(1.0)  # into the next calendar minute, still within the last minute

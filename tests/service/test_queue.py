@@ -1,4 +1,5 @@
-"""The queue contract, held by both the in-memory queue and the Redis Streams queue."""
+"""The store's contract, held by both the embedded store and Redis: jobs and their queue,
+workers' heartbeats, tuned configs, and notice of a job's changes."""
 
 from __future__ import annotations
 
@@ -13,17 +14,11 @@ import pytest
 from krypton.core.plans import HeatmapPlan
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.service.problems import RateLimited, ServiceError
-from krypton.service.queue import (
-    Admission,
-    Claim,
-    InMemoryQueue,
-    JobQueue,
-    RedisStreamQueue,
-)
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
+from krypton.service.store import Admission, Claim, JobQueue, Store
+from krypton.service.store.redis import RedisStreamQueue
 from tests.service.helpers import FakeClock
 
-Scenario = Callable[[JobQueue], Awaitable[Any]]
 Runner = Callable[..., Any]
 
 
@@ -45,22 +40,24 @@ def run(request: pytest.FixtureRequest) -> Runner:
     """Run a scenario on a fresh queue of each kind (options as keyword arguments)."""
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
 
-    def runner(scenario: Scenario, **options: Any) -> Any:
+    def runner(scenario: Callable[[Any], Awaitable[Any]], *, whole: bool = False,
+               **options: Any) -> Any:
+        """``scenario`` is given the job queue, or with ``whole`` the whole store."""
         options = {"ttl_seconds": 60, **options}
 
         async def main() -> Any:
-            queue: JobQueue
+            store: Store
             if url is None:
                 clock = FakeClock()
-                queue = InMemoryQueue(clock=clock, **options)
-                _clocks[id(queue)] = clock
+                store = Store.memory(clock=clock, **options)
+                _clocks[id(store.jobs)] = clock
             else:
-                queue = RedisStreamQueue.from_url(url, **options)
+                store = Store.redis(url, **options)
             try:
-                return await scenario(queue)
+                return await scenario(store if whole else store.jobs)
             finally:
-                _clocks.pop(id(queue), None)
-                await queue.close()
+                _clocks.pop(id(store.jobs), None)
+                await store.close()
 
         return asyncio.run(main())
 
@@ -380,36 +377,36 @@ def test_queue_ack_ends_delivery_for_good(run: Runner) -> None:
 # ---------------------------------------------------------------- heartbeats
 
 
-def test_queue_workers_lists_beating_workers_by_name(run: Runner) -> None:
-    async def scenario(queue: JobQueue) -> list[str]:
+def test_registry_lists_beating_workers_by_name(run: Runner) -> None:
+    async def scenario(store: Store) -> list[str]:
         for name in ("w2", "w1"):
-            await queue.beat(_worker(name))
-        return [worker.name for worker in await queue.workers()]
+            await store.workers.beat(_worker(name))
+        return [worker.name for worker in await store.workers.live()]
 
-    assert run(scenario) == ["w1", "w2"]
-
-
-def test_queue_retire_removes_the_heartbeat(run: Runner) -> None:
-    async def scenario(queue: JobQueue) -> list[WorkerInfo]:
-        await queue.beat(_worker("w1"))
-        await queue.retire("w1")
-        return await queue.workers()
-
-    assert run(scenario) == []
+    assert run(scenario, whole=True) == ["w1", "w2"]
 
 
-def test_queue_heartbeat_expires_when_a_worker_stops_beating(run: Runner) -> None:
-    async def scenario(queue: JobQueue) -> list[WorkerInfo]:
-        await queue.beat(_worker("w1"))
-        assert await queue.workers()
-        await _until(queue, lambda: _no_workers(queue))
-        return await queue.workers()
+def test_registry_retire_removes_the_heartbeat(run: Runner) -> None:
+    async def scenario(store: Store) -> list[WorkerInfo]:
+        await store.workers.beat(_worker("w1"))
+        await store.workers.retire("w1")
+        return await store.workers.live()
 
-    assert run(scenario, heartbeat_ttl_seconds=1) == []
+    assert run(scenario, whole=True) == []
 
 
-async def _no_workers(queue: JobQueue) -> bool:
-    return not await queue.workers()
+def test_registry_heartbeat_expires_when_a_worker_stops_beating(run: Runner) -> None:
+    async def scenario(store: Store) -> list[WorkerInfo]:
+        await store.workers.beat(_worker("w1"))
+        assert await store.workers.live()
+        await _until(store.jobs, lambda: _no_workers(store))
+        return await store.workers.live()
+
+    assert run(scenario, whole=True, heartbeat_ttl_seconds=1) == []
+
+
+async def _no_workers(store: Store) -> bool:
+    return not await store.workers.live()
 
 
 def test_queue_ping_answers_true(run: Runner) -> None:
@@ -440,38 +437,38 @@ def _config(tau: float = 0.7) -> DatasetConfig:
                          coarse_stride=24, target_ssim=0.9, achieved_ssim=0.93)
 
 
-def test_queue_dataset_config_is_none_before_tuning(run: Runner) -> None:
-    async def scenario(queue: JobQueue) -> object:
-        return await queue.dataset_config("retina")
+def test_store_dataset_config_is_none_before_tuning(run: Runner) -> None:
+    async def scenario(store: Store) -> object:
+        return await store.configs.get("retina")
 
-    assert run(scenario) is None
-
-
-def test_queue_keeps_the_latest_dataset_config(run: Runner) -> None:
-    async def scenario(queue: JobQueue) -> object:
-        await queue.save_dataset_config(_config(0.7))
-        await queue.save_dataset_config(_config(0.5))
-        return await queue.dataset_config("retina")
-
-    assert run(scenario) == _config(0.5)
+    assert run(scenario, whole=True) is None
 
 
-def test_queue_dataset_configs_do_not_expire_with_jobs(run: Runner) -> None:
-    async def scenario(queue: JobQueue) -> object:
-        await queue.save_dataset_config(_config())
-        job = await queue.submit(_job(), [b"image"])
-        await _until(queue, lambda: _gone(queue, job.id))
-        return await queue.dataset_config("retina")
+def test_store_keeps_the_latest_dataset_config(run: Runner) -> None:
+    async def scenario(store: Store) -> object:
+        await store.configs.save(_config(0.7))
+        await store.configs.save(_config(0.5))
+        return await store.configs.get("retina")
 
-    assert run(scenario, ttl_seconds=1) == _config()
+    assert run(scenario, whole=True) == _config(0.5)
 
 
-def test_memory_queue_with_a_config_folder_keeps_configs_as_files(tmp_path: Path) -> None:
+def test_store_dataset_configs_do_not_expire_with_jobs(run: Runner) -> None:
+    async def scenario(store: Store) -> object:
+        await store.configs.save(_config())
+        job = await store.jobs.submit(_job(), [b"image"])
+        await _until(store.jobs, lambda: _gone(store.jobs, job.id))
+        return await store.configs.get("retina")
+
+    assert run(scenario, whole=True, ttl_seconds=1) == _config()
+
+
+def test_embedded_store_with_a_config_folder_keeps_configs_as_files(tmp_path: Path) -> None:
     async def scenario() -> object:
-        await InMemoryQueue(ttl_seconds=60, configs=DatasetStore(tmp_path)).save_dataset_config(
+        await Store.memory(ttl_seconds=60, configs=DatasetStore(tmp_path)).configs.save(
             _config())
-        return await InMemoryQueue(ttl_seconds=60, configs=DatasetStore(tmp_path)
-                                   ).dataset_config("retina")
+        return await Store.memory(ttl_seconds=60, configs=DatasetStore(tmp_path)
+                                  ).configs.get("retina")
 
     assert asyncio.run(scenario()) == _config()
     assert DatasetStore(tmp_path).load("retina") == _config()

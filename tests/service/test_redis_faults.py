@@ -31,8 +31,9 @@ from krypton.models import build_model, decode_image
 from krypton.models.deployment import Deployment, load_deployment
 from krypton.models.images import INFERENCE_SIDE
 from krypton.service import constants
-from krypton.service.queue import Claim, RedisStreamQueue
 from krypton.service.schemas import Job, JobStatus, WorkerInfo, new_job_id, utcnow
+from krypton.service.store import Claim, Store
+from krypton.service.store.redis import RedisStreamQueue, RedisWorkers
 from krypton.service.worker import Worker
 from tests.service import helpers
 from tests.service.conftest import ClientFactory, start_redis, stop_redis
@@ -44,11 +45,11 @@ pytestmark = pytest.mark.redis
 # ---------------------------------------------------------------- stopping
 
 
-class _SlowBeats(RedisStreamQueue):
-    """A queue whose heartbeat spends 0.3 s inside Redis commands (its own transaction,
+class _SlowBeats(RedisWorkers):
+    """A registry whose heartbeat spends 0.3 s inside Redis commands (its own transaction,
     again and again), so that a stop lands during one."""
 
-    beating: asyncio.Event
+    beating = asyncio.Event()
 
     async def beat(self, info: WorkerInfo) -> None:
         self.beating.set()
@@ -62,12 +63,13 @@ def test_worker_told_to_stop_during_a_heartbeat_command_stops_and_stays_stopped(
     cache = ModelCache(deployment, "cpu")
 
     async def stop_once(attempt: int) -> tuple[bool, bool]:
-        queue = _SlowBeats.from_url(redis_url, ttl_seconds=60)
-        assert isinstance(queue, _SlowBeats)
-        queue.beating = asyncio.Event()
-        worker = Worker(queue, deployment, name=f"stopping-{attempt}", cache=cache)
+        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
+        beats = _SlowBeats(queue.client)
+        beats.beating = asyncio.Event()
+        worker = Worker(helpers.store_around(queue, beats), deployment,
+                        name=f"stopping-{attempt}", cache=cache)
         task = asyncio.create_task(worker.run(block_ms=20))
-        await asyncio.wait_for(queue.beating.wait(), 10)
+        await asyncio.wait_for(beats.beating.wait(), 10)
         worker.stop()  # what SIGTERM does, while the heartbeat waits on Redis
         done, _ = await asyncio.wait({task}, timeout=5)
         await asyncio.sleep(0.1)
@@ -134,8 +136,10 @@ def _taken_over_while_storing(redis_url: str, plan: HeatmapPlan, image: bytes,
         stale_queue = _Interposed.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
         live_queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60, claim_idle_ms=200)
         assert isinstance(stale_queue, _Interposed)
-        stale_worker = Worker(stale_queue, stale[0], name="stale", cache=stale[1])
-        live_worker = Worker(live_queue, live[0], name="live", cache=live[1])
+        stale_worker = Worker(helpers.store_around(stale_queue), stale[0], name="stale",
+                              cache=stale[1])
+        live_worker = Worker(helpers.store_around(live_queue), live[0], name="live",
+                             cache=live[1])
 
         async def takeover() -> None:
             await asyncio.sleep(0.3)  # the stale worker's claim goes idle
@@ -206,11 +210,11 @@ def test_readyz_says_not_ready_while_no_worker_can_claim(
 
     async def beat_only() -> None:
         # A worker that beats but whose queue has no consumer group to claim from.
-        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
-        await queue.beat(WorkerInfo(name="beats-only", device="cpu", pid=1, host="h",
-                                    started_at=utcnow(), jobs_done=0,
-                                    current_job=None))
-        await queue.close()
+        store = Store.redis(redis_url, ttl_seconds=60)
+        await store.workers.beat(WorkerInfo(name="beats-only", device="cpu", pid=1, host="h",
+                                            started_at=utcnow(), jobs_done=0,
+                                            current_job=None))
+        await store.close()
 
     asyncio.run(beat_only())
     redis_client.delete(constants.STREAM)

@@ -27,8 +27,9 @@ from krypton.core.plans import HeatmapPlan
 from krypton.models import DatasetConfig, DatasetStore
 from krypton.models.deployment import Deployment
 from krypton.service import constants
-from krypton.service.queue import RedisStreamQueue
 from krypton.service.schemas import Job, new_job_id
+from krypton.service.store import Store
+from krypton.service.store.redis import RedisStreamQueue
 from tests.service import helpers
 from tests.service.conftest import ClientFactory, start_redis, stop_redis
 from tests.service.helpers import FAST, SLOW, ThreadedWorker
@@ -440,14 +441,15 @@ def test_redis_approximate_job_runs_the_knobs_redis_holds(
 def test_redis_prune_forgets_a_dead_worker_holding_no_job(redis_url: str,
                                                          redis_client: redis.Redis) -> None:
     async def scenario() -> tuple[list[str], set[str]]:
-        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
+        store = Store.redis(redis_url, ttl_seconds=60)
+        queue = store.jobs
         try:
             await queue.submit(Job(id=new_job_id(), params=HeatmapPlan(
                 model="m", patch_size=16, stride=8)), [b"image"])
             claim = await queue.claim("ghost", 10)  # a worker finishes a job, then dies
             assert claim is not None
             await queue.ack(claim)
-            forgotten = await queue.prune()
+            forgotten = await store.workers.prune()
             names = {c["name"].decode() for c in redis_client.xinfo_consumers(
                 constants.STREAM, constants.GROUP)}
             return forgotten, names
@@ -461,12 +463,13 @@ def test_redis_prune_forgets_a_dead_worker_holding_no_job(redis_url: str,
 def test_redis_prune_keeps_a_dead_worker_until_its_job_is_reclaimed(
         redis_url: str, redis_client: redis.Redis) -> None:
     async def scenario() -> list[str]:
-        queue = RedisStreamQueue.from_url(redis_url, ttl_seconds=60)
+        store = Store.redis(redis_url, ttl_seconds=60)
+        queue = store.jobs
         try:
             await queue.submit(Job(id=new_job_id(), params=HeatmapPlan(
                 model="m", patch_size=16, stride=8)), [b"image"])
             assert await queue.claim("holder", 10) is not None
-            return await queue.prune()
+            return await store.workers.prune()
         finally:
             await queue.close()
 

@@ -14,8 +14,9 @@ from krypton.core.model_cache import ModelCache
 from krypton.core.plans import HeatmapPlan
 from krypton.models.deployment import Deployment
 from krypton.service import constants
-from krypton.service.queue import InMemoryQueue, JobQueue
 from krypton.service.schemas import Job, JobStatus, new_job_id
+from krypton.service.store import JobQueue
+from krypton.service.store.memory import InMemoryQueue
 from krypton.service.worker import Worker
 from tests.service import helpers
 from tests.service.helpers import MODEL, FakeClock
@@ -34,7 +35,7 @@ def _job(patch_size: int = 16, stride: int = 16, **fields: Any) -> Job:
 
 def _burst(queue: JobQueue, deployment: Deployment, cache: ModelCache,
            name: str = "burst") -> Worker:
-    worker = Worker(queue, deployment, name=name, cache=cache)
+    worker = Worker(helpers.store_around(queue), deployment, name=name, cache=cache)
     asyncio.run(worker.run(burst=True, block_ms=50))
     return worker
 
@@ -105,7 +106,7 @@ def test_worker_fails_a_job_that_crashed_max_attempts_workers_after_it_was_recla
         await queue.save(job.model_copy(update={
             "status": JobStatus.running, "attempts": constants.MAX_ATTEMPTS,
             "worker": "third-dead-worker"}))
-        worker = Worker(queue, deployment, name="alive", cache=cache)
+        worker = Worker(helpers.store_around(queue), deployment, name="alive", cache=cache)
         for _ in range(3):  # redelivered to the same worker if it does not settle the job
             await worker.run_once(block_ms=50)
             await asyncio.sleep(0.06)
@@ -129,17 +130,17 @@ def test_worker_drops_a_job_deleted_before_it_ran(deployment: Deployment, cache:
 
 def test_worker_retires_its_heartbeat_when_it_stops(deployment: Deployment, cache: ModelCache
                                                    ) -> None:
-    queue = InMemoryQueue(ttl_seconds=60)
+    store = helpers.store_around(InMemoryQueue(ttl_seconds=60))
 
     async def scenario() -> tuple[list[str], list[str]]:
-        worker = Worker(queue, deployment, name="short-lived", cache=cache)
+        worker = Worker(store, deployment, name="short-lived", cache=cache)
         task = asyncio.create_task(worker.run(block_ms=50))
-        while not await queue.workers():
+        while not await store.workers.live():
             await asyncio.sleep(0.01)
-        beating = [w.name for w in await queue.workers()]
+        beating = [w.name for w in await store.workers.live()]
         worker.stop()
         await asyncio.wait_for(task, 10)
-        return beating, [w.name for w in await queue.workers()]
+        return beating, [w.name for w in await store.workers.live()]
 
     assert asyncio.run(scenario()) == (["short-lived"], [])
 
@@ -155,7 +156,8 @@ def test_worker_takes_over_the_job_of_a_dead_worker(deployment: Deployment, cach
         await queue.save(job.model_copy(update={"status": JobStatus.running, "attempts": 1,
                                                 "worker": "dead"}))
         await asyncio.sleep(0.15)
-        await Worker(queue, deployment, name="alive", cache=cache).run(burst=True, block_ms=50)
+        worker = Worker(helpers.store_around(queue), deployment, name="alive", cache=cache)
+        await worker.run(burst=True, block_ms=50)
         return await queue.get(job.id)
 
     done = asyncio.run(scenario())
@@ -169,7 +171,7 @@ def _run_until_running_then(queue: InMemoryQueue, deployment: Deployment, cache:
     for the worker to go idle. Returns the worker, the job and the seconds that took."""
 
     async def scenario() -> tuple[Worker, Job, float]:
-        worker = Worker(queue, deployment, name="w", cache=cache)
+        worker = Worker(helpers.store_around(queue), deployment, name="w", cache=cache)
         job = await queue.submit(_job(patch_size=8, stride=1), [image])
         task = asyncio.create_task(worker.run(block_ms=50))
         loop = asyncio.get_running_loop()
@@ -220,7 +222,7 @@ def test_worker_told_to_stop_hands_its_running_job_back_at_the_next_batch(
     queue = InMemoryQueue(ttl_seconds=60, claim_idle_ms=100)
 
     async def scenario() -> tuple[float, Job | None, str | None]:
-        worker = Worker(queue, deployment, name="stopping", cache=cache)
+        worker = Worker(helpers.store_around(queue), deployment, name="stopping", cache=cache)
         job = await queue.submit(_job(patch_size=8, stride=1), [retina_png])
         task = asyncio.create_task(worker.run(block_ms=50))
         while (await queue.get(job.id)).progress == 0:  # type: ignore[union-attr]
@@ -248,8 +250,8 @@ def test_worker_keeps_its_claim_when_claim_idle_is_shorter_than_the_heartbeat(
     queue = InMemoryQueue(ttl_seconds=60, claim_idle_ms=300)
 
     async def scenario() -> Job | None:
-        busy = Worker(queue, deployment, name="busy")
-        idle = Worker(queue, deployment, name="idle")
+        busy = Worker(helpers.store_around(queue), deployment, name="busy")
+        idle = Worker(helpers.store_around(queue), deployment, name="idle")
         job = await queue.submit(_job(patch_size=8, stride=2), [retina_png])
         first = asyncio.create_task(busy.run(block_ms=50))
         while (await queue.get(job.id)).status is not JobStatus.running:  # type: ignore[union-attr]
@@ -324,7 +326,7 @@ def test_worker_drops_an_unreadable_job_document_and_keeps_working(
 
     async def scenario() -> tuple[Worker, Any]:
         await queue.submit(_job(), [helpers.encode(helpers.retina_image(), "PNG")])
-        worker = Worker(queue, deployment, name="burst", cache=cache)
+        worker = Worker(helpers.store_around(queue), deployment, name="burst", cache=cache)
         await worker.run(burst=True, block_ms=50)
         clock.advance(60)  # long past claim_idle_ms: an unacknowledged claim is reclaimed
         return worker, await queue.claim("another", 10)
