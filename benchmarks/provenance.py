@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["command_line", "git_commit", "machine", "run_record"]
+__all__ = ["command_line", "git_commit", "load_average", "machine", "run_record"]
 
 SOURCE = Path(__file__).resolve().parent
 
@@ -33,7 +33,19 @@ def run_record(device: str, argv: Sequence[str] | None = None) -> dict[str, obje
         "torch": torch.__version__,
         "python": platform.python_version(),
         "command": command_line(sys.argv if argv is None else argv),
+        "load_average": load_average(),
     }
+
+
+def load_average() -> float | None:
+    """The 1-minute load average: on a shared machine, how much else was running.
+
+    ``None`` where the system does not say (no ``os.getloadavg``).
+    """
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def git_commit(folder: Path = SOURCE) -> str:

@@ -110,13 +110,14 @@ def _write_json(path: Path, record: dict[str, object], mode: str, device: str,
     (``record``, :func:`krypton.benchmarks.provenance.run_record`), which the report prints
     next to every figure; ``machine_description`` keeps the one line the table printed."""
     from krypton.benchmarks.engine import machine_description
+    from krypton.benchmarks.provenance import load_average
 
     machine = record["machine"]
     assert isinstance(machine, dict)
     machine["description"] = machine_description(device)
     path.write_text(json.dumps(
-        {"format": JSON_FORMAT, "mode": mode, "setting": setting, **record, "rows": rows},
-        indent=2) + "\n")
+        {"format": JSON_FORMAT, "mode": mode, "setting": setting, **record,
+         "load_average_after": load_average(), "rows": rows}, indent=2) + "\n")
 
 
 def _setting(text: str | None) -> Approximation | None:
