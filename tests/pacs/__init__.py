@@ -1,0 +1,1 @@
+"""Tests against a real Orthanc PACS over DICOMweb (see conftest.py)."""
