@@ -36,6 +36,8 @@ class FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     entries: ClassVar[Mapping[str, str]] = {}
+    secret: ClassVar[frozenset[str]] = frozenset()
+    """Fields whose values a message never shows (a key's hash: messages reach logs)."""
     """Fields that list entries, and what one is called: ``{"models": "model"}``
     reads an error in ``models[2]`` as ``model 'retina-resnet18'``."""
 
@@ -102,7 +104,9 @@ def _fault(detail: ErrorDetails, schema: type[FileModel], document: object) -> s
     elif detail["type"] == "missing":
         what = f"missing field {field!r}"
     else:
-        what = f"{field}: {_reason(detail)}" if field else _reason(detail)
+        shown = not (path and str(path[-1]) in schema.secret)
+        reason = _reason(detail, shown=shown)
+        what = f"{field}: {reason}" if field else reason
     return f"{entry}: {what}" if entry else what
 
 
@@ -134,8 +138,9 @@ _IN_FILE_WORDS = {
 person editing the file never sees."""
 
 
-def _reason(detail: ErrorDetails) -> str:
-    """What is wrong with the value: a validator's own words, else pydantic's and the value."""
+def _reason(detail: ErrorDetails, *, shown: bool = True) -> str:
+    """What is wrong with the value: a validator's own words, else pydantic's and the value
+    (unless not ``shown``)."""
     context = detail.get("ctx", {})
     if detail["type"] == "value_error":
         return str(context.get("error", detail["msg"]))
@@ -145,8 +150,10 @@ def _reason(detail: ErrorDetails) -> str:
     else:  # "Input should be...", "String should match...": the value is named after
         rest = detail["msg"].partition(" ")[2]
         message = rest if rest.startswith("should") else detail["msg"]
-    shown = repr(detail["input"])
-    return f"{message}, got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    if not shown:
+        return message
+    value = repr(detail["input"])
+    return f"{message}, got {value if len(value) <= 60 else value[:57] + '...'}"
 
 
 def _fields_at(schema: type[BaseModel], location: Sequence[int | str]) -> list[str]:

@@ -29,6 +29,8 @@ SCHEMA_VERSION: Final = 1
 DEFAULT_DATASETS_DIR = Path("datasets")
 """Where tuned configs are written and read when nothing says otherwise."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DATASET_NAME_PATTERN = _NAME.pattern
+"""What a dataset may be called: its config is a file of that name."""
 
 
 class TuningOutcome(Protocol):
@@ -115,7 +117,7 @@ class DatasetConfig(FileModel):
         """
         try:
             document: Any = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # not JSON, or nested past the parser
             raise DatasetConfigError(f"{source} is not valid JSON: {exc}") from exc
         if not isinstance(document, dict):
             raise DatasetConfigError(f"{source} must be a JSON object")
@@ -191,7 +193,7 @@ class DatasetStore:
                 f"no tuned config for dataset {dataset!r} in {self.root} (known: {known}); "
                 "run `krypton tune` first"
             )
-        return DatasetConfig.from_json(path.read_text(encoding="utf-8"),
+        return DatasetConfig.from_json(path.read_bytes().decode("utf-8", "replace"),
                                        source=f"dataset config {path}")
 
     def names(self) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Annotated, ClassVar, Literal, Self
 from pydantic import Discriminator, Field, FiniteFloat, Tag, model_validator
 
 from krypton.config_files import ARRAY, FileModel, listed_once
-from krypton.models.datasets import DEFAULT_DATASETS_DIR
+from krypton.models.datasets import DATASET_NAME_PATTERN, DEFAULT_DATASETS_DIR
 from krypton.models.errors import DatasetConfigError, InvalidArgumentError, UnknownModelError
 from krypton.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from krypton.models.registry import get_model_spec
@@ -218,7 +218,7 @@ class _ModelEntry(FileModel):
 class _DatasetEntry(FileModel):
     """A ``[[datasets]]`` table."""
 
-    name: _Name
+    name: Annotated[str, Field(pattern=DATASET_NAME_PATTERN)]
     model: str
     description: str = ""
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton import __version__
 from krypton.core.plans import MAX_TUNING_IMAGES
@@ -119,8 +121,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.state.deployment = deployment
     app.state.keys = None if settings.keys_file is None else _keys(settings.keys_file)
     app.state.metrics = Metrics()
-    app.middleware("http")(app.state.metrics.middleware)
-    app.middleware("http")(_protective_headers)
+    app.add_middleware(app.state.metrics.middleware)
+    app.add_middleware(_ProtectiveHeaders)
     install_handlers(app)
     for module in (heatmaps, catalog, health):
         app.include_router(module.router)
@@ -129,15 +131,29 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     return app
 
 
-async def _protective_headers(request: Request,
-                              call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+class _ProtectiveHeaders:
     """No browser guesses a type the service did not send, and no cache (a browser's, a
-    proxy's) keeps a job, an image's heatmap or anything else under /v1: patient data."""
-    response = await call_next(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if request.url.path.startswith("/v1/"):
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+    proxy's) keeps a job, an image's heatmap or anything else under /v1: patient data.
+    A plain ASGI middleware, so the routes still see a client's disconnect."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        private = scope["path"].startswith("/v1/")
+
+        async def send_protected(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if private:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_protected)
 
 
 def _keys(path: Path) -> KeyStore:

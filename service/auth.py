@@ -38,6 +38,7 @@ __all__ = [
     "ApiKey",
     "Caller",
     "KeyStore",
+    "KeysFileError",
     "OPEN",
     "Scope",
     "access_mode",
@@ -89,13 +90,22 @@ class _KeysFile(FileModel):
     """The file: its keys, each name once (a name is what ``revoke`` takes)."""
 
     entries: ClassVar[Mapping[str, str]] = {"keys": "key"}
+    secret: ClassVar[frozenset[str]] = frozenset({"sha256"})
 
     keys: Annotated[tuple[ApiKey, ...], ARRAY]
 
     @model_validator(mode="after")
     def _each_name_once(self) -> Self:
         listed_once("key", (key.name for key in self.keys))
+        hashes = [key.sha256 for key in self.keys]
+        if len(set(hashes)) != len(hashes):  # one token would be two keys, of two scopes
+            raise ValueError("two keys have the same sha256")
         return self
+
+
+class KeysFileError(ValueError):
+    """The keys file is not one (it may have been broken while the service ran). The
+    message names the file, the key and the field, never a key's hash."""
 
 
 class KeyStore:
@@ -162,10 +172,10 @@ class KeyStore:
         if self._seen == (stat.st_mtime, stat.st_size):
             return
         try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read keys file {self.path}: {exc}") from exc
-        keys = _KeysFile.read(document, f"keys file {self.path}", ValueError).keys
+            document = json.loads(self.path.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            raise KeysFileError(f"cannot read keys file {self.path}: {exc}") from None
+        keys = _KeysFile.read(document, f"keys file {self.path}", KeysFileError).keys
         self._seen, self._keys = (stat.st_mtime, stat.st_size), {k.name: k for k in keys}
 
     def _write(self) -> None:

@@ -54,6 +54,10 @@ REDIS_MAX_CONNECTIONS = 64
 """Connections one process keeps to Redis; a burst of requests waits for a free one."""
 REDIS_POOL_WAIT_SECONDS = 30.0
 """How long a request waits for a free connection before it is answered 503 (busy)."""
+REDIS_SOCKET_TIMEOUT_SECONDS = 5.0
+"""Longest a command (or a connection attempt) waits on Redis: a Redis that hangs, rather
+than goes away, is answered 503 after this, not when it comes back. It exceeds the
+longest blocking read (a worker's claim blocks for 1 s)."""
 RETRY_AFTER_SECONDS = 5
 """What a 503 (and a quota's 429) tells the client to wait before trying again."""
 DEFAULT_MAX_JOB_GFLOP = 200_000.0

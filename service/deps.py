@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from krypton.models.deployment import Deployment
-from krypton.service.auth import OPEN, Caller, KeyStore
+from krypton.service.auth import OPEN, ApiKey, Caller, KeysFileError, KeyStore
 from krypton.service.config import Settings
-from krypton.service.problems import Forbidden, InvalidInput, Unauthorized
+from krypton.service.problems import Forbidden, InvalidInput, KeysUnavailable, Unauthorized
 from krypton.service.store import Admission, JobQueue, Store
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "admit_job",
     "refuse_ambiguous_fields",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def get_store(request: Request) -> Store:
@@ -55,8 +58,22 @@ def _caller_of(request: Request, token: str | None) -> Caller | None:
     keys: KeyStore | None = request.app.state.keys
     if keys is None:
         return OPEN
-    key = keys.find(token) if token else None
+    key = find_key(keys, token) if token else None
     return None if key is None else Caller(name=key.name, scope=key.scope, key_id=key.id)
+
+
+def find_key(keys: KeyStore, token: str) -> ApiKey | None:
+    """The key of ``token``; a keys file that broke while the service ran refuses every
+    request until it is repaired, and is logged (its messages show no hash).
+
+    Raises:
+        KeysUnavailable: the file cannot be read.
+    """
+    try:
+        return keys.find(token)
+    except KeysFileError as exc:
+        logger.error("%s", exc)
+        raise KeysUnavailable.now() from None
 
 
 def get_optional_caller(request: Request) -> Caller | None:

@@ -26,9 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from krypton.service.auth import ApiKey, KeyStore
+from krypton.service.deps import find_key
 from krypton.service.problems import (
     PROBLEM_MEDIA_TYPE,
     Forbidden,
+    KeysUnavailable,
     PayloadTooLarge,
     ServiceError,
     Unauthorized,
@@ -78,7 +80,11 @@ class Intake:
                            max_images=self.max_images)
         keys: KeyStore | None = getattr(scope["app"].state, "keys", None)
         refusal: ServiceError | None = None
-        key = _key(keys, headers) if has_body and keys is not None else None
+        try:
+            key = _key(keys, headers) if has_body and keys is not None else None
+        except KeysUnavailable as exc:
+            await _refuse(exc, scope, receive, send)
+            return
         target = len(scope.get("raw_path") or scope["path"].encode()) + len(
             scope.get("query_string", b""))
         if target > MAX_TARGET_BYTES:
@@ -118,7 +124,7 @@ def needs_admin(method: str, path: str) -> bool:
 
 def _key(keys: KeyStore, headers: dict[bytes, bytes]) -> ApiKey | None:
     scheme, _, token = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
-    return keys.find(token.strip()) if scheme.lower() == "bearer" else None
+    return find_key(keys, token.strip()) if scheme.lower() == "bearer" else None
 
 
 async def _refuse(error: ServiceError, scope: Scope, receive: Receive,

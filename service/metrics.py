@@ -1,12 +1,16 @@
-"""Prometheus metrics of one API process, in their own registry (one per app)."""
+"""Prometheus metrics of one API process, in their own registry (one per app).
+
+Counted by a plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` would hide
+a client's disconnect from the routes, and ``Prefer: wait`` stops waiting for a
+client that has gone.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Metrics"]
 
@@ -24,15 +28,29 @@ class Metrics:
             ["method", "route"], registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
-    async def middleware(self, request: Request,
-                         call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        # The route template, never the raw path, and only methods HTTP knows: ids and
-        # made-up methods would grow the label sets without bound.
-        template = getattr(route, "path", "unmatched")
-        method = request.method if request.method in _METHODS else "other"
-        self.requests.labels(method, template, str(response.status_code)).inc()
-        self.latency.labels(method, template).observe(time.perf_counter() - started)
-        return response
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """``app``, counting each HTTP request by route and status, and timing it."""
+
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started, status = time.perf_counter(), 500  # an exception answers 500
+
+            async def send_counted(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_counted)
+            finally:
+                # The route template, never the raw path, and only methods HTTP knows:
+                # ids and made-up methods would grow the label sets without bound.
+                template = getattr(scope.get("route"), "path", "unmatched")
+                method = scope["method"] if scope["method"] in _METHODS else "other"
+                self.requests.labels(method, template, str(status)).inc()
+                self.latency.labels(method, template).observe(time.perf_counter() - started)
+
+        return counted

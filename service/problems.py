@@ -30,9 +30,11 @@ __all__ = [
     "RateLimited",
     "StoreBusy",
     "StoreFull",
+    "TunedConfigUnreadable",
     "Unauthorized",
     "DatasetNotFound",
     "InvalidInput",
+    "KeysUnavailable",
     "JobLost",
     "JobNotFound",
     "NotForThisInput",
@@ -132,6 +134,20 @@ class DatasetNotFound(ServiceError):
     status, slug, title = 404, "dataset-not-found", "No such dataset"
 
 
+class TunedConfigUnreadable(ServiceError):
+    """The service's own tuned config of a dataset is broken: the server's fault, and
+    nothing the caller sent; the log says what is wrong with it, the answer does not
+    (it would name server paths)."""
+
+    status, slug, title = 500, "dataset-config-unreadable", "Tuned config unreadable"
+
+    @classmethod
+    def of(cls, dataset: str) -> TunedConfigUnreadable:
+        return cls(f"the tuned config of dataset {dataset!r} that this service keeps is "
+                   "unreadable; an administrator must tune the dataset again or remove the "
+                   "config (the service's log says what is wrong with it)")
+
+
 class ResultNotReady(ServiceError):
     status, slug, title = 409, "result-not-ready", "Result not ready"
 
@@ -142,6 +158,18 @@ class NotForThisInput(ServiceError):
 
 class QueueUnavailable(ServiceError):
     status, slug, title = 503, "queue-unavailable", "Queue unavailable"
+
+
+class KeysUnavailable(ServiceError):
+    """The keys file broke while the service ran: no key can be checked, so none is
+    taken (a revocation may be what was being written)."""
+
+    status, slug, title = 503, "keys-unavailable", "Keys unavailable"
+
+    @classmethod
+    def now(cls) -> KeysUnavailable:
+        return cls("the service's API keys file cannot be read, so no key can be checked; "
+                   "the operator must repair it (the service's log says what is wrong)")
 
 
 class QueueFull(ServiceError):

@@ -26,7 +26,12 @@ from krypton.service.deps import (
     StoreDep,
     refuse_ambiguous_fields,
 )
-from krypton.service.problems import DatasetNotFound, JobNotFound, problem_responses
+from krypton.service.problems import (
+    DatasetNotFound,
+    JobNotFound,
+    TunedConfigUnreadable,
+    problem_responses,
+)
 from krypton.service.routes.heatmaps import view, visible_job
 from krypton.service.schemas import DatasetInfo, Job, JobView, ModelInfo, new_job_id
 from krypton.service.store import JobQueue, Store
@@ -60,7 +65,12 @@ def _deployed_dataset(deployment: Deployment, name: str) -> DeployedDataset:
 
 async def _dataset_info(store: Store, deployment: Deployment, name: str) -> DatasetInfo:
     dataset = _deployed_dataset(deployment, name)
-    tuned = await tuned_config(store.configs, deployment, name)
+    try:
+        tuned = await tuned_config(store.configs, deployment, name)
+    except TunedConfigUnreadable:  # the listing goes on; approximate requests get a 500
+        return DatasetInfo(name=dataset.name, model=dataset.model,
+                           description=dataset.description, tuned=None,
+                           stale="its tuned config is unreadable; tune it again")
     stale = None if tuned is None else stale_reason(
         name, tuned.checkpoint,
         await served_weights(store.workers, deployment.model(dataset.model)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -105,9 +105,11 @@ def view(job: Job) -> JobView:
     return JobView.of(job, job_links(job))
 
 
-async def wait_for(queue: JobQueue, job: Job, seconds: float) -> Job:
+async def wait_for(queue: JobQueue, job: Job, seconds: float, *,
+                   gone: Callable[[], Awaitable[bool]] | None = None) -> Job:
     """The job once finished, or as it stands after ``seconds``: read again only when
-    the store says it changed (or at the store's fallback interval)."""
+    the store says it changed (or at the store's fallback interval). Waiting stops
+    when ``gone`` says the client has left: nobody would read the answer."""
     if seconds <= 0 or job.status.finished:
         return job
     loop = asyncio.get_running_loop()
@@ -121,6 +123,8 @@ async def wait_for(queue: JobQueue, job: Job, seconds: float) -> Job:
             if job.status.finished or loop.time() >= deadline:
                 return job
             await changes.next(deadline - loop.time())
+            if gone is not None and await gone():
+                return job
 
 
 def prefer_wait(prefer: str | None) -> int:
@@ -143,6 +147,7 @@ async def _dataset_config(store: Store, deployment: Deployment,
              responses={200: {"model": JobView, "description": "Finished within Prefer: wait"},
                         **_UPLOAD_PROBLEMS})
 async def submit_heatmap(
+    request: Request,
     image: ImagePart,
     store: StoreDep,
     settings: SettingsDep,
@@ -189,7 +194,7 @@ async def submit_heatmap(
         random_weights=deployment.model(plan.model).random_weights),
         upload.stored, admission)
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
-    job = await wait_for(queue, job, wait_seconds)
+    job = await wait_for(queue, job, wait_seconds, gone=request.is_disconnected)
     if job.status.finished:
         response.status_code = 200
     return view(job)
@@ -419,7 +424,7 @@ async def heatmap_npy(job_id: str, queue: QueueDep, caller: CallerDep,
 @router.post("/predict", response_model=PredictResponse, tags=["predict"],
              dependencies=[Depends(refuse_ambiguous_fields)],
              responses=problem_responses(400, 401, 404, 413, 415, 422, 429, 503))
-async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
+async def predict(request: Request, image: ImagePart, queue: QueueDep, settings: SettingsDep,
                   deployment: DeploymentDep, caller: CallerDep, admission: AdmissionDep,
                   model: Annotated[str | None, Form(min_length=1)] = None,
                   frame: FramePart = None) -> PredictResponse:
@@ -432,7 +437,8 @@ async def predict(image: ImagePart, queue: QueueDep, settings: SettingsDep,
                                  params=PredictParams(model=deployed.name, frame=frame)),
                              [upload.data], admission)
     try:
-        job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS)
+        job = await wait_for(queue, job, constants.MAX_WAIT_SECONDS,
+                             gone=request.is_disconnected)
     finally:
         await queue.delete(job.id)
     if job.status is JobStatus.failed and job.error is not None:

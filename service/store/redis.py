@@ -20,7 +20,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from krypton.models import DatasetConfig
 from krypton.service import constants
@@ -53,12 +52,17 @@ class _Pool(aioredis.BlockingConnectionPool):
 def connect(url: str, *, max_connections: int = constants.REDIS_MAX_CONNECTIONS) -> Any:
     """A client on a blocking pool of at most ``max_connections``: a burst of requests
     waits its turn for a connection instead of failing. Idle connections are checked
-    and a command is retried once Redis is back (a restart leaves pooled ones dead)."""
+    and a command is retried once Redis is back (a restart leaves pooled ones dead); a
+    command Redis does not answer in time is not retried (it may have run), so a Redis
+    that hangs costs a request one timeout."""
     pool = _Pool.from_url(
         url, max_connections=max_connections, timeout=constants.REDIS_POOL_WAIT_SECONDS,
         decode_responses=False, health_check_interval=15, socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError])
+        socket_timeout=constants.REDIS_SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=constants.REDIS_SOCKET_TIMEOUT_SECONDS,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=3,
+                    supported_errors=(RedisConnectionError,)),
+        retry_on_error=[RedisConnectionError])
     return aioredis.Redis(connection_pool=pool)
 
 
@@ -276,8 +280,13 @@ class RedisStreamQueue(JobQueue):
                         logger.info("job changes: listening again")
                     delay, lost = 0.1, False
                     self._board.wake_all()
-                    async for message in pubsub.listen():
-                        self._board.wake(_text(message["data"]))
+                    while True:  # a bounded read: a quiet channel is not a lost Redis
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True,
+                            timeout=constants.CHANGES_FALLBACK_SECONDS)
+                        if message is not None and isinstance(message["data"], bytes):
+                            # Job ids are hex; anything else is no job of ours.
+                            self._board.wake(message["data"].decode("ascii", "replace"))
             except (RedisError, OSError) as exc:
                 if not lost:  # once an outage, not every retry
                     logger.warning("job changes: listener lost Redis (%s); waiters read "
@@ -368,7 +377,7 @@ class RedisConfigs(ConfigStore):
         key = constants.DATASET_KEY.format(dataset)
         raw = await self.client.get(key)
         return None if raw is None else DatasetConfig.from_json(
-            _text(raw), source=f"dataset config {key} in Redis")
+            raw.decode("utf-8", "replace"), source=f"dataset config {key} in Redis")
 
     async def save(self, config: DatasetConfig) -> None:
         await self.client.set(constants.DATASET_KEY.format(config.dataset), config.to_json())

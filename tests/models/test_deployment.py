@@ -294,3 +294,11 @@ def test_deployed_model_random_weights_id_changes_with_the_weights(changes: dict
     first = DeployedModel(**fields)  # type: ignore[arg-type]
     second = DeployedModel(**(fields | changes))  # type: ignore[arg-type]
     assert first.weights_id() != second.weights_id()
+
+
+@pytest.mark.parametrize("name", ["../../etc/x", "a b/c", ".hidden"])
+def test_load_deployment_refuses_a_dataset_name_its_config_file_could_not_have(
+        tmp_path: Path, name: str) -> None:
+    text = _models_only() + f'[[datasets]]\nname = "{name}"\nmodel = "m"\n'
+    with pytest.raises(InvalidArgumentError, match="dataset .*name: should match pattern"):
+        load_deployment(_write(tmp_path, text))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,24 @@ def test_an_event_stream_ends_with_a_401_event_once_its_key_is_revoked(
             if line.startswith("data:") and events[-1] == "error":
                 assert '"status":401' in line.replace(" ", "")
     assert events == ["progress", "error"]
+
+
+def test_a_keys_file_broken_while_serving_refuses_every_key_with_503_and_logs_no_hash(
+        make_client: ClientFactory, tmp_path: Path, retina_png: bytes,
+        caplog: pytest.LogCaptureFixture) -> None:
+    keys = KeyStore(tmp_path / "keys.json")
+    token = keys.add("alice", "heatmaps")
+    client = make_client(keys_file=keys.path)
+    document = json.loads(keys.path.read_text())
+    digest = document["keys"][0]["sha256"]
+    document["keys"][0]["sha256"] = digest.upper()  # an operator's slip, while it runs
+    keys.path.write_text(json.dumps(document))
+    headers = {"Authorization": f"Bearer {token}"}
+    with caplog.at_level(logging.DEBUG):
+        read = client.get("/v1/models", headers=headers)
+        sent = client.post("/v1/heatmaps", headers=headers,
+                           files={"image": ("r.png", retina_png, "image/png")})
+    for response in (read, sent):
+        assert helpers.assert_problem(response, 503)["type"] == (
+            "urn:krypton:problem:keys-unavailable")
+    assert digest[:16].upper() not in caplog.text and digest[:16] not in caplog.text

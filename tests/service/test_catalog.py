@@ -14,6 +14,7 @@ from krypton.core.plans import MAX_TUNING_IMAGES
 from krypton.models import DatasetStore
 from krypton.models.deployment import Deployment
 from tests.service import helpers
+from tests.service.conftest import ClientFactory
 from tests.service.helpers import (
     DEMO_MODEL,
     FAST,
@@ -328,3 +329,20 @@ def test_tuning_with_a_file_that_is_not_an_image_answers_415(api: TestClient,
     files = [*_tuning_images(retina_png, 1), ("images", ("notes.png", b"notes", "image/png"))]
     response = api.post(f"/v1/datasets/{UNTUNED_DATASET}/tuning", files=files)
     helpers.assert_problem(response, 415)
+
+
+def test_a_broken_config_file_is_named_in_no_answer_and_leaves_the_listing_whole(
+        make_client: ClientFactory, datasets_dir: Path, retina_png: bytes) -> None:
+    path = datasets_dir / f"{helpers.UNTUNED_DATASET}.json"
+    path.write_text('{"dataset": "fundus", "chekpoint": "y"}', encoding="utf-8")
+    try:
+        client = make_client()
+        listing = client.get("/v1/datasets")
+        response = helpers.submit(client, retina_png, dataset=helpers.UNTUNED_DATASET,
+                                  mode="approximate")
+    finally:
+        path.unlink()
+    assert listing.status_code == 200, listing.text
+    assert helpers.assert_problem(response, 500)["type"] == (
+        "urn:krypton:problem:dataset-config-unreadable")
+    assert str(datasets_dir) not in listing.text + response.text

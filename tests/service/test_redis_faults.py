@@ -12,7 +12,9 @@ import asyncio
 import io
 import json
 import logging
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -330,3 +332,27 @@ def test_an_upload_redis_has_no_room_for_is_refused_as_store_full(
     assert document["type"] == "urn:krypton:problem:store-full", document
     assert response.headers["Retry-After"].isdigit()
     assert client.get("/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------- a Redis that hangs
+
+
+def test_a_redis_that_hangs_is_answered_503_within_the_timeout_not_when_it_returns(
+        tmp_path: Path, unused_port: int, make_client: ClientFactory, retina_png: bytes) -> None:
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    process = start_redis(binary, tmp_path, unused_port)
+    try:
+        client = make_client(redis_url=f"redis://127.0.0.1:{unused_port}/0")
+        job_id = helpers.submit(client, retina_png, **FAST).json()["id"]
+        os.kill(process.pid, signal.SIGSTOP)  # alive, listening, answering nothing
+        started = time.monotonic()
+        try:
+            response = client.get(f"/v1/heatmaps/{job_id}")
+        finally:
+            took = time.monotonic() - started
+            os.kill(process.pid, signal.SIGCONT)
+    finally:
+        stop_redis(process)
+    helpers.assert_problem(response, 503)
+    assert took < constants.REDIS_SOCKET_TIMEOUT_SECONDS + 3, f"answered after {took:.1f} s"

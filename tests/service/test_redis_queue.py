@@ -530,3 +530,22 @@ def test_worker_that_can_load_none_of_the_models_refuses_to_start(
     assert "none of the deployed models can be loaded" in started.stderr
     assert "does not" in started.stderr or "not a readable" in started.stderr, (
         "the log says why: the checkpoint's error is not withheld")
+
+
+@pytest.mark.parametrize("junk", [
+    pytest.param(b'{"dataset": "x", "model": "m", "PatientName": "Doe^Jane"}', id="unknown-field"),
+    pytest.param(b"\xff\xfe not text", id="not-utf8"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, id="nested-past-the-parser"),
+])
+def test_redis_holding_a_broken_tuned_config_is_the_servers_fault_not_the_callers(
+        client: TestClient, redis_client: redis.Redis, retina_png: bytes, junk: bytes) -> None:
+    redis_client.set(constants.DATASET_KEY.format(helpers.TUNED_DATASET), junk)
+    listing = client.get("/v1/datasets")
+    assert listing.status_code == 200, listing.text
+    shown = next(d for d in listing.json() if d["name"] == helpers.TUNED_DATASET)
+    assert shown["tuned"] is None and "unreadable" in shown["stale"]
+    response = helpers.submit(client, retina_png, dataset=helpers.TUNED_DATASET,
+                              mode="approximate")
+    problem = helpers.assert_problem(response, 500)
+    assert problem["type"] == "urn:krypton:problem:dataset-config-unreadable"
+    assert "Doe" not in response.text and constants.DATASET_KEY.format("") not in response.text

@@ -8,15 +8,22 @@ here with Redis's own command statistics, against a real server.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from krypton.core.plans import HeatmapPlan
 from krypton.models.deployment import Deployment
+from krypton.service import constants
+from krypton.service.schemas import Job, new_job_id
+from krypton.service.store import Store
 from tests.service import helpers
 from tests.service.conftest import ClientFactory
 from tests.service.helpers import FAST, ThreadedWorker
@@ -93,3 +100,59 @@ def test_prefer_wait_on_the_embedded_store_answers_within_moments_of_the_job_fin
     assert response.status_code == 200, response.text
     lag = (answered - dt.datetime.fromisoformat(response.json()["finished_at"])).total_seconds()
     assert lag < 0.5, f"answered {lag:.2f} s after the job finished"
+
+
+@pytest.mark.redis
+def test_junk_on_the_changes_channel_does_not_stop_waiters_being_woken(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    async def scenario() -> bool:
+        store = Store.redis(redis_url, ttl_seconds=60)
+        try:
+            job = await store.jobs.submit(Job(id=new_job_id(), params=HeatmapPlan(
+                model="m", patch_size=16, stride=8)), [b"image"])
+            async with store.jobs.changes(job.id) as changes:
+                await asyncio.sleep(0.3)  # the listener subscribes
+                await changes.next(0.1)  # what it said on subscribing
+                redis_client.publish(constants.CHANGES_CHANNEL, b"\xff\xfe not an id")
+                redis_client.publish(constants.CHANGES_CHANNEL, b"x" * 100_000)
+                await asyncio.sleep(0.3)
+                await store.jobs.save(job.model_copy(update={"progress": 0.5}))
+                return await changes.next(constants.CHANGES_FALLBACK_SECONDS * 0.8)
+        finally:
+            await store.close()
+
+    assert asyncio.run(scenario()), "the write woke no waiter"
+
+
+@pytest.mark.redis
+def test_a_client_that_leaves_mid_wait_leaves_no_reader_behind(
+        registry: Path, redis_url: str, redis_client: redis.Redis, retina_png: bytes) -> None:
+    with helpers.serving(registry, KRYPTON_REDIS_URL=redis_url) as url:
+        body, boundary = _multipart(retina_png)
+        host, port = url.removeprefix("http://").split(":")
+        clients = []
+        for _ in range(20):  # each waits up to 30 s for a job no worker will run
+            connection = socket.create_connection((host, int(port)))
+            connection.sendall(
+                f"POST /v1/heatmaps HTTP/1.1\r\nHost: {host}\r\nPrefer: wait=30\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            clients.append(connection)
+        time.sleep(2.0)  # every job is stored and waited on
+        for connection in clients:
+            connection.close()
+        time.sleep(2.0)  # the waits notice, at their next read
+        before = _reads(redis_client)
+        time.sleep(3.0)
+        reads = _reads(redis_client) - before
+    # 20 waiters left running read their jobs about 60 times in 3 s.
+    assert reads <= 10, f"{reads} reads of Redis in 3 s after every client had gone"
+
+
+def _multipart(image: bytes) -> tuple[bytes, str]:
+    boundary = "krypton-test-boundary"
+    fields = [(b'name="image"; filename="retina.png"\r\nContent-Type: image/png', image),
+              (b'name="patch_size"', b"16"), (b'name="stride"', b"16")]
+    body = b"".join(f"--{boundary}\r\n".encode() + b"Content-Disposition: form-data; "
+                    + head + b"\r\n\r\n" + value + b"\r\n" for head, value in fields)
+    return body + f"--{boundary}--\r\n".encode(), boundary
