@@ -155,11 +155,12 @@ def load_deployment(path: str | os.PathLike[str],
     file = Path(path)
     try:
         document = tomllib.loads(file.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not TOML
         raise InvalidArgumentError(f"cannot read registry {file}: {exc}") from exc
     registry = _RegistryFile.read(document, f"registry {file}", InvalidArgumentError)
     base = file.parent
-    models = {entry.name: _deployed(entry, base) for entry in registry.models}
+    models = {entry.name: _deployed(entry, base, f"registry {file}")
+              for entry in registry.models}
     datasets = {entry.name: DeployedDataset(entry.name, entry.model, entry.description)
                 for entry in registry.datasets}
     if registry.datasets_dir is not None:
@@ -246,13 +247,18 @@ class _RegistryFile(FileModel):
         return self
 
 
-def _deployed(entry: _ModelEntry, base: Path) -> DeployedModel:
+def _deployed(entry: _ModelEntry, base: Path, where: str) -> DeployedModel:
     """The servable model of an entry; its architecture is looked up now, not per request.
 
     Raises:
-        UnknownModelError: an unknown architecture, listing the known ones.
+        UnknownModelError: an unknown architecture, naming the file, the entry and the
+            field, and listing the known ones.
     """
-    get_model_spec(entry.architecture)
+    try:
+        get_model_spec(entry.architecture)
+    except UnknownModelError as exc:
+        raise UnknownModelError(exc.name, exc.known,
+                                where=f"{where}: model {entry.name!r}: architecture") from None
     window = entry.window
     return DeployedModel(
         name=entry.name, architecture=entry.architecture, labels=entry.labels,

@@ -7,6 +7,7 @@ catch bad input, while the service maps each class to its own HTTP status.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "CheckpointError",
@@ -34,15 +35,21 @@ class UnknownModelError(ModelError, ValueError):
         known: Every registered name, sorted.
     """
 
-    def __init__(self, name: str, known: Iterable[str] = ()) -> None:
+    def __init__(self, name: str, known: Iterable[str] = (), *, where: str = "") -> None:
         self.name = name
         self.known = tuple(sorted(known))
+        self.where = where
         listed = ", ".join(self.known) if self.known else "none registered"
-        super().__init__(f"unknown model {name!r}; known models: {listed}")
+        message = f"unknown model {name!r}; known models: {listed}"
+        super().__init__(f"{where}: {message}" if where else message)
 
-    def __reduce__(self) -> tuple[type[UnknownModelError], tuple[str, tuple[str, ...]]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # The default reduce would call cls(message) and lose ``known``.
-        return type(self), (self.name, self.known)
+        return _unknown_model, (self.name, self.known, self.where)
+
+
+def _unknown_model(name: str, known: tuple[str, ...], where: str) -> UnknownModelError:
+    return UnknownModelError(name, known, where=where)
 
 
 class InvalidArgumentError(ModelError, ValueError):

@@ -107,15 +107,19 @@ class Worker:
                     self.store.name)
         quiet = asyncio.Event()
         beating = asyncio.create_task(self._beat_until(quiet))
+        unreachable = False
         try:
             while not self._stopping.is_set():
                 try:
                     worked = await self.run_once(block_ms=block_ms)
-                except (RedisError, OSError):
+                except (RedisError, OSError) as exc:
                     # Redis restarting or unreachable: wait it out rather than exit; an
-                    # unacknowledged job is redelivered once Redis is back.
-                    logger.warning("worker %s: queue unreachable; retrying", self.name,
-                                   exc_info=True)
+                    # unacknowledged job is redelivered once Redis is back. The traceback
+                    # once an outage, not every two seconds.
+                    logger.warning("worker %s: queue unreachable (%s: %s); retrying every "
+                                   "%g s", self.name, type(exc).__name__, exc,
+                                   constants.HEARTBEAT_SECONDS, exc_info=not unreachable)
+                    unreachable = True
                     await asyncio.sleep(constants.HEARTBEAT_SECONDS)
                     continue
                 except Exception:
@@ -123,6 +127,7 @@ class Worker:
                     logger.exception("worker %s: unexpected error; carrying on", self.name)
                     await asyncio.sleep(constants.HEARTBEAT_SECONDS)
                     continue
+                unreachable = False
                 if burst and not worked:
                     break
         finally:
