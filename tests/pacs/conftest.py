@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,8 @@ from typing import Any
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
+
+from tests.service.helpers import free_port
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 """Where Debian's ``orthanc-dicomweb`` puts the plugin (a link to the versioned file)."""
@@ -37,13 +38,6 @@ def orthanc_binary() -> str | None:
     if found is None and os.access("/usr/sbin/Orthanc", os.X_OK):
         found = "/usr/sbin/Orthanc"
     return found
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class Orthanc:

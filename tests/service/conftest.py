@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -132,17 +131,10 @@ def idle_api(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
 # ---------------------------------------------------------------- redis
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def unused_port() -> int:
     """A local TCP port nothing listens on (for an unreachable Redis)."""
-    return _free_port()
+    return helpers.free_port()
 
 
 @pytest.fixture(scope="session")
@@ -154,7 +146,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "redis-server`; the project's test command .ci/run does) to run the "
                     "Redis-mode service tests", pytrace=False)
     folder = tmp_path_factory.mktemp("redis")
-    port = _free_port()
+    port = helpers.free_port()
     process = start_redis(binary, folder, port)
     try:
         yield f"redis://127.0.0.1:{port}/0"
