@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
         if workers and settings.preload_models:
             # In the background: the service answers at once, the first job does not
             # pay for loading and tracing its model.
-            tasks.append(asyncio.create_task(asyncio.to_thread(cache.preload)))
+            tasks.append(asyncio.create_task(_preload(cache, workers)))
         try:
             yield
         finally:
@@ -129,6 +129,19 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     install_openapi(app, keyed=app.state.keys is not None)
     install_pages(app)
     return app
+
+
+async def _preload(cache: Any, workers: list[Any]) -> None:
+    """Load every deployed model; where none loads, stop the embedded workers, as
+    ``krypton worker`` refuses to start: ``/readyz`` then says not ready, rather than
+    every job failing with ``model-unavailable``."""
+    failed = await asyncio.to_thread(cache.preload)
+    if failed and len(failed) == len(cache.deployment.models):
+        logger.error("none of the deployed models can be loaded (%s); the embedded workers "
+                     "stop and /readyz answers 503 until the registry is fixed and the "
+                     "service restarted", ", ".join(failed))
+        for worker in workers:
+            worker.stop()
 
 
 class _ProtectiveHeaders:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -370,3 +371,17 @@ def test_a_request_target_longer_than_any_routes_is_refused_short(api: TestClien
 def test_a_job_id_is_quoted_short_in_a_problem(api: TestClient) -> None:
     problem = helpers.assert_problem(api.get("/v1/heatmaps/" + "b" * 1000), 404)
     assert len(problem["job_id"]) < 100
+
+
+def test_an_embedded_service_that_can_load_no_model_is_not_ready(
+        make_client: ClientFactory, tmp_path: Path) -> None:
+    (tmp_path / "only.pt").write_bytes(b"not a checkpoint")
+    registry = tmp_path / "registry.toml"
+    registry.write_text('[[models]]\nname = "only"\narchitecture = "resnet18"\n'
+                        'labels = ["a", "b"]\ncheckpoint = "only.pt"\n', encoding="utf-8")
+    client = make_client(registry=registry, preload_models=True)
+    deadline = time.monotonic() + 60
+    while (ready := client.get("/readyz")).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ready.status_code == 503, ready.text
+    assert ready.json()["live_workers"] == 0
