@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["command_line", "git_commit", "load_average", "machine", "run_record"]
+__all__ = ["command_line", "git_commit", "invocation", "load_average", "machine",
+           "run_record"]
 
 SOURCE = Path(__file__).resolve().parent
 
@@ -32,7 +33,7 @@ def run_record(device: str, argv: Sequence[str] | None = None) -> dict[str, obje
         "machine": machine(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "command": command_line(sys.argv if argv is None else argv),
+        "command": command_line(invocation() if argv is None else argv),
         "load_average": load_average(),
     }
 
@@ -94,6 +95,15 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def invocation() -> list[str]:
+    """The command as it was typed: ``sys.argv``, except under ``python -m``, where
+    ``sys.argv[0]`` is the module's file and only ``sys.orig_argv`` names the module."""
+    original = list(sys.orig_argv)
+    if len(original) > 2 and original[1] == "-m":
+        return original
+    return list(sys.argv)
 
 
 def command_line(argv: Sequence[str]) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from krypton.benchmarks.provenance import command_line, git_commit
+from krypton.benchmarks.provenance import command_line, git_commit, invocation
 from krypton.benchmarks.report import BEGIN, END, ReportError, main, replace_block, rows_of
 
 MACHINE = {"cpu": "AMD EPYC", "cores": 2, "torch_threads": 2, "device": "cpu", "gpu": None,
@@ -137,3 +138,10 @@ def test_the_command_names_a_program_below_the_working_folder_relatively(
     program = str(tmp_path / ".venv" / "bin" / "krypton")
     assert command_line([program, "bench", "--setting", "a b"]) == (
         ".venv/bin/krypton bench --setting 'a b'")
+
+
+def test_a_module_run_with_python_m_is_recorded_by_its_module_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "orig_argv", [".venv/bin/python", "-m", "krypton.benchmarks.x", "a"])
+    monkeypatch.setattr(sys, "argv", ["/work/main/benchmarks/x.py", "a"])
+    assert command_line(invocation()) == ".venv/bin/python -m krypton.benchmarks.x a"
