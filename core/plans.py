@@ -19,7 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from krypton.approximation import Approximation, ApproximationError
+from krypton.approximation import Approximation, ApproximationError, quality_target
 from krypton.models import (
     DatasetConfig,
     DatasetConfigError,
@@ -265,8 +265,10 @@ def resolve_tuning(
     if holdout is not None and not 1 <= holdout < images:
         raise InvalidArgumentError(f"holdout must leave at least one image on each side, got "
                                    f"{holdout} of {images}")
-    if not 0.0 < target_ssim <= 1.0:
-        raise InvalidArgumentError(f"target_ssim must be in (0, 1], got {target_ssim}")
+    try:
+        quality_target(target_ssim)
+    except ApproximationError as exc:
+        raise InvalidArgumentError(str(exc)) from None
     side = deployed.preprocessing.size
     grid = (side - patch_size) // stride + 1
     if grid < MIN_TUNING_GRID:

@@ -48,7 +48,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from torch import Tensor
 
-from krypton.approximation import Approximation
+from krypton.approximation import Approximation, ApproximationError, quality_target
 from krypton.engine.approximation import approximate, coarse_stride_for_speedup
 from krypton.engine.base import StopCheck
 from krypton.engine.errors import InvalidParamsError
@@ -164,8 +164,10 @@ def tune(
         InvalidParamsError: fewer than two images, a target outside (0, 1], or a
             heatmap smaller than 3x3.
     """
-    if not 0.0 < target_ssim <= 1.0:
-        raise InvalidParamsError(f"target_ssim must be in (0, 1], got {target_ssim!r}")
+    try:
+        quality_target(target_ssim)
+    except ApproximationError as exc:
+        raise InvalidParamsError(str(exc)) from None
     if len(images) < 2:
         raise InvalidParamsError("tuning needs at least two sample images (one held out)")
     held = len(images) // 2 if holdout is None else holdout

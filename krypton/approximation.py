@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Approximation", "ApproximationError"]
+__all__ = ["Approximation", "ApproximationError", "quality_target"]
 
 
 class ApproximationError(ValueError):
@@ -38,6 +38,16 @@ def _fraction(name: str, value: object, *, low_open: bool) -> float:
         interval = "(0, 1]" if low_open else "[0, 1]"
         raise ApproximationError(f"{name} must be in {interval}, got {value!r}")
     return float(value)
+
+
+def quality_target(target_ssim: object) -> float:
+    """The SSIM a tuning must reach on its images, checked once for the library's tuner
+    and the service's tuning requests alike.
+
+    Raises:
+        ApproximationError: not a number in (0, 1].
+    """
+    return _fraction("target_ssim", target_ssim, low_open=True)
 
 
 @dataclass(frozen=True)

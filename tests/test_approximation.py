@@ -10,10 +10,10 @@ from PIL import Image
 from skimage import data
 from typer.testing import CliRunner
 
-from krypton.approximation import Approximation, ApproximationError
+from krypton.approximation import Approximation, ApproximationError, quality_target
 from krypton.cli import app
-from krypton.core.plans import resolve_heatmap
-from krypton.engine import occlusion
+from krypton.core.plans import resolve_heatmap, resolve_tuning
+from krypton.engine import InvalidParamsError, occlusion, tune
 from krypton.models import DatasetConfig, DatasetConfigError, InvalidArgumentError
 from krypton.models.deployment import default_deployment
 
@@ -85,3 +85,17 @@ def test_the_command_line_refuses_them_with_the_same_message(
                                       "--patch", "16", "--stride", str(STRIDE), *options])
     assert result.exit_code != 0
     assert message in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("target", [0.0, 1.5, float("nan")])
+def test_the_tuner_and_a_tuning_request_refuse_a_quality_target_with_the_same_message(
+        target: float) -> None:
+    with pytest.raises(ApproximationError) as expected:
+        quality_target(target)
+    with pytest.raises(InvalidParamsError) as tuner:
+        tune(None, [torch.zeros(3, 8, 8)] * 2, 4, 4,  # type: ignore[arg-type]
+             target_ssim=target)
+    with pytest.raises(InvalidArgumentError) as request:
+        resolve_tuning(default_deployment(), "retina", images=2, patch_size=16, stride=8,
+                       target_ssim=target)
+    assert str(tuner.value) == str(request.value) == str(expected.value)
