@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.datastructures import MutableHeaders
@@ -36,6 +36,10 @@ from krypton.service.pages import install_pages
 from krypton.service.routes import catalog, health, heatmaps
 from krypton.service.store import Store
 from krypton.service.tuned import import_dataset_configs
+
+if TYPE_CHECKING:  # they load torch, which the API imports only in embedded mode
+    from krypton.core.model_cache import ModelCache
+    from krypton.service.worker import Worker
 
 __all__ = ["create_app", "make_deployment", "make_store"]
 
@@ -131,7 +135,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     return app
 
 
-async def _preload(cache: Any, workers: list[Any]) -> None:
+async def _preload(cache: ModelCache, workers: list[Worker]) -> None:
     """Load every deployed model; where none loads, stop the embedded workers, as
     ``krypton worker`` refuses to start: ``/readyz`` then says not ready, rather than
     every job failing with ``model-unavailable``."""

@@ -67,8 +67,3 @@ class ChangeBoard:
         for waiters in self._waiters.values():
             for changes in waiters:
                 changes.wake()
-
-    @property
-    def watched(self) -> int:
-        """Jobs someone in this process waits on."""
-        return len(self._waiters)

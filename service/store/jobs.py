@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from krypton.service import constants
 from krypton.service.problems import QueueFull, QuotaExceeded, RateLimited, StoreFull
 from krypton.service.schemas import Job, utcnow
-from krypton.service.store.changes import Changes
+from krypton.service.store.changes import ChangeBoard, Changes
 
 __all__ = ["Admission", "Claim", "JobQueue", "image_key", "refusal"]
 
@@ -78,6 +78,8 @@ class JobQueue(ABC):
         self.ttl_seconds = ttl_seconds
         self.claim_idle_ms = claim_idle_ms
         self.memory_reserve_bytes = memory_reserve_bytes
+        self._board = ChangeBoard(constants.CHANGES_FALLBACK_SECONDS)
+        """This process's waiters; each implementation wakes them as a job is written."""
 
     def _stamp(self, job: Job, images: Sequence[bytes], admission: Admission) -> Job:
         return job.model_copy(update={
@@ -183,7 +185,6 @@ class JobQueue(ABC):
         """
         return await self.claimable()
 
-    @abstractmethod
     def changes(self, job_id: str) -> AbstractAsyncContextManager[Changes]:
         """Be told when ``job_id`` may have changed, from before the first read on.
 
@@ -191,6 +192,7 @@ class JobQueue(ABC):
         each further read: a write made between the read and the wait is not
         missed. Waiting costs no reads of the store.
         """
+        return self._board.watch(job_id)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -11,13 +11,11 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from krypton.service import constants
 from krypton.service.schemas import Job, WorkerInfo
-from krypton.service.store.changes import ChangeBoard, Changes
 from krypton.service.store.jobs import Admission, Claim, JobQueue, image_key, refusal
 from krypton.service.store.workers import WorkerRegistry
 
@@ -78,7 +76,6 @@ class InMemoryQueue(JobQueue):
         """Ids of the jobs in ``_waiting`` not deleted since (the backlog counts these)."""
         self._sequence = 0
         self._clock = clock
-        self._board = ChangeBoard(constants.CHANGES_FALLBACK_SECONDS)
 
     def _live(self, key: str) -> Any:
         entry = self._memory.entries.get(key)
@@ -253,10 +250,6 @@ class InMemoryQueue(JobQueue):
 
     async def ping(self) -> bool:
         return True
-
-    def changes(self, job_id: str) -> AbstractAsyncContextManager[Changes]:
-        return self._board.watch(job_id)
-
 
 class InMemoryWorkers(WorkerRegistry):
     """Heartbeats in a dictionary, for workers in the API's process."""

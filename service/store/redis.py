@@ -25,7 +25,7 @@ from krypton.models import DatasetConfig
 from krypton.service import constants
 from krypton.service.problems import StoreBusy
 from krypton.service.schemas import Job, WorkerInfo, job_created_at, utcnow
-from krypton.service.store.changes import ChangeBoard, Changes
+from krypton.service.store.changes import Changes
 from krypton.service.store.configs import ConfigStore
 from krypton.service.store.jobs import Admission, Claim, JobQueue, image_key, refusal
 from krypton.service.store.workers import WorkerRegistry
@@ -90,7 +90,6 @@ class RedisStreamQueue(JobQueue):
         # redis-py's response types depend on decode_responses; this client returns bytes.
         self.client: Any = client
         self._group_ready = False
-        self._board = ChangeBoard(constants.CHANGES_FALLBACK_SECONDS)
         self._listener: asyncio.Task[None] | None = None
 
     @classmethod
@@ -264,9 +263,9 @@ class RedisStreamQueue(JobQueue):
         return True
 
     def changes(self, job_id: str) -> AbstractAsyncContextManager[Changes]:
-        if self._listener is None or self._listener.done():
+        if self._listener is None or self._listener.done():  # the first waiter starts it
             self._listener = asyncio.create_task(self._listen())
-        return self._board.watch(job_id)
+        return super().changes(job_id)
 
     async def _listen(self) -> None:
         """Follow the changes channel for this process's waiters, subscribing again when
