@@ -31,8 +31,8 @@ __all__ = ["SafeFormatter", "WithholdQuoting", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings")
-"""Loggers whose messages may quote a header value."""
+QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings", "dicomweb_client")
+"""Loggers whose messages may quote a header value (or a study's UIDs, which name it)."""
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
@@ -49,9 +49,10 @@ class WithholdQuoting(logging.Filter):
         return True
 
 
-_READS_IMAGES = re.compile(r"[/\\](pydicom|highdicom|PIL)[/\\]|[/\\]models[/\\](dicom|images)\.py$"
-                           r"|[/\\]render[/\\]dicom\.py$")
-"""Where an exception's message may quote an image's header: frames in these files."""
+_READS_IMAGES = re.compile(r"[/\\](pydicom|highdicom|PIL|dicomweb_client|requests)[/\\]"
+                           r"|[/\\]models[/\\](dicom|images)\.py$|[/\\]render[/\\]dicom\.py$")
+"""Where an exception's message may quote an image's header, or a PACS URL naming a study:
+frames in these files."""
 
 
 class SafeFormatter(logging.Formatter):

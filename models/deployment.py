@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Self
 
@@ -26,6 +26,7 @@ from pydantic import Discriminator, Field, FiniteFloat, Tag, model_validator
 from krypton.config_files import ARRAY, FileModel, listed_once
 from krypton.models.datasets import DATASET_NAME_PATTERN, DEFAULT_DATASETS_DIR
 from krypton.models.errors import DatasetConfigError, InvalidArgumentError, UnknownModelError
+from krypton.models.pacs import PACS_NAME_PATTERN, PacsServer, StowRoute
 from krypton.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from krypton.models.registry import get_model_spec
 from krypton.models.weights import weights_id
@@ -100,6 +101,10 @@ class Deployment:
     models: dict[str, DeployedModel]
     datasets: dict[str, DeployedDataset] = field(default_factory=dict)
     datasets_dir: Path = DEFAULT_DATASETS_DIR
+    pacs: dict[str, PacsServer] = field(default_factory=dict)
+    routes: tuple[StowRoute, ...] = ()
+    """Which model explains an instance a PACS sends; none: the default model, results to
+    the only PACS if there is exactly one (see :meth:`route`)."""
 
     def model(self, name: str) -> DeployedModel:
         """Raises UnknownModelError listing the deployed names."""
@@ -120,6 +125,19 @@ class Deployment:
             known = ", ".join(sorted(self.datasets)) or "none"
             raise DatasetConfigError(
                 f"unknown dataset {name!r}; this deployment serves: {known}") from None
+
+    def route(self, modality: str | None, sop_class_uid: str | None) -> StowRoute | None:
+        """The route of an instance a PACS sent: the first that matches; without routes,
+        the default model, storing results in the deployment's only PACS (if one)."""
+        if not self.routes:
+            only = [p.name for p in self.pacs.values() if p.store_results]
+            return StowRoute(model=self.default_model().name,
+                             results_to=only[0] if len(only) == 1 else None)
+        return next((r for r in self.routes if r.matches(modality, sop_class_uid)), None)
+
+    def with_pacs(self, server: PacsServer) -> Deployment:
+        """This deployment, also talking to ``server`` (one named in the settings)."""
+        return replace(self, pacs={**self.pacs, server.name: server})
 
 
 def default_deployment(datasets_dir: str | os.PathLike[str] = DEFAULT_DATASETS_DIR
@@ -167,7 +185,13 @@ def load_deployment(path: str | os.PathLike[str],
         tuned_dir = _resolve(base, registry.datasets_dir)
     else:
         tuned_dir = Path(datasets_dir) if datasets_dir is not None else base / "datasets"
-    return Deployment(models=models, datasets=datasets, datasets_dir=tuned_dir)
+    pacs = {entry.name: PacsServer(entry.name, entry.url, entry.token_env, entry.username,
+                                   entry.password_env, entry.store_results)
+            for entry in registry.pacs}
+    routes = tuple(StowRoute(entry.model, entry.dataset, entry.modality, entry.sop_class_uid,
+                             entry.results_to, entry.mode) for entry in registry.routes)
+    return Deployment(models=models, datasets=datasets, datasets_dir=tuned_dir, pacs=pacs,
+                      routes=routes)
 
 
 # ---------------------------------------------------------------- the file's schema
@@ -224,14 +248,39 @@ class _DatasetEntry(FileModel):
     description: str = ""
 
 
+class _PacsEntry(FileModel):
+    """A ``[[pacs]]`` table: a DICOMweb server, its credentials named, not written."""
+
+    name: Annotated[str, Field(pattern=PACS_NAME_PATTERN)]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    token_env: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    store_results: bool = True
+
+
+class _RouteEntry(FileModel):
+    """A ``[[routes]]`` table: which model explains the instances a PACS sends."""
+
+    model: str
+    dataset: str | None = None
+    modality: str | None = None
+    sop_class_uid: str | None = None
+    results_to: str | None = None
+    mode: Literal["exact", "approximate"] = "exact"
+
+
 class _RegistryFile(FileModel):
     """The whole file: at least one model, each listed once, and datasets on them."""
 
-    entries: ClassVar[Mapping[str, str]] = {"models": "model", "datasets": "dataset"}
+    entries: ClassVar[Mapping[str, str]] = {"models": "model", "datasets": "dataset",
+                                            "pacs": "pacs", "routes": "route"}
 
     datasets_dir: str | None = None
     models: Annotated[tuple[_ModelEntry, ...], ARRAY, Field(min_length=1)]
     datasets: Annotated[tuple[_DatasetEntry, ...], ARRAY] = ()
+    pacs: Annotated[tuple[_PacsEntry, ...], ARRAY] = ()
+    routes: Annotated[tuple[_RouteEntry, ...], ARRAY] = ()
 
     @model_validator(mode="after")
     def _each_name_once_and_datasets_on_deployed_models(self) -> Self:
@@ -244,6 +293,19 @@ class _RegistryFile(FileModel):
                 raise ValueError(
                     f"dataset {dataset.name!r} names model {dataset.model!r}, which is not "
                     f"deployed (deployed: {', '.join(sorted(deployed))})")
+        listed_once("pacs", (pacs.name for pacs in self.pacs))
+        servers = {pacs.name for pacs in self.pacs}
+        served = {dataset.name: dataset.model for dataset in self.datasets}
+        for number, route in enumerate(self.routes, 1):
+            if route.model not in deployed:
+                raise ValueError(f"route #{number} names model {route.model!r}, which is not "
+                                 "deployed")
+            if route.dataset is not None and served.get(route.dataset) != route.model:
+                raise ValueError(f"route #{number} names dataset {route.dataset!r}, which is "
+                                 f"not a dataset of model {route.model!r}")
+            if route.results_to is not None and route.results_to not in servers:
+                raise ValueError(f"route #{number} sends results to {route.results_to!r}, "
+                                 "which is no [[pacs]] entry")
         return self
 
 

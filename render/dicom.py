@@ -34,21 +34,23 @@ from pydicom.valuerep import validate_value
 
 from krypton import __version__
 
-__all__ = ["MAX_MAP_SIDE", "PARAMETRIC_MAP_SERIES", "SECONDARY_CAPTURE_SERIES", "map_grid",
-           "parametric_map", "repaired", "secondary_capture", "unmade_because"]
+__all__ = ["IDENTITY", "MANUFACTURER", "MAX_MAP_SIDE", "PARAMETRIC_MAP_SERIES",
+           "SECONDARY_CAPTURE_SERIES", "TYPE_2", "map_grid", "parametric_map", "repaired",
+           "secondary_capture", "unmade_because"]
 
 MAX_MAP_SIDE = 1024
 """Longest side of a Parametric Map: a heatmap has a few hundred cells at most, so a
 finer grid over a large image adds bytes (4 per pixel), not information."""
 PARAMETRIC_MAP_SERIES = 9101
 SECONDARY_CAPTURE_SERIES = 9102
-_MANUFACTURER = "Krypton"
-_TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-           "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
+MANUFACTURER = "Krypton"
+"""What Krypton's results say made them: how a PACS rule (and Krypton) tells them apart."""
+TYPE_2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 """Attributes highdicom copies from the source; the standard lets them be empty."""
 _AXES = (("L", "R"), ("P", "A"), ("H", "F"))
 _LETTERS = frozenset("LRPAHF")
-_IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+IDENTITY = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 """What a source must name for a result to stand in its study and reference it."""
 _FUNCTIONAL_GROUPS = {"SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"}
 _ENUMERATED = {"PatientSex": frozenset(sex.value for sex in hd.PatientSexValues)}
@@ -75,7 +77,7 @@ def repaired(source: Dataset) -> tuple[Dataset, list[str]]:
             header.add(element)
             continue
         dropped.append(element.keyword or str(element.tag))
-        if element.keyword in _TYPE_2:
+        if element.keyword in TYPE_2:
             setattr(header, element.keyword, "")
     if header.get("PatientIdentityRemoved") == "YES" and not (
             header.get("DeidentificationMethod")
@@ -114,7 +116,7 @@ def unmade_because(source: Dataset) -> str | None:
     if int(source.get("NumberOfFrames") or 1) > 1:
         return ("it explains one frame of a multi-frame image, and DICOM results are made "
                 "for single-frame images")
-    missing = [name for name in _IDENTITY if not source.get(name)]
+    missing = [name for name in IDENTITY if not source.get(name)]
     if missing:
         return (f"its source header lacks {', '.join(missing)}, which a DICOM result needs "
                 "to stand in the source's study and reference it")
@@ -166,7 +168,7 @@ def parametric_map(source: Dataset, values: npt.NDArray[np.floating], *, label: 
         frames = frames[None]
     document = hd.pm.ParametricMap(
         [reference], frames, generate_uid(),
-        PARAMETRIC_MAP_SERIES, generate_uid(), 1, _MANUFACTURER, "krypton occlusion",
+        PARAMETRIC_MAP_SERIES, generate_uid(), 1, MANUFACTURER, "krypton occlusion",
         __version__, "none", contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping], content_label="OCCLUSION",
         content_description=explanation[:64],
@@ -211,7 +213,7 @@ def secondary_capture(source: Dataset, rgb: npt.NDArray[np.uint8]) -> bytes:
         ref_dataset=reference, pixel_array=rgb, photometric_interpretation="RGB",
         bits_allocated=8, coordinate_system="PATIENT", series_instance_uid=generate_uid(),
         series_number=SECONDARY_CAPTURE_SERIES, sop_instance_uid=generate_uid(),
-        instance_number=1, manufacturer=_MANUFACTURER,
+        instance_number=1, manufacturer=MANUFACTURER,
         patient_orientation=orientation or ("L", "P"))
     if orientation is None:
         # Unknown for a photograph: the standard allows it empty (type 2C).
@@ -233,7 +235,7 @@ def _completed(source: Dataset) -> Dataset:
     reference.update({element.tag: element for element in source
                       if element.tag != 0x7FE00010})  # no pixel data
     reference.file_meta = source.file_meta
-    for name in _TYPE_2:
+    for name in TYPE_2:
         if name not in reference:
             setattr(reference, name, "")
     geometry = ("FrameOfReferenceUID", "ImagePositionPatient", "ImageOrientationPatient")

@@ -25,6 +25,7 @@ from krypton.core.plans import MAX_TUNING_IMAGES
 from krypton.models import DatasetStore
 from krypton.models.budget import DECODING, return_freed_memory
 from krypton.models.deployment import Deployment, default_deployment, load_deployment
+from krypton.models.pacs import PacsServer
 from krypton.service.auth import KeyStore
 from krypton.service.config import Settings, get_settings
 from krypton.service.errors import install_handlers
@@ -33,7 +34,7 @@ from krypton.service.intake import Intake
 from krypton.service.metrics import Metrics
 from krypton.service.openapi import install_openapi
 from krypton.service.pages import install_pages
-from krypton.service.routes import catalog, health, heatmaps
+from krypton.service.routes import catalog, health, heatmaps, pacs, stow
 from krypton.service.store import Store
 from krypton.service.tuned import import_dataset_configs
 
@@ -41,7 +42,10 @@ if TYPE_CHECKING:  # they load torch, which the API imports only in embedded mod
     from krypton.core.model_cache import ModelCache
     from krypton.service.worker import Worker
 
-__all__ = ["create_app", "make_deployment", "make_store"]
+__all__ = ["SETTINGS_PACS", "create_app", "make_deployment", "make_store"]
+
+SETTINGS_PACS = "pacs"
+"""The name of the PACS that ``KRYPTON_PACS_URL`` gives."""
 
 logger = logging.getLogger(__name__)
 
@@ -64,9 +68,17 @@ def make_store(settings: Settings, deployment: Deployment) -> Store:
 
 
 def make_deployment(settings: Settings) -> Deployment:
+    """The registry's deployment (the demo one without), and the settings' PACS."""
     if settings.registry is None:
-        return default_deployment(settings.datasets_dir)
-    return load_deployment(settings.registry, settings.datasets_dir)
+        deployment = default_deployment(settings.datasets_dir)
+    else:
+        deployment = load_deployment(settings.registry, settings.datasets_dir)
+    if settings.pacs_url is None:
+        return deployment
+    if SETTINGS_PACS in deployment.pacs:
+        raise ValueError(f"KRYPTON_PACS_URL names PACS {SETTINGS_PACS!r}, and the registry "
+                         "lists one of that name too; keep one of them")
+    return deployment.with_pacs(PacsServer(SETTINGS_PACS, str(settings.pacs_url).rstrip("/")))
 
 
 def create_app(settings: Settings | None = None, *, store: Store | None = None) -> FastAPI:
@@ -96,7 +108,8 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
             cache = ModelCache(deployment, settings.device)  # one copy of each model
             workers = [Worker(app.state.store, deployment, device=settings.device,
                               name=f"embedded-{i}", max_pixels=settings.max_pixels,
-                              job_timeout_seconds=settings.job_timeout_seconds, cache=cache)
+                              job_timeout_seconds=settings.job_timeout_seconds, cache=cache,
+                              delivery=settings.delivery)
                        for i in range(settings.embedded_workers)]
             logger.info("embedded mode: in-process queue and %d worker(s); set "
                         "KRYPTON_REDIS_URL to scale out", len(workers))
@@ -128,7 +141,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     app.add_middleware(app.state.metrics.middleware)
     app.add_middleware(_ProtectiveHeaders)
     install_handlers(app)
-    for module in (heatmaps, catalog, health):
+    for module in (heatmaps, pacs, stow, catalog, health):
         app.include_router(module.router)
     install_openapi(app, keyed=app.state.keys is not None)
     install_pages(app)
@@ -160,7 +173,7 @@ class _ProtectiveHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        private = scope["path"].startswith("/v1/")
+        private = scope["path"].startswith(("/v1/", "/dicomweb/"))
 
         async def send_protected(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, RedisDsn
+from pydantic import AliasChoices, AnyHttpUrl, Field, RedisDsn
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from krypton.models import DEFAULT_DATASETS_DIR, DEFAULT_MAX_PIXELS
 from krypton.models.budget import DEFAULT_DECODE_MEMORY_BYTES
 from krypton.service import constants
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["DeliveryPolicy", "Settings", "get_settings"]
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """How hard a worker tries to store results: attempts, backoff, and each one's timeout."""
+
+    attempts: int = 4
+    backoff_seconds: float = 2.0
+    """Wait before the second attempt; it doubles before each later one."""
+    timeout_seconds: float = 30.0
 
 
 class Settings(BaseSettings):
@@ -46,6 +57,19 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(default=constants.CLAIM_IDLE_MS, ge=1)
     heartbeat_ttl_seconds: int = Field(default=constants.HEARTBEAT_TTL_SECONDS, ge=1)
     log_level: str = "INFO"
+
+    pacs_url: AnyHttpUrl | None = Field(
+        default=None, description="DICOMweb base URL of a PACS, served as PACS 'pacs' (the "
+        "registry's [[pacs]] entries name more, with credentials): heatmaps of its "
+        "instances by UIDs, and their results stored back into the study.")
+    pacs_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="How long one request to a PACS may take.")
+    delivery_attempts: int = Field(
+        default=4, ge=1, description="STOW-RS requests a worker makes to store a job's "
+        "results in an unreachable PACS before the job says the delivery failed.")
+    delivery_backoff_seconds: float = Field(
+        default=2.0, ge=0, description="Wait before the second delivery attempt; it doubles "
+        "before each later one.")
 
     keys_file: Path | None = Field(
         default=None, description="API keys (`krypton keys add`); unset runs open, which "
@@ -83,6 +107,11 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.redis_url is None
+
+    @property
+    def delivery(self) -> DeliveryPolicy:
+        return DeliveryPolicy(self.delivery_attempts, self.delivery_backoff_seconds,
+                              self.pacs_timeout_seconds)
 
 
 @lru_cache

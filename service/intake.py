@@ -43,6 +43,9 @@ __all__ = ["FORM_OVERHEAD_BYTES", "MAX_TARGET_BYTES", "SMALL_BODY_BYTES", "Intak
 
 FORM_OVERHEAD_BYTES = 1024 * 1024
 """What a multipart form adds to its files: boundaries, part headers, the other fields."""
+STOW_MAX_IMAGES = 4
+"""A STOW-RS request carries at most this many uploads' worth of instances (a PACS's
+forwarding rule sends one instance a request)."""
 SMALL_BODY_BYTES = 64 * 1024
 """The most any route without an upload accepts."""
 MAX_TARGET_BYTES = 2048
@@ -54,6 +57,8 @@ def body_limit(method: str, path: str, *, max_upload_bytes: int, max_images: int
     """The largest body the route at ``method path`` accepts."""
     if method == "POST" and path in ("/v1/heatmaps", "/v1/predict"):
         return max_upload_bytes + FORM_OVERHEAD_BYTES
+    if method == "POST" and path == "/dicomweb/studies":
+        return max_upload_bytes * STOW_MAX_IMAGES + FORM_OVERHEAD_BYTES
     if method == "POST" and _TUNING.fullmatch(path):
         return max_upload_bytes * max_images + FORM_OVERHEAD_BYTES
     return SMALL_BODY_BYTES

@@ -202,13 +202,14 @@ _MEANINGS = {
     400: "The request could not be parsed (a malformed form or body)",
     401: "No valid API key (send Authorization: Bearer KEY)",
     403: "The key's scope does not allow this",
-    404: "No such job, dataset or route, or not one this key may see",
+    404: "No such job, dataset, PACS or route, or not one this key may see",
     409: "The result does not exist yet, or not for this input",
     413: "The upload is larger than the limits (bytes or pixels)",
     414: "The path and query are longer than any route's (2048 bytes)",
     415: "The upload is not an image type the service reads",
     422: "A parameter or the image is not valid; the detail says which and why",
     429: "Too many requests, jobs or stored bytes from this key; see Retry-After",
+    502: "The PACS did not answer, failed, or refused the request",
     503: "The queue is full, busy or unreachable, or its store is full; see Retry-After",
 }
 

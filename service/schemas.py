@@ -16,6 +16,10 @@ from krypton.models.windows import AppliedWindow, Window
 
 __all__ = [
     "DatasetInfo",
+    "Delivery",
+    "InstanceRef",
+    "PacsLink",
+    "StoredInstance",
     "Job",
     "JobStatus",
     "ModelInfo",
@@ -82,6 +86,55 @@ class Timings(BaseModel):
         return (self.finished_at - self.started_at).total_seconds()
 
 
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+"""A DICOM UID: digits and dots, at most 64 characters."""
+Uid = Annotated[str, Field(pattern=UID_PATTERN, max_length=64)]
+
+
+class InstanceRef(BaseModel):
+    """One DICOM instance in a PACS, by its UIDs."""
+
+    study_instance_uid: Uid
+    series_instance_uid: Uid
+    sop_instance_uid: Uid
+
+
+class PacsLink(BaseModel):
+    """Where a heatmap job's image came from, and where its DICOM results go."""
+
+    source: str | None = Field(description="The PACS the image was read from; null when a "
+                               "PACS sent it to /dicomweb/studies.")
+    instance: InstanceRef
+    results_to: str | None = Field(description="The PACS the results are stored in (STOW-RS, "
+                                   "into the image's study); null: none.")
+
+
+Role = Literal["parametric_map", "overlay", "report"]
+"""What a DICOM result is: the Parametric Map, the overlay (Secondary Capture), the report."""
+
+
+class StoredInstance(BaseModel):
+    """A result object stored in a PACS."""
+
+    role: Role
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+class Delivery(BaseModel):
+    """What became of storing a job's DICOM results in a PACS."""
+
+    pacs: str
+    status: Literal["stored", "failed", "not_made"]
+    attempts: int = Field(description="STOW-RS requests made.")
+    study_instance_uid: str | None = None
+    instances: list[StoredInstance] = Field(default_factory=list)
+    error: dict[str, Any] | None = Field(
+        default=None, description="Problem document: why nothing was stored (after "
+        "retries for an unreachable PACS), or why no DICOM result exists for this image.")
+
+
 class Job(BaseModel):
     """A unit of work and everything known about it so far."""
 
@@ -125,6 +178,11 @@ class Job(BaseModel):
     random_weights: bool = Field(
         default=False, description="The model has untrained (seeded random) weights: its "
         "answer shows the pipeline working and is not a diagnosis.")
+    pacs: PacsLink | None = Field(
+        default=None, description="The image's PACS instance, and where results go.")
+    delivery: Delivery | None = Field(
+        default=None, description="Storing the results in the PACS: what was stored where, "
+        "or why not. Set when the job finishes.")
 
 
 class JobView(BaseModel):
@@ -152,6 +210,8 @@ class JobView(BaseModel):
     images: int
     attempts: int
     worker: str | None
+    pacs: PacsLink | None
+    delivery: Delivery | None
     links: dict[str, str]
 
     @classmethod
@@ -165,7 +225,8 @@ class JobView(BaseModel):
                    compute_seconds=t.compute_seconds, expires_at=job.expires_at,
                    dicom=job.dicom, dicom_unmade=job.dicom_unmade,
                    random_weights=job.random_weights, images=job.images,
-                   attempts=job.attempts, worker=job.worker, links=links)
+                   attempts=job.attempts, worker=job.worker, pacs=job.pacs,
+                   delivery=job.delivery, links=links)
 
 
 class ClassProbability(BaseModel):

@@ -19,7 +19,7 @@ from krypton.render import dicom as dicom_render
 from krypton.service import constants
 from krypton.service.problems import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
-__all__ = ["Upload", "read_image"]
+__all__ = ["Upload", "check_image", "read_image"]
 
 _SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -68,6 +68,13 @@ async def read_image(upload: UploadFile, *, max_bytes: int, max_pixels: int,
     data = await upload.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"the image is larger than the limit of {max_bytes} bytes")
+    return await check_image(data, max_pixels=max_pixels, frame=frame, window=window)
+
+
+async def check_image(data: bytes, *, max_pixels: int, frame: int | None = None,
+                      window: WindowChoice = None) -> Upload:
+    """The accepted image, however it came (an upload, a PACS), or a 415/413/422 problem;
+    see :func:`read_image`."""
     if not data:
         raise InvalidInput("the image part is empty")
     dicom = is_dicom(data)

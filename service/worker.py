@@ -36,8 +36,11 @@ from krypton.models import DEFAULT_MAX_PIXELS
 from krypton.models.deployment import Deployment
 from krypton.render import heatmap_npy, shrink
 from krypton.service import constants
+from krypton.service.config import DeliveryPolicy
+from krypton.service.delivery import deliver, results_for_pacs
+from krypton.service.pacs import PacsNotFound
 from krypton.service.problems import invalid_input, problem, problem_for
-from krypton.service.schemas import Job, JobStatus, WorkerInfo, utcnow
+from krypton.service.schemas import Delivery, Job, JobStatus, WorkerInfo, utcnow
 from krypton.service.store import Claim, Store
 
 __all__ = ["Worker"]
@@ -83,8 +86,11 @@ class Worker:
     def __init__(self, store: Store, deployment: Deployment, *, device: str = "cpu",
                  name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                  cache: ModelCache | None = None,
-                 job_timeout_seconds: float = constants.DEFAULT_JOB_TIMEOUT_SECONDS) -> None:
+                 job_timeout_seconds: float = constants.DEFAULT_JOB_TIMEOUT_SECONDS,
+                 delivery: DeliveryPolicy | None = None) -> None:
         self.store = store
+        self.deployment = deployment
+        self.delivery = delivery or DeliveryPolicy()
         self.queue = store.jobs
         self.cache = cache or ModelCache(deployment, device)
         self.device = device
@@ -226,6 +232,8 @@ class Worker:
         writing = asyncio.create_task(self._write_progress(job, running, computed))
         try:
             outcome = await self._compute(job, running)
+            if job.pacs is not None and job.pacs.results_to is not None:
+                outcome = await self._deliver(job, outcome)
         except RunStopped:
             if self._stopping.is_set():
                 await _stop_task(keeping, released)
@@ -352,6 +360,31 @@ class Worker:
                 return run_body(context, job.kind, job.params, images)
 
         return await asyncio.to_thread(compute)
+
+    async def _deliver(self, job: Job, outcome: Outcome) -> Outcome:
+        """The outcome, with what became of storing its DICOM results in the PACS."""
+        assert job.pacs is not None and job.pacs.results_to is not None
+        assert outcome.result is not None
+        images = await self.queue.images(job.id, job.images)
+        if images is None:
+            raise RunStopped(f"the images of job {job.id} are gone")
+        documents = await asyncio.to_thread(
+            results_for_pacs, job.model_copy(update=outcome.updates), outcome.result, images,
+            weights=self.cache.get(job.params.model).weights_id)
+        server = self.deployment.pacs.get(job.pacs.results_to)
+        if server is None:  # the API's registry names a PACS this worker's does not
+            missing = PacsNotFound(f"this worker's deployment names no PACS "
+                                   f"{job.pacs.results_to!r}; the API and every worker must "
+                                   "read the same registry")
+            delivery = Delivery(pacs=job.pacs.results_to, status="failed", attempts=0,
+                                error=problem_for(missing))
+        else:
+            delivery = await deliver(server, job.pacs.instance.study_instance_uid, documents,
+                                     policy=self.delivery, stopping=self._stopping.is_set)
+        logger.info("job %s: results %s in PACS %r", job.id, delivery.status.replace("_", " "),
+                    delivery.pacs)
+        return Outcome(updates=outcome.updates | {"delivery": delivery},
+                       result=outcome.result, dataset_config=outcome.dataset_config)
 
     async def _write_progress(self, job: Job, running: _Running,
                               computed: asyncio.Event) -> None:

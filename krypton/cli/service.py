@@ -84,7 +84,8 @@ def worker(
         store = make_store(settings, deployment)
         runner = Worker(store, deployment, device=settings.device,
                         max_pixels=settings.max_pixels,
-                        job_timeout_seconds=settings.job_timeout_seconds)
+                        job_timeout_seconds=settings.job_timeout_seconds,
+                        delivery=settings.delivery)
         if preload:
             failed = await asyncio.to_thread(runner.cache.preload)
             if failed and len(failed) == len(deployment.models):

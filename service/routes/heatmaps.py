@@ -6,7 +6,6 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
@@ -23,17 +22,17 @@ from fastapi import (
 )
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydicom.dataset import Dataset
 
 from krypton import render
+from krypton.core import dicom_results
+from krypton.core.dicom_results import DicomSource, Heatmap, dicom_source
 from krypton.core.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
 from krypton.core.records import JobKind, PredictParams, heatmap_metadata
 from krypton.models import DatasetConfig, decode_image
 from krypton.models.deployment import DeployedModel, Deployment
-from krypton.models.dicom import read_dicom
-from krypton.render import dicom as dicom_render
 from krypton.service import constants
 from krypton.service.auth import Caller
+from krypton.service.config import Settings
 from krypton.service.deps import (
     AdmissionDep,
     CallerDep,
@@ -58,12 +57,13 @@ from krypton.service.schemas import (
     Job,
     JobStatus,
     JobView,
+    PacsLink,
     PredictResponse,
     new_job_id,
 )
-from krypton.service.store import JobQueue, Store
+from krypton.service.store import Admission, JobQueue, Store
 from krypton.service.tuned import tuned_config
-from krypton.service.uploads import read_image
+from krypton.service.uploads import Upload, read_image
 from krypton.service.weights import served_weights
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,23 @@ async def submit_heatmap(
     book more work than the service allows one job is refused (422) with the
     smallest stride that fits.
     """
-    wait_seconds = prefer_wait(prefer)
+    plan = await heatmap_plan(
+        store, settings, deployment, model=model, dataset=dataset, patch_size=patch_size,
+        stride=stride, patch_color=patch_color, target_class=target_class, mode=mode,
+        frame=frame)
+    upload = await read_image(image, max_bytes=settings.max_upload_bytes,
+                              max_pixels=settings.max_pixels, frame=frame,
+                              window=deployment.model(plan.model).preprocessing.window)
+    job = await queue_heatmap(store, deployment, plan, upload, caller, admission)
+    return await answer_submission(request, response, store.jobs, job, prefer)
+
+
+async def heatmap_plan(store: Store, settings: Settings, deployment: Deployment, *,
+                       model: str | None, dataset: str | None, patch_size: int | None,
+                       stride: int | None, patch_color: str, target_class: int | None,
+                       mode: Mode, frame: int | None) -> HeatmapPlan:
+    """The request's plan, refused (422) if it books too much work or its dataset's tuned
+    config was made for other weights than the ones served."""
     plan = resolve_heatmap(
         deployment, model=model, dataset=dataset,
         config=await _dataset_config(store, deployment, dataset), patch_size=patch_size,
@@ -184,17 +200,25 @@ async def submit_heatmap(
         max_gflop=settings.max_job_gflop, frame=frame)
     if plan.tuned_for is not None:  # a tuned config: made for the weights served?
         plan.check_weights(await served_weights(store.workers, deployment.model(plan.model)))
-    upload = await read_image(image, max_bytes=settings.max_upload_bytes,
-                              max_pixels=settings.max_pixels, frame=frame,
-                              window=deployment.model(plan.model).preprocessing.window)
-    queue = store.jobs
-    job = await queue.submit(Job(
+    return plan
+
+
+async def queue_heatmap(store: Store, deployment: Deployment, plan: HeatmapPlan,
+                        upload: Upload, caller: Caller, admission: Admission, *,
+                        pacs: PacsLink | None = None) -> Job:
+    """Admit and queue the heatmap job of an accepted image; the caller's key owns it."""
+    return await store.jobs.submit(Job(
         id=new_job_id(), params=plan, image_size=upload.size, owner=caller.key_id,
-        dicom=upload.dicom, dicom_unmade=upload.dicom_unmade,
+        dicom=upload.dicom, dicom_unmade=upload.dicom_unmade, pacs=pacs,
         random_weights=deployment.model(plan.model).random_weights),
         upload.stored, admission)
+
+
+async def answer_submission(request: Request, response: Response, queue: JobQueue, job: Job,
+                            prefer: str | None) -> JobView:
+    """202 with the job's Location; 200 if it finished within ``Prefer: wait``."""
     response.headers["Location"] = f"/v1/heatmaps/{job.id}"
-    job = await wait_for(queue, job, wait_seconds, gone=request.is_disconnected)
+    job = await wait_for(queue, job, prefer_wait(prefer), gone=request.is_disconnected)
     if job.status.finished:
         response.status_code = 200
     return view(job)
@@ -324,37 +348,36 @@ async def _overlay_inputs(queue: JobQueue, job: Job, size: int
     return pixels, geometry
 
 
-@dataclass(frozen=True)
-class _DicomSource:
-    """The source header a DICOM result copies, repaired, and what the repair dropped."""
+def _download_headers(source: DicomSource, filename: str) -> dict[str, str]:
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    if source.dropped:
+        # Keywords only: the values may be the patient's.
+        headers[DROPPED_HEADER] = ", ".join(source.dropped)
+    return headers
 
-    header: Dataset
-    dropped: list[str]
 
-    def headers(self, filename: str) -> dict[str, str]:
-        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
-        if self.dropped:
-            # Keywords only: the values may be the patient's.
-            headers[DROPPED_HEADER] = ", ".join(self.dropped)
-        return headers
+def result_heatmap(job: Job, values: np.ndarray, view: render.View) -> Heatmap:
+    """A succeeded heatmap job and its values in ``view``, as its DICOM results take them."""
+    assert isinstance(job.params, HeatmapPlan)
+    assert job.run is not None and job.prediction is not None
+    return Heatmap(plan=job.params, run=job.run, prediction=job.prediction, values=values,
+                   view=view, random_weights=job.random_weights, window=job.window)
 
 
 async def _dicom_job(queue: JobQueue, job_id: str, caller: Caller, view: render.View
-                     ) -> tuple[Job, np.ndarray, _DicomSource]:
-    """A succeeded job made from a single-frame DICOM image, its values, the source header."""
+                     ) -> tuple[Job, Heatmap, DicomSource]:
+    """A succeeded job made from a single-frame DICOM image, its heatmap, the source header."""
     job, values = await _result(queue, job_id, caller, view)
     if not job.dicom:
         raise NotForThisInput(f"job {job_id} was made from a PNG, JPEG or TIFF image; DICOM "
                               "results exist for DICOM input only", job_id=job_id)
-    source = read_dicom((await _images(queue, job))[0], pixels=False)
-    unmade = dicom_render.unmade_because(source)
-    if unmade is not None:
-        raise NotForThisInput(f"job {job_id} has no DICOM results: {unmade}", job_id=job_id)
-    header, dropped = dicom_render.repaired(source)
-    if dropped:
+    source = await asyncio.to_thread(dicom_source, (await _images(queue, job))[0])
+    if isinstance(source, str):
+        raise NotForThisInput(f"job {job_id} has no DICOM results: {source}", job_id=job_id)
+    if source.dropped:
         logger.info("job %s: %d invalid attribute(s) of the source header left out of its "
-                    "DICOM results: %s", job_id, len(dropped), ", ".join(dropped))
-    return job, values, _DicomSource(header, dropped)
+                    "DICOM results: %s", job_id, len(source.dropped), ", ".join(source.dropped))
+    return job, result_heatmap(job, values, view), source
 
 
 @router.get("/heatmaps/{job_id}/heatmap.dcm", response_class=Response,
@@ -370,18 +393,10 @@ async def heatmap_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
     header attributes with invalid values are left out, and named in the
     ``Krypton-Dropped-Attributes`` header.
     """
-    job, values, source = await _dicom_job(queue, job_id, caller, view_)
-    assert isinstance(job.params, HeatmapPlan) and job.run is not None
-    geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
-                                      job.run.input_size, job.run.input_size)
-    rows, columns = dicom_render.map_grid(int(source.header.Rows), int(source.header.Columns))
-    grid = await asyncio.to_thread(render.resample_to_image, values, geometry, rows, columns)
-    what = ("drop of p(class) with the patch" if view_ == "drop"
-            else "p(class) with the patch")
-    document = await asyncio.to_thread(dicom_render.parametric_map, source.header, grid,
-                                       label=view_.upper(), explanation=f"Occlusion: {what}")
-    return Response(document, media_type=DICOM_MEDIA_TYPE, headers=source.headers(
-        f"{job_id}.dcm"))
+    _, heatmap, source = await _dicom_job(queue, job_id, caller, view_)
+    document = await asyncio.to_thread(dicom_results.parametric_map, source, heatmap)
+    return Response(document, media_type=DICOM_MEDIA_TYPE,
+                    headers=_download_headers(source, f"{job_id}.dcm"))
 
 
 @router.get("/heatmaps/{job_id}/overlay.dcm", response_class=Response,
@@ -389,13 +404,13 @@ async def heatmap_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
 async def overlay_dcm(job_id: str, queue: QueueDep, caller: CallerDep,
                       view_: View = "drop") -> Response:
     """The colour overlay as a DICOM Secondary Capture in the source study (DICOM input only)."""
-    job, values, source = await _dicom_job(queue, job_id, caller, view_)
-    pixels, geometry = await _overlay_inputs(queue, job, constants.MAX_OVERLAY_SIDE)
-    rgb = await asyncio.to_thread(render.overlay_rgb, values, pixels, geometry,
-                                  untrained=job.random_weights)
-    document = await asyncio.to_thread(dicom_render.secondary_capture, source.header, rgb)
-    return Response(document, media_type=DICOM_MEDIA_TYPE, headers=source.headers(
-        f"{job_id}-overlay.dcm"))
+    job, heatmap, source = await _dicom_job(queue, job_id, caller, view_)
+    # The reduced copy of a large upload, if it has one: the original would cost gigabytes.
+    image = (await _images(queue, job))[-1]
+    document = await asyncio.to_thread(dicom_results.overlay, source, heatmap, image,
+                                       max_side=constants.MAX_OVERLAY_SIDE)
+    return Response(document, media_type=DICOM_MEDIA_TYPE,
+                    headers=_download_headers(source, f"{job_id}-overlay.dcm"))
 
 
 @router.get("/heatmaps/{job_id}/heatmap.json", responses=_RESULT_PROBLEMS)

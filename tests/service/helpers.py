@@ -327,13 +327,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(registry: Path, *, log: Path | None = None, **environment: str) -> Iterator[str]:
-    """``krypton serve`` as a user starts it (embedded, on a free port); its URL once ready.
+def serving(registry: Path, *, log: Path | None = None, port: int | None = None,
+            **environment: str) -> Iterator[str]:
+    """``krypton serve`` as a user starts it (embedded, on a free port unless ``port``); its
+    URL once ready.
 
     ``environment`` adds ``KRYPTON_*`` settings (none of the test run's own leak in).
     Its output goes to ``log`` (a file, so a busy server never blocks on a full pipe).
     """
-    port = free_port()
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRYPTON_")
            and k != "REDIS_URL"} | {"KRYPTON_REGISTRY": str(registry)} | environment
     krypton = Path(sys.executable).with_name("krypton")

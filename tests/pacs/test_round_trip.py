@@ -1,0 +1,171 @@
+"""Krypton and a real Orthanc: heatmaps of PACS images, and their results back in the study.
+
+A real ``krypton serve`` (embedded) is pointed at the test Orthanc by a
+registry ``[[pacs]]`` entry. A job names an instance by its UIDs, the API
+reads it over WADO-RS, the worker stores the Parametric Map, the overlay and
+the measurement report back over STOW-RS, and the tests look for them where a
+radiologist's viewer would: in Orthanc, in the source's study.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from tests import dicom_files as files
+from tests.pacs.conftest import Orthanc
+from tests.pacs.helpers import (
+    COMPREHENSIVE_3D_SR,
+    PARAMETRIC_MAP,
+    SECONDARY_CAPTURE,
+    dciodvfy_errors,
+    in_study,
+    pacs_registry,
+    uids,
+)
+from tests.service import helpers
+
+pytestmark = pytest.mark.pacs
+
+SOURCE = "CT_small.dcm"
+FAST = {"patch_size": 16, "stride": 16}
+"""Four by four positions on the test model's 64-pixel input."""
+
+
+@pytest.fixture(scope="module")
+def krypton(orthanc_server: Orthanc, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[httpx.Client]:
+    """``krypton serve`` reading from and storing into the test Orthanc; quick retries."""
+    folder = tmp_path_factory.mktemp("krypton-pacs")
+    with helpers.serving(pacs_registry(folder, orthanc_server), log=folder / "serve.log",
+                         KRYPTON_DELIVERY_ATTEMPTS="3",
+                         KRYPTON_DELIVERY_BACKOFF_SECONDS="0.2",
+                         KRYPTON_PACS_TIMEOUT_SECONDS="5") as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def source(orthanc: Orthanc) -> Dataset:
+    """pydicom's CT_small.dcm, stored in the (emptied) Orthanc."""
+    dataset = pydicom.dcmread(io.BytesIO(files.shipped(SOURCE)))
+    orthanc.client().store_instances([dataset])
+    return dataset
+
+
+def explain(krypton: httpx.Client, dataset: Dataset, **fields: Any) -> httpx.Response:
+    return krypton.post("/v1/pacs/orthanc/heatmaps", json=uids(dataset) | FAST | fields)
+
+
+def finished(krypton: httpx.Client, response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 202, response.text
+    return helpers.wait_for_job(krypton, response.headers["Location"])
+
+
+def test_a_job_by_uids_stores_map_overlay_and_report_in_the_source_study(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset) -> None:
+    job = finished(krypton, explain(krypton, source))
+    assert job["status"] == "succeeded", job["error"]
+    delivery = job["delivery"]
+    assert delivery["status"] == "stored", delivery
+    assert delivery["pacs"] == "orthanc" and delivery["attempts"] == 1
+    stored = {item["role"]: item for item in delivery["instances"]}
+    assert sorted(stored) == ["overlay", "parametric_map", "report"]
+    found = in_study(orthanc, source.StudyInstanceUID)
+    for role, sop_class in (("parametric_map", PARAMETRIC_MAP), ("overlay", SECONDARY_CAPTURE),
+                            ("report", COMPREHENSIVE_3D_SR)):
+        assert found.get(stored[role]["sop_instance_uid"]) == sop_class, role
+    assert found[source.SOPInstanceUID] == source.SOPClassUID
+
+
+def test_a_job_by_uids_names_its_instance_and_pacs(
+        krypton: httpx.Client, source: Dataset) -> None:
+    job = finished(krypton, explain(krypton, source))
+    assert job["pacs"] == {"source": "orthanc", "results_to": "orthanc",
+                           "instance": uids(source)}
+
+
+def test_results_read_back_from_orthanc_pass_dciodvfy(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset, tmp_path: Path) -> None:
+    job = finished(krypton, explain(krypton, source))
+    assert job["delivery"]["status"] == "stored", job["delivery"]
+    for stored in job["delivery"]["instances"]:
+        dataset = orthanc.client().retrieve_instance(
+            source.StudyInstanceUID, stored["series_instance_uid"], stored["sop_instance_uid"])
+        path = tmp_path / f"{stored['role']}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], stored["role"]
+
+
+def test_store_results_false_leaves_the_study_as_it_was(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset) -> None:
+    job = finished(krypton, explain(krypton, source, store_results=False))
+    assert job["status"] == "succeeded" and job["delivery"] is None
+    assert list(in_study(orthanc, source.StudyInstanceUID)) == [source.SOPInstanceUID]
+
+
+def test_an_instance_the_pacs_lacks_is_refused_422_and_nothing_is_queued(
+        krypton: httpx.Client, source: Dataset) -> None:
+    missing = uids(source) | {"sop_instance_uid": generate_uid()}
+    response = krypton.post("/v1/pacs/orthanc/heatmaps", json=missing | FAST)
+    problem = helpers.assert_problem(response, 422)
+    assert problem["type"].endswith("instance-not-found")
+    assert "orthanc" in problem["detail"]
+
+
+def test_a_pacs_the_deployment_does_not_name_is_404_listing_the_known_ones(
+        krypton: httpx.Client, source: Dataset) -> None:
+    response = krypton.post("/v1/pacs/elsewhere/heatmaps", json=uids(source))
+    problem = helpers.assert_problem(response, 404)
+    assert "orthanc" in problem["detail"]
+
+
+def test_uids_that_are_not_uids_are_refused_422(krypton: httpx.Client) -> None:
+    response = krypton.post("/v1/pacs/orthanc/heatmaps", json={
+        "study_instance_uid": "1.2.3", "series_instance_uid": "../../etc",
+        "sop_instance_uid": "1.2.3"})
+    helpers.assert_problem(response, 422)
+
+
+def test_a_non_image_instance_is_refused_422_and_nothing_is_stored(
+        krypton: httpx.Client, orthanc: Orthanc) -> None:
+    report = pydicom.dcmread(io.BytesIO(files.shipped("test-SR.dcm")))
+    orthanc.client().store_instances([report])
+    response = krypton.post("/v1/pacs/orthanc/heatmaps", json=uids(report) | FAST)
+    helpers.assert_problem(response, 422)
+    assert list(in_study(orthanc, report.StudyInstanceUID)) == [report.SOPInstanceUID]
+
+
+def test_a_pacs_that_is_down_is_answered_502_at_once_and_krypton_stays_healthy(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset) -> None:
+    orthanc.stop(kill=True)
+    began = time.monotonic()
+    response = explain(krypton, source)
+    elapsed = time.monotonic() - began
+    problem = helpers.assert_problem(response, 502)
+    assert problem["type"].endswith("pacs-unavailable") and "orthanc" in problem["detail"]
+    assert elapsed < 5, f"{elapsed:.1f} s: retried instead of answering"
+    assert krypton.get("/readyz").status_code == 200
+
+
+def test_orthanc_stopped_mid_job_fails_the_delivery_after_its_retries_saying_why(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset) -> None:
+    response = explain(krypton, source, stride=4)  # read now; stored after 256 positions
+    orthanc.stop(kill=True)
+    job = finished(krypton, response)
+    assert job["status"] == "succeeded", job["error"]  # the heatmap is still Krypton's to give
+    delivery = job["delivery"]
+    assert delivery["status"] == "failed" and delivery["attempts"] == 3, delivery
+    assert delivery["error"]["type"].endswith("pacs-unavailable")
+    assert "did not answer" in delivery["error"]["detail"]
+    assert krypton.get(f"{response.headers['Location']}/heatmap.dcm").status_code == 200
+    assert krypton.get("/readyz").status_code == 200
