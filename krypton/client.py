@@ -10,6 +10,11 @@ Example::
         png = krypton.heatmap(job, "png")               # or "json", "npy", "dcm"
         print(job["prediction"]["predicted_label"])
 
+        # An image in a PACS the service knows, by its UIDs; results go back to its study.
+        job = krypton.wait(krypton.explain_instance("pacs", study, series, instance))
+        for stored in stored_results(job):  # what the PACS now holds
+            print(stored["role"], stored["sop_instance_uid"])
+
 :class:`AsyncClient` has the same methods, awaited. Every error answer
 raises :class:`KryptonError`, which carries the service's problem document.
 Loads nothing of the engine: it needs httpx and httpx-sse alone.
@@ -26,7 +31,7 @@ from typing import Any, Literal
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
 
-__all__ = ["AsyncClient", "Client", "Event", "KryptonError"]
+__all__ = ["AsyncClient", "Client", "Event", "KryptonError", "stored_results"]
 
 Job = dict[str, Any]
 Event = tuple[str, Any]
@@ -68,6 +73,14 @@ class _Requests:
         form = {key: str(value) for key, value in fields.items() if value is not None}
         return {"files": {"image": (name, io.BytesIO(data), "application/octet-stream")},
                 "data": form}
+
+    @staticmethod
+    def instance(pacs: str, study: str, series: str, instance: str,
+                 fields: Mapping[str, Any]) -> dict[str, Any]:
+        """The request naming an instance in a PACS by its UIDs."""
+        return {"url": f"/v1/pacs/{pacs}/heatmaps", "json": {
+            "study_instance_uid": study, "series_instance_uid": series,
+            "sop_instance_uid": instance, **fields}}
 
     @staticmethod
     def prefer(wait: int) -> dict[str, str]:
@@ -143,6 +156,16 @@ class Client(_Requests):
         job: Job = self.checked(response).json()
         return job
 
+    def explain_instance(self, pacs: str, study: str, series: str, instance: str, *,
+                         wait: int = 0, **fields: Any) -> Job:
+        """Queue a heatmap of an instance in the service's PACS ``pacs``, by its Study, Series
+        and SOP Instance UIDs (fields as :meth:`submit`'s, and ``store_results=False`` to
+        keep the results out of the PACS)."""
+        response = self.http.post(**self.instance(pacs, study, series, instance, fields),
+                                  headers=self.prefer(wait))
+        job: Job = self.checked(response).json()
+        return job
+
     def job(self, job: Job | str) -> Job:
         document: Job = self.checked(self.http.get(f"/v1/heatmaps/{_job_id(job)}")).json()
         return document
@@ -188,6 +211,11 @@ class Client(_Requests):
         found: list[dict[str, Any]] = self.checked(self.http.get("/v1/datasets")).json()
         return found
 
+    def pacs(self) -> list[dict[str, Any]]:
+        """The PACS the service reads images from and stores results in."""
+        found: list[dict[str, Any]] = self.checked(self.http.get("/v1/pacs")).json()
+        return found
+
 
 class AsyncClient(_Requests):
     """The asynchronous twin of :class:`Client`: the same methods, awaited."""
@@ -209,6 +237,13 @@ class AsyncClient(_Requests):
 
     async def submit(self, image: ImageSource, *, wait: int = 0, **fields: Any) -> Job:
         response = await self.http.post("/v1/heatmaps", **self.upload(image, fields),
+                                        headers=self.prefer(wait))
+        job: Job = self.checked(response).json()
+        return job
+
+    async def explain_instance(self, pacs: str, study: str, series: str, instance: str, *,
+                               wait: int = 0, **fields: Any) -> Job:
+        response = await self.http.post(**self.instance(pacs, study, series, instance, fields),
                                         headers=self.prefer(wait))
         job: Job = self.checked(response).json()
         return job
@@ -251,6 +286,30 @@ class AsyncClient(_Requests):
     async def datasets(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.checked(await self.http.get("/v1/datasets")).json()
         return found
+
+    async def pacs(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.checked(await self.http.get("/v1/pacs")).json()
+        return found
+
+
+def stored_results(job: Job) -> list[dict[str, Any]]:
+    """The DICOM results a finished job stored in its PACS (role, SOP class, UIDs).
+
+    Raises:
+        KryptonError: the job stored nothing: its delivery failed (after its retries), no
+            DICOM result could be made, or it has no PACS to store in; the error carries
+            the job's problem document.
+    """
+    delivery = job.get("delivery")
+    if delivery is None:
+        raise KryptonError({"title": "Nothing stored", "detail": (
+            f"job {job.get('id')} is {job.get('status')} and stores no results in a PACS "
+            "(not finished, not from a PACS, or asked not to)")}, 409)
+    if delivery["status"] != "stored":
+        raise KryptonError(delivery["error"] or {}, int((delivery["error"] or {}).get(
+            "status", 502)))
+    stored: list[dict[str, Any]] = delivery["instances"]
+    return stored
 
 
 def _job_id(job: Job | str) -> str:

@@ -8,11 +8,14 @@ with the PNG's.
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pydicom
+import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -54,3 +57,14 @@ def with_transfer_syntax(data: bytes, uid: str) -> bytes:
     buffer = io.BytesIO()
     dataset.save_as(buffer)
     return buffer.getvalue()
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """What dicom3tools' IOD validator reports as errors in the file (the test command
+    installs it; a missing validator fails, never skips)."""
+    if shutil.which("dciodvfy") is None:
+        pytest.fail("dciodvfy is not installed: the test command installs Debian's dicom3tools "
+                    "(`apt-get install dicom3tools`)", pytrace=False)
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    return [line for line in (report.stdout + report.stderr).splitlines()
+            if line.startswith("Error")]

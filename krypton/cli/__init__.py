@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from krypton.cli import bench, demo, explain, keys, service
+from krypton.cli import bench, demo, explain, keys, pacs, service
 from krypton.logs import configure_logging
 
 __all__ = ["app"]
@@ -27,5 +27,5 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     configure_logging(logging.DEBUG if verbose else logging.WARNING)
 
 
-for _group in (explain, service, keys, bench, demo):
+for _group in (explain, service, pacs, keys, bench, demo):
     _group.register(app)

@@ -2,7 +2,8 @@
 
 ``orthanc_server`` is one Orthanc for the whole run; ``orthanc`` is the same one,
 running and emptied before the test. ``make_orthanc`` starts extra ones with
-their own configuration (forwarding, say). Without the ``Orthanc`` binary the
+their own configuration (forwarding, say). ``krypton`` is a running service
+with that Orthanc as its PACS. Without the ``Orthanc`` binary the
 tests are skipped; the project's test command (.ci/run) installs it with
 ``orthanc-dicomweb``. What these tests found out is in docs/pacs-notes.md.
 """
@@ -20,10 +21,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 
+from tests.pacs.helpers import pacs_registry
+from tests.service import helpers
 from tests.service.helpers import free_port
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -211,3 +215,17 @@ def make_orthanc(tmp_path_factory: pytest.TempPathFactory,
     yield make
     for server in made:
         server.stop(kill=True)
+
+
+@pytest.fixture(scope="session")
+def krypton(orthanc_server: Orthanc, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[httpx.Client]:
+    """``krypton serve`` (embedded, running open on loopback) with the run's Orthanc as its
+    PACS ``orthanc``; a failed delivery is retried 3 times, 0.2 s apart at first."""
+    folder = tmp_path_factory.mktemp("krypton-pacs")
+    with helpers.serving(pacs_registry(folder, orthanc_server), log=folder / "serve.log",
+                         KRYPTON_DELIVERY_ATTEMPTS="3",
+                         KRYPTON_DELIVERY_BACKOFF_SECONDS="0.2",
+                         KRYPTON_PACS_TIMEOUT_SECONDS="5") as url, \
+            httpx.Client(base_url=url, timeout=60) as client:
+        yield client

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest
 from pydicom.dataset import Dataset
 
-from tests.pacs.conftest import Orthanc
 from tests.service import helpers
+
+if TYPE_CHECKING:  # conftest imports this module
+    from tests.pacs.conftest import Orthanc
 
 PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
@@ -38,12 +38,3 @@ def in_study(orthanc: Orthanc, study: str) -> dict[str, str]:
     found = orthanc.client().search_for_instances(study_instance_uid=study)
     return {item["00080018"]["Value"][0]: item["00080016"]["Value"][0] for item in found}
 
-
-def dciodvfy_errors(path: Path) -> list[str]:
-    """What dicom3tools' IOD validator reports as errors in the file."""
-    if shutil.which("dciodvfy") is None:
-        pytest.fail("dciodvfy is not installed: the test command installs Debian's dicom3tools",
-                    pytrace=False)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (report.stdout + report.stderr).splitlines()
-            if line.startswith("Error")]

@@ -10,15 +10,18 @@ radiologist's viewer would: in Orthanc, in the source's study.
 from __future__ import annotations
 
 import io
+import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import httpx
 import pydicom
 import pytest
+from highdicom.sr.utils import find_content_items
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from tests import dicom_files as files
@@ -27,9 +30,7 @@ from tests.pacs.helpers import (
     COMPREHENSIVE_3D_SR,
     PARAMETRIC_MAP,
     SECONDARY_CAPTURE,
-    dciodvfy_errors,
     in_study,
-    pacs_registry,
     uids,
 )
 from tests.service import helpers
@@ -39,19 +40,6 @@ pytestmark = pytest.mark.pacs
 SOURCE = "CT_small.dcm"
 FAST = {"patch_size": 16, "stride": 16}
 """Four by four positions on the test model's 64-pixel input."""
-
-
-@pytest.fixture(scope="module")
-def krypton(orthanc_server: Orthanc, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[httpx.Client]:
-    """``krypton serve`` reading from and storing into the test Orthanc; quick retries."""
-    folder = tmp_path_factory.mktemp("krypton-pacs")
-    with helpers.serving(pacs_registry(folder, orthanc_server), log=folder / "serve.log",
-                         KRYPTON_DELIVERY_ATTEMPTS="3",
-                         KRYPTON_DELIVERY_BACKOFF_SECONDS="0.2",
-                         KRYPTON_PACS_TIMEOUT_SECONDS="5") as url, \
-            httpx.Client(base_url=url, timeout=60) as client:
-        yield client
 
 
 @pytest.fixture
@@ -103,7 +91,7 @@ def test_results_read_back_from_orthanc_pass_dciodvfy(
             source.StudyInstanceUID, stored["series_instance_uid"], stored["sop_instance_uid"])
         path = tmp_path / f"{stored['role']}.dcm"
         dataset.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == [], stored["role"]
+        assert files.dciodvfy_errors(path) == [], stored["role"]
 
 
 def test_store_results_false_leaves_the_study_as_it_was(
@@ -169,3 +157,34 @@ def test_orthanc_stopped_mid_job_fails_the_delivery_after_its_retries_saying_why
     assert "did not answer" in delivery["error"]["detail"]
     assert krypton.get(f"{response.headers['Location']}/heatmap.dcm").status_code == 200
     assert krypton.get("/readyz").status_code == 200
+
+
+def test_the_report_read_back_from_orthanc_names_algorithm_finding_and_references(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset) -> None:
+    job = finished(krypton, explain(krypton, source))
+    stored = {item["role"]: item for item in job["delivery"]["instances"]}
+    report = orthanc.client().retrieve_instance(
+        source.StudyInstanceUID, stored["report"]["series_instance_uid"],
+        stored["report"]["sop_instance_uid"])
+    content = hd.sr.Comprehensive3DSR.from_dataset(report).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    [group] = content.get_image_measurement_groups()
+    names = [item.value for item in find_content_items(group[0], name=codes.DCM.AlgorithmName)]
+    parameters = [item.value for item in find_content_items(
+        group[0], name=codes.DCM.AlgorithmParameters)]
+    assert names == [helpers.MODEL]
+    assert re.fullmatch(r"weights=[0-9a-f]{64}", parameters[0])  # the checkpoint's SHA-256
+    assert {"patch_size=16", "stride=16", "mode=exact"} <= set(parameters)
+    prediction = job["prediction"]
+    finding = group.finding_type
+    assert finding is not None
+    assert (finding.value, finding.meaning) == (str(prediction["predicted_class"]),
+                                                prediction["predicted_label"])
+    [probability] = group.get_measurements(name=codes.DCM.Probability)
+    assert probability.value == pytest.approx(prediction["predicted_probability"], abs=1e-6)
+    assert [image.referenced_sop_instance_uid for image in group.source_images] == [
+        source.SOPInstanceUID]
+    explained = {item.referenced_sop_instance_uid for item in find_content_items(
+        group[0], name=codes.DCM.VisualExplanation)}
+    assert explained == {stored["parametric_map"]["sop_instance_uid"],
+                         stored["overlay"]["sop_instance_uid"]}

@@ -47,10 +47,10 @@ RETRIEVE_URL = "00081190"
 
 
 class Krypton:
-    """A running ``krypton serve`` and the key its PACS sends with."""
+    """A running ``krypton serve``, the key its PACS sends with, and another key."""
 
-    def __init__(self, url: str, token: str) -> None:
-        self.url, self.token = url, token
+    def __init__(self, url: str, token: str, other: str) -> None:
+        self.url, self.token, self.other = url, token, other
         self.http = httpx.Client(base_url=url, timeout=60,
                                  headers={"Authorization": f"Bearer {token}"})
 
@@ -71,15 +71,16 @@ class Krypton:
 def serve(folder: Path, orthanc: Orthanc) -> Iterator[Krypton]:
     keys = folder / "keys.json"
     token = KeyStore(keys).add("pacs", "heatmaps")
+    other = KeyStore(keys).add("someone-else", "heatmaps")
     registry = pacs_registry(folder, orthanc, routes=ROUTES)
     with helpers.serving(registry, log=folder / "serve.log", KRYPTON_KEYS_FILE=str(keys)) as url:
-        krypton = Krypton(url, token)
+        krypton = Krypton(url, token, other)
         yield krypton
         krypton.http.close()
 
 
 @pytest.fixture(scope="module")
-def krypton(orthanc_server: Orthanc, tmp_path_factory: pytest.TempPathFactory
+def receiver(orthanc_server: Orthanc, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Krypton]:
     yield from serve(tmp_path_factory.mktemp("krypton-stow"), orthanc_server)
 
@@ -88,11 +89,11 @@ def shipped(name: str) -> Dataset:
     return pydicom.dcmread(io.BytesIO(files.shipped(name)))
 
 
-def stow_answer(krypton: Krypton, datasets: list[Dataset]) -> tuple[int, dict[str, Any]]:
+def stow_answer(receiver: Krypton, datasets: list[Dataset]) -> tuple[int, dict[str, Any]]:
     """Status and DICOM JSON body of a STOW-RS request to Krypton (errors included)."""
     statuses: list[int] = []
     try:
-        answer = krypton.stow(statuses).store_instances(datasets)
+        answer = receiver.stow(statuses).store_instances(datasets)
     except requests.HTTPError as exc:
         return exc.response.status_code, exc.response.json()
     return statuses[-1], answer.to_json_dict()
@@ -103,14 +104,14 @@ def items(body: dict[str, Any], sequence: str) -> list[dict[str, Any]]:
 
 
 def test_each_instance_sent_becomes_a_job_listed_in_the_standard_response(
-        krypton: Krypton, orthanc: Orthanc) -> None:
+        receiver: Krypton, orthanc: Orthanc) -> None:
     ct, mr = shipped("CT_small.dcm"), shipped("MR_small.dcm")
-    status, body = stow_answer(krypton, [ct, mr])
+    status, body = stow_answer(receiver, [ct, mr])
     assert status == 200, body
     taken = items(body, REFERENCED)
     assert [item["00081155"]["Value"][0] for item in taken] == [ct.SOPInstanceUID,
                                                                 mr.SOPInstanceUID]
-    jobs = [helpers.wait_for_job(krypton.http, item[RETRIEVE_URL]["Value"][0])
+    jobs = [helpers.wait_for_job(receiver.http, item[RETRIEVE_URL]["Value"][0])
             for item in taken]
     assert [job["status"] for job in jobs] == ["succeeded", "succeeded"]
     assert jobs[0]["pacs"]["source"] is None and jobs[0]["pacs"]["results_to"] == "orthanc"
@@ -119,69 +120,72 @@ def test_each_instance_sent_becomes_a_job_listed_in_the_standard_response(
 
 
 def test_results_of_a_routed_instance_reach_its_study_in_the_pacs(
-        krypton: Krypton, orthanc: Orthanc) -> None:
+        receiver: Krypton, orthanc: Orthanc) -> None:
     ct = shipped("CT_small.dcm")
-    _, body = stow_answer(krypton, [ct])
-    job = helpers.wait_for_job(krypton.http, items(body, REFERENCED)[0][RETRIEVE_URL]["Value"][0])
+    _, body = stow_answer(receiver, [ct])
+    job = helpers.wait_for_job(receiver.http, items(body, REFERENCED)[0][RETRIEVE_URL]["Value"][0])
     assert job["delivery"]["status"] == "stored", job["delivery"]
     assert COMPREHENSIVE_3D_SR in in_study(orthanc, ct.StudyInstanceUID).values()
 
 
-def test_an_instance_no_route_takes_is_refused_with_reason_0x0122(krypton: Krypton) -> None:
+def test_an_instance_no_route_takes_is_refused_with_reason_0x0122(receiver: Krypton) -> None:
     photo = pydicom.dcmread(io.BytesIO(files.build(files.example_pixels(), "RGB")))
-    status, body = stow_answer(krypton, [shipped("CT_small.dcm"), photo])
+    status, body = stow_answer(receiver, [shipped("CT_small.dcm"), photo])
     assert status == 202, body
     failed = items(body, FAILED)
     assert len(failed) == 1 and failed[0][FAILURE_REASON]["Value"] == [0x0122]
     assert len(items(body, REFERENCED)) == 1
 
 
-def test_a_request_whose_every_instance_is_refused_is_409(krypton: Krypton) -> None:
+def test_a_request_whose_every_instance_is_refused_is_409(receiver: Krypton) -> None:
     photo = pydicom.dcmread(io.BytesIO(files.build(files.example_pixels(), "RGB")))
-    status, body = stow_answer(krypton, [photo])
+    status, body = stow_answer(receiver, [photo])
     assert status == 409, body
     assert len(items(body, FAILED)) == 1 and items(body, REFERENCED) == []
 
 
 def test_kryptons_own_results_are_acknowledged_and_not_explained_again(
-        krypton: Krypton) -> None:
+        receiver: Krypton) -> None:
     ct = shipped("CT_small.dcm")
     values = pydicom.dcmread(io.BytesIO(files.shipped("CT_small.dcm"))).pixel_array
     grid = values[: map_grid(ct.Rows, ct.Columns)[0]].astype("float32")
     result = pydicom.dcmread(io.BytesIO(parametric_map(
         repaired(ct)[0], grid, label="DROP", explanation="test")))
-    status, body = stow_answer(krypton, [result])
+    status, body = stow_answer(receiver, [result])
     assert status == 200, body
     (taken,) = items(body, REFERENCED)
     assert RETRIEVE_URL not in taken
 
 
-def test_a_part_that_is_not_dicom_is_refused_as_not_understood(krypton: Krypton) -> None:
+def test_a_part_that_is_not_dicom_is_refused_as_not_understood(receiver: Krypton) -> None:
     body = (b"--b\r\nContent-Type: application/dicom\r\n\r\nnot a DICOM file\r\n--b--\r\n")
-    response = krypton.http.post("/dicomweb/studies", content=body, headers={
+    response = receiver.http.post("/dicomweb/studies", content=body, headers={
         "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
     assert response.status_code == 409, response.text
     assert items(response.json(), FAILED)[0][FAILURE_REASON]["Value"] == [0xC000]
 
 
-def test_a_body_that_is_not_multipart_related_is_415(krypton: Krypton) -> None:
-    response = krypton.http.post("/dicomweb/studies", content=files.shipped("CT_small.dcm"),
+def test_a_body_that_is_not_multipart_related_is_415(receiver: Krypton) -> None:
+    response = receiver.http.post("/dicomweb/studies", content=files.shipped("CT_small.dcm"),
                                  headers={"Content-Type": "application/dicom"})
     helpers.assert_problem(response, 415)
 
 
-def test_stow_rs_without_a_key_is_401_before_the_body_is_read(krypton: Krypton) -> None:
-    response = httpx.post(f"{krypton.url}/dicomweb/studies",
+def test_stow_rs_without_a_key_is_401_before_the_body_is_read(receiver: Krypton) -> None:
+    response = httpx.post(f"{receiver.url}/dicomweb/studies",
                           content=files.shipped("CT_small.dcm"), headers={
                               "Content-Type": 'multipart/related; type="application/dicom"'})
     helpers.assert_problem(response, 401)
 
 
-def test_a_job_sent_with_a_key_is_read_with_that_key_only(krypton: Krypton) -> None:
-    _, body = stow_answer(krypton, [shipped("MR_small.dcm")])
+def test_a_job_sent_with_a_key_is_read_with_that_key_only(receiver: Krypton) -> None:
+    _, body = stow_answer(receiver, [shipped("MR_small.dcm")])
     path = items(body, REFERENCED)[0][RETRIEVE_URL]["Value"][0]
-    assert httpx.get(f"{krypton.url}{path}").status_code == 401
-    assert krypton.http.get(path).status_code == 200
+    assert receiver.http.get(path).status_code == 200
+    assert httpx.get(f"{receiver.url}{path}").status_code == 401
+    other = httpx.get(f"{receiver.url}{path}",
+                      headers={"Authorization": f"Bearer {receiver.other}"})
+    helpers.assert_problem(other, 404)
 
 
 FORWARD_LUA = """

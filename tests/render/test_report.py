@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,16 +72,6 @@ def _group(report: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
 
 def _texts(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: Code) -> list[str]:
     return [str(item.value) for item in find_content_items(group[0], name=name)]
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    """What dicom3tools' IOD validator reports as errors in the file."""
-    if shutil.which("dciodvfy") is None:
-        pytest.fail("dciodvfy is not installed: the test command installs Debian's dicom3tools "
-                    "(`apt-get install dicom3tools`)", pytrace=False)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (report.stdout + report.stderr).splitlines()
-            if line.startswith("Error")]
 
 
 def _encoded(dataset: Dataset) -> bytes:
@@ -182,7 +170,7 @@ def test_each_report_has_uids_of_its_own() -> None:
 def test_report_passes_dciodvfy(made: Made, tmp_path: Path) -> None:
     path = tmp_path / "report.dcm"
     path.write_bytes(_encoded(made.report))
-    assert _dciodvfy_errors(path) == []
+    assert files.dciodvfy_errors(path) == []
 
 
 def test_a_source_without_patient_and_study_details_gets_a_valid_report(
@@ -198,7 +186,7 @@ def test_a_source_without_patient_and_study_details_gets_a_valid_report(
     assert all(made.report.get(name, None) == "" for name in absent)
     path = tmp_path / "report.dcm"
     path.write_bytes(_encoded(made.report))
-    assert _dciodvfy_errors(path) == []
+    assert files.dciodvfy_errors(path) == []
 
 
 @pytest.mark.parametrize("probability", [-0.1, 1.5, float("nan")])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +178,7 @@ def test_dicom_results_pass_the_dciodvfy_iod_validator(
         api: TestClient, dicom_job: dict[str, Any], tmp_path: Path, link: str) -> None:
     path = tmp_path / "result.dcm"
     path.write_bytes(api.get(dicom_job["links"][link]).content)
-    assert _dciodvfy_errors(path) == []
+    assert files.dciodvfy_errors(path) == []
 
 
 SHIPPED = sorted({Path(path).name for path in get_testdata_files("*.dcm")})
@@ -203,17 +201,7 @@ def test_every_shipped_dicom_file_is_refused_clearly_or_gets_valid_dicom_results
         result = api.get(job["links"][link])
         assert result.status_code == 200, result.text
         path.write_bytes(result.content)
-        assert _dciodvfy_errors(path) == [], link
-
-
-def _dciodvfy_errors(path: Path) -> list[str]:
-    """What dicom3tools' IOD validator reports as errors in the file."""
-    if shutil.which("dciodvfy") is None:
-        pytest.fail("dciodvfy is not installed: the test command installs Debian's dicom3tools "
-                    "(`apt-get install dicom3tools`)", pytrace=False)
-    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (report.stdout + report.stderr).splitlines()
-            if line.startswith("Error")]
+        assert files.dciodvfy_errors(path) == [], link
 
 
 def test_dicom_whose_jpeg_2000_data_is_corrupt_answers_422_not_415(api: TestClient) -> None:
@@ -260,4 +248,4 @@ def test_parametric_map_of_a_large_image_passes_dciodvfy(
     _, job = large_dicom_job
     path = tmp_path / "map.dcm"
     path.write_bytes(api.get(job["links"]["dcm"]).content)
-    assert _dciodvfy_errors(path) == []
+    assert files.dciodvfy_errors(path) == []
