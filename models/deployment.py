@@ -300,6 +300,9 @@ class _RegistryFile(FileModel):
             if route.model not in deployed:
                 raise ValueError(f"route #{number} names model {route.model!r}, which is not "
                                  "deployed")
+            if route.mode == "approximate" and route.dataset is None:
+                raise ValueError(f"route #{number} asks for approximate mode, which needs a "
+                                 "tuned dataset: name its dataset")
             if route.dataset is not None and served.get(route.dataset) != route.model:
                 raise ValueError(f"route #{number} names dataset {route.dataset!r}, which is "
                                  f"not a dataset of model {route.model!r}")

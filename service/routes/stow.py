@@ -59,7 +59,9 @@ logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 DICOM_JSON = "application/dicom+json"
-STOW_PATH = "/dicomweb/studies"
+MAX_INSTANCES = 64
+"""Instances one request may carry: each is checked and queued in the request, and a PACS's
+forwarding rule sends one at a time."""
 
 # DICOM failure reasons (PS3.18, Table I.2-3 of STOW-RS; PS3.7 C.4.2 for storage)
 PROCESSING_FAILURE = 0x0110
@@ -127,6 +129,7 @@ def _dicom_parts(content_type: str, body: bytes) -> list[bytes]:
     Raises:
         UnsupportedMediaType: the body is not multipart/related of application/dicom.
         InvalidInput: it holds no DICOM part.
+        PayloadTooLarge: it holds more than :data:`MAX_INSTANCES`.
     """
     if not content_type.lower().startswith("multipart/related"):
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"'
@@ -140,6 +143,9 @@ def _dicom_parts(content_type: str, body: bytes) -> list[bytes]:
     dicom = [part for part in parts if isinstance(part, bytes) and part]
     if not dicom:
         raise InvalidInput("the body holds no application/dicom part")
+    if len(dicom) > MAX_INSTANCES:
+        raise PayloadTooLarge(f"the body holds {len(dicom)} instances; one request takes at "
+                              f"most {MAX_INSTANCES}")
     return dicom
 
 

@@ -188,6 +188,22 @@ def test_deployed_model_without_input_size_uses_the_architecture_default() -> No
     pytest.param(_models_only(model_extra="window = { center = 40 }"), "window",
                  id="window-without-width"),
     pytest.param(_models_only(model_extra='window = "lung"'), "window", id="named-window"),
+    pytest.param(_models_only() + '[[pacs]]\nname = "p"\nurl = "ftp://x"\n', "url",
+                 id="pacs-url-not-http"),
+    pytest.param(_models_only() + '[[pacs]]\nname = "../p"\nurl = "http://x"\n', "name",
+                 id="pacs-name-not-a-path-segment"),
+    pytest.param(_models_only() + ('[[pacs]]\nname = "p"\nurl = "http://x"\n' * 2), "twice",
+                 id="duplicate-pacs"),
+    pytest.param(_models_only() + '[[pacs]]\nname = "p"\nurl = "http://x"\npassword = "s"\n',
+                 "password", id="pacs-password-in-the-file"),
+    pytest.param(_models_only() + '[[routes]]\nmodel = "vgg"\n', "'vgg'",
+                 id="route-to-undeployed-model"),
+    pytest.param(_models_only() + '[[routes]]\nmodel = "m"\nresults_to = "p"\n', "'p'",
+                 id="route-to-unknown-pacs"),
+    pytest.param(_models_only() + '[[routes]]\nmodel = "m"\nmode = "approximate"\n',
+                 "tuned dataset", id="approximate-route-without-dataset"),
+    pytest.param(_models_only() + '[[routes]]\nmodel = "m"\ndataset = "d"\n', "'d'",
+                 id="route-to-unknown-dataset"),
 ])
 def test_load_deployment_with_bad_registry_raises_naming_the_fault(
     tmp_path: Path, text: str, message: str
@@ -302,3 +318,50 @@ def test_load_deployment_refuses_a_dataset_name_its_config_file_could_not_have(
     text = _models_only() + f'[[datasets]]\nname = "{name}"\nmodel = "m"\n'
     with pytest.raises(InvalidArgumentError, match="dataset .*name: should match pattern"):
         load_deployment(_write(tmp_path, text))
+
+
+PACS_REGISTRY = _models_only() + """
+[[models]]
+name = "n"
+architecture = "resnet18"
+labels = ["a", "b"]
+
+[[pacs]]
+name = "main"
+url = "https://pacs.example/dicom-web"
+token_env = "MAIN_TOKEN"
+
+[[routes]]
+modality = "OP"
+model = "n"
+results_to = "main"
+
+[[routes]]
+sop_class_uid = "1.2.840.10008.5.1.4.1.1.7"
+model = "m"
+"""
+
+
+def test_load_deployment_reads_pacs_without_their_secrets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAIN_TOKEN", "s3cret")
+    pacs = load_deployment(_write(tmp_path, PACS_REGISTRY)).pacs["main"]
+    assert (pacs.url, pacs.store_results) == ("https://pacs.example/dicom-web", True)
+    assert pacs.headers() == {"Authorization": "Bearer s3cret"}
+
+
+def test_an_instance_takes_the_first_route_its_modality_and_sop_class_match(
+        tmp_path: Path) -> None:
+    deployment = load_deployment(_write(tmp_path, PACS_REGISTRY))
+    photo = deployment.route("OP", "1.2.840.10008.5.1.4.1.1.7")
+    capture = deployment.route("OT", "1.2.840.10008.5.1.4.1.1.7")
+    assert photo is not None and (photo.model, photo.results_to) == ("n", "main")
+    assert capture is not None and (capture.model, capture.results_to) == ("m", None)
+    assert deployment.route("CT", "1.2.840.10008.5.1.4.1.1.2") is None
+
+
+def test_without_routes_an_instance_goes_to_the_first_model_and_the_only_pacs(
+        tmp_path: Path) -> None:
+    text = PACS_REGISTRY.split("[[routes]]")[0]
+    route = load_deployment(_write(tmp_path, text)).route("CT", None)
+    assert route is not None and (route.model, route.results_to) == ("m", "main")

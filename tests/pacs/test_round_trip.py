@@ -188,3 +188,16 @@ def test_the_report_read_back_from_orthanc_names_algorithm_finding_and_reference
         group[0], name=codes.DCM.VisualExplanation)}
     assert explained == {stored["parametric_map"]["sop_instance_uid"],
                          stored["overlay"]["sop_instance_uid"]}
+
+
+def test_the_service_log_holds_no_uid_of_the_study_it_explained(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset, krypton_folder: Path) -> None:
+    finished(krypton, explain(krypton, source))
+    response = explain(krypton, source, sop_instance_uid=generate_uid())
+    assert response.status_code == 422
+    orthanc.stop(kill=True)
+    assert explain(krypton, source).status_code == 502
+    text = (krypton_folder / "serve.log").read_text(errors="replace")
+    assert "job " in text  # the log is the service's, and it logged
+    for uid in uids(source).values():
+        assert uid not in text

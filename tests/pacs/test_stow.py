@@ -220,3 +220,10 @@ def test_orthanc_routing_new_instances_to_krypton_gets_the_results_back_in_the_s
             timeout=120)
     assert found, pacs.log()[-3000:]
     assert len(in_study(pacs, ct.StudyInstanceUID)) == 4  # the CT, its map, overlay, report
+
+
+def test_a_request_of_more_instances_than_one_takes_is_413(receiver: Krypton) -> None:
+    body = b"".join(b"--b\r\nContent-Type: application/dicom\r\n\r\nx\r\n" for _ in range(65))
+    response = receiver.http.post("/dicomweb/studies", content=body + b"--b--\r\n", headers={
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+    assert "at most 64" in helpers.assert_problem(response, 413)["detail"]
