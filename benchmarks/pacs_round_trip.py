@@ -47,15 +47,8 @@ app = typer.Typer(add_completion=False)
 REPORT_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SHIPPED = ("CT_small.dcm", "MR_small.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm")
 """pydicom's own test files: CT, MR, a JPEG photograph, a JPEG 2000 image."""
-FORWARD = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  if tags["Manufacturer"] ~= "Krypton" then
-    RestApiPost('/dicom-web/servers/krypton/stow',
-                '{"Resources": ["' .. instanceId .. '"], "Synchronous": false}')
-  end
-end
-"""
-"""The forwarding rule: every new instance but Krypton's own results."""
+FORWARD = Path(__file__).resolve().parents[1] / "deploy" / "orthanc" / "route-to-krypton.lua"
+"""The forwarding rule Krypton ships: every new instance but Krypton's own results."""
 JOB_DONE = re.compile(r"job \w+: heatmap on \S+ succeeded in ([0-9.]+) s")
 """The worker's log line of a finished heatmap: its time from claim to outcome stored,
 the PACS delivery included."""
@@ -127,11 +120,10 @@ def main(
                                  "orthanc-dicomweb)")
     with tempfile.TemporaryDirectory(prefix="pacs-round-trip-") as scratch:
         folder = Path(scratch)
-        (folder / "forward.lua").write_text(FORWARD)
         port = free_port()
         (folder / "orthanc").mkdir()
         orthanc = Orthanc(binary, folder / "orthanc", {
-            "LuaScripts": [str(folder / "forward.lua")],
+            "LuaScripts": [str(FORWARD)],
             "DicomWeb": {"Servers": {"krypton": [f"http://127.0.0.1:{port}/dicomweb/"]}}})
         orthanc.start()
         try:

@@ -185,11 +185,8 @@ def load_deployment(path: str | os.PathLike[str],
         tuned_dir = _resolve(base, registry.datasets_dir)
     else:
         tuned_dir = Path(datasets_dir) if datasets_dir is not None else base / "datasets"
-    pacs = {entry.name: PacsServer(entry.name, entry.url, entry.token_env, entry.username,
-                                   entry.password_env, entry.store_results)
-            for entry in registry.pacs}
-    routes = tuple(StowRoute(entry.model, entry.dataset, entry.modality, entry.sop_class_uid,
-                             entry.results_to, entry.mode) for entry in registry.routes)
+    pacs = {entry.name: PacsServer(**entry.model_dump()) for entry in registry.pacs}
+    routes = tuple(StowRoute(**entry.model_dump()) for entry in registry.routes)
     return Deployment(models=models, datasets=datasets, datasets_dir=tuned_dir, pacs=pacs,
                       routes=routes)
 

@@ -188,14 +188,8 @@ def test_a_job_sent_with_a_key_is_read_with_that_key_only(receiver: Krypton) -> 
     helpers.assert_problem(other, 404)
 
 
-FORWARD_LUA = """
-function OnStoredInstance(instanceId, tags, metadata, origin)
-  if tags["Manufacturer"] ~= "Krypton" then
-    RestApiPost('/dicom-web/servers/krypton/stow',
-                '{"Resources": ["' .. instanceId .. '"], "Synchronous": false}')
-  end
-end
-"""
+FORWARD_LUA = Path(__file__).resolve().parents[2] / "deploy/orthanc/route-to-krypton.lua"
+"""The forwarding rule Krypton ships."""
 
 
 def test_orthanc_routing_new_instances_to_krypton_gets_the_results_back_in_the_study(
@@ -205,9 +199,7 @@ def test_orthanc_routing_new_instances_to_krypton_gets_the_results_back_in_the_s
     port = helpers.free_port()
     keys = folder / "keys.json"
     token = KeyStore(keys).add("orthanc", "heatmaps")
-    script = folder / "forward.lua"
-    script.write_text(FORWARD_LUA)
-    pacs = make_orthanc({"LuaScripts": [str(script)], "DicomWeb": {"Servers": {"krypton": {
+    pacs = make_orthanc({"LuaScripts": [str(FORWARD_LUA)], "DicomWeb": {"Servers": {"krypton": {
         "Url": f"http://127.0.0.1:{port}/dicomweb/",
         "HttpHeaders": {"Authorization": f"Bearer {token}"}}}}})
     registry = pacs_registry(folder, pacs, routes=ROUTES)
