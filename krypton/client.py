@@ -303,8 +303,9 @@ def stored_results(job: Job) -> list[dict[str, Any]]:
     delivery = job.get("delivery")
     if delivery is None:
         raise KryptonError({"title": "Nothing stored", "detail": (
-            f"job {job.get('id')} is {job.get('status')} and stores no results in a PACS "
-            "(not finished, not from a PACS, or asked not to)")}, 409)
+            f"job {job.get('id')} is {job.get('status')} and stores no results in a PACS: it "
+            "has not finished, has no PACS to store them in (see its `pacs`), or was asked "
+            "not to")}, 409)
     if delivery["status"] != "stored":
         raise KryptonError(delivery["error"] or {}, int((delivery["error"] or {}).get(
             "status", 502)))

@@ -94,3 +94,5 @@ def configure_logging(level: str | int) -> None:
     logging.basicConfig(level=level.upper() if isinstance(level, str) else level,
                         handlers=[handler], force=True)
     logging.captureWarnings(True)
+    # highdicom narrates each object it builds at INFO, every line withheld above: noise.
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, logging.root.level))

@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = store or make_store(settings, deployment)
         app.state.events = EventHub(app.state.store.jobs)
+        _say_where_results_go(deployment)
         if not settings.embedded:
             # The consumer group, before any worker starts: an autoscaler reads its lag.
             await app.state.store.jobs.make_claimable()
@@ -146,6 +147,16 @@ def create_app(settings: Settings | None = None, *, store: Store | None = None) 
     install_openapi(app, keyed=app.state.keys is not None)
     install_pages(app)
     return app
+
+
+def _say_where_results_go(deployment: Deployment) -> None:
+    """Images a PACS pushes without a PACS to store their results in keep them in Krypton:
+    right for some deployments, a forgotten setting in others, so the log says it."""
+    if not deployment.pacs:
+        logger.info("no PACS named (KRYPTON_PACS_URL or [[pacs]]): images sent to "
+                    "/dicomweb/studies are explained and their results stay in Krypton")
+    else:
+        logger.info("PACS: %s", ", ".join(deployment.pacs))
 
 
 async def _preload(cache: ModelCache, workers: list[Worker]) -> None:

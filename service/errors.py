@@ -61,7 +61,9 @@ def install_handlers(app: FastAPI) -> None:
 
     async def domain(request: Request, exc: Exception) -> JSONResponse:
         document = problem_for(exc)
-        if document["status"] >= 500 and document["status"] != 503:
+        if document["status"] == 502:  # the PACS's fault, said in the detail: no traceback
+            logger.warning("%s %s: %s", request.method, request.url.path, document["detail"])
+        elif document["status"] >= 500 and document["status"] != 503:
             logger.error("%s %s failed: %s", request.method, request.url.path,
                          type(exc).__name__, exc_info=exc)
         return _respond(request, document, getattr(exc, "headers", None))

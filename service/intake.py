@@ -96,9 +96,11 @@ class Intake:
             refusal = UriTooLong(f"the request target is {target} bytes, more than the "
                                  f"{MAX_TARGET_BYTES} any route takes")
         elif has_body and keys is not None and key is None:
-            refusal = Unauthorized("send a valid API key as 'Authorization: Bearer KEY' before "
-                                   "the body; an operator creates one with `krypton keys add "
-                                   "NAME`")
+            sent = ("the key sent is unknown or revoked; " if b"authorization" in headers
+                    else "")
+            refusal = Unauthorized(f"{sent}send a valid API key as 'Authorization: Bearer KEY' "
+                                   "before the body; an operator creates one with `krypton "
+                                   "keys add NAME`")
         elif key is not None and key.scope != "admin" and needs_admin(scope["method"],
                                                                        scope["path"]):
             refusal = Forbidden(f"key {key.name!r} has scope {key.scope!r}; this route needs an "

@@ -90,10 +90,16 @@ def fetch_instance(server: PacsServer, study: str, series: str, instance: str, *
         PayloadTooLarge: the instance is larger than ``max_bytes``.
     """
     web = client(server, timeout=timeout)
-    with _answers(server, "read the instance", missing=InstanceNotFound(
-            f"PACS {server.name!r} has no instance of these UIDs in this study and series")):
-        metadata = web.retrieve_instance_metadata(study, series, instance)
-        _refuse_too_large(metadata, max_bytes)
+    try:
+        with _answers(server, "read the instance", missing=InstanceNotFound(
+                f"PACS {server.name!r} has no instance of these UIDs in this study and "
+                "series")):
+            metadata = web.retrieve_instance_metadata(study, series, instance)
+    except InstanceNotFound:
+        _check_base_url(web, server)
+        raise
+    _refuse_too_large(metadata, max_bytes)
+    with _answers(server, "read the instance"):
         # "*": the stored transfer syntax; Orthanc cannot transcode JPEG 2000, and
         # decoding is ours either way.
         dataset = web.retrieve_instance(study, series, instance,
@@ -156,6 +162,32 @@ class _answers:
             raise PacsUnavailable(f"could not {self.doing}: PACS {name!r} {cause}") from None
         raise PacsRefused(f"could not {self.doing}: PACS {name!r} answered HTTP {status}"
                           ) from None
+
+
+def _check_base_url(web: DICOMwebClient, server: PacsServer) -> None:
+    """Tell a wrong base URL from a missing instance: a DICOMweb server answers a search
+    for one study with DICOM JSON; a URL that is not its base answers 404, 400 (Orthanc's
+    own REST API, for ``/studies?limit=1``), or something that is not DICOM JSON.
+
+    Raises:
+        PacsRefused: the base URL does not answer a search as DICOMweb does.
+    """
+    wrong = PacsRefused(f"PACS {server.name!r} does not answer a study search at its URL "
+                        "as DICOMweb does: is the URL its DICOMweb base (for Orthanc, ending "
+                        "in /dicom-web)?")
+    try:
+        found = web.search_for_studies(limit=1)
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 500
+        if 400 <= status < 500 and status not in (401, 403):
+            raise wrong from None
+        return  # the instance's 404 stands
+    except requests.RequestException:
+        return
+    except ValueError:  # not JSON at all
+        raise wrong from None
+    if not all(isinstance(item, dict) for item in found):
+        raise wrong
 
 
 def _refuse_too_large(metadata: dict[str, Any], max_bytes: int) -> None:

@@ -8,11 +8,17 @@ service with :class:`krypton.client.Client`; none loads the engine.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
+import httpx
 import typer
 
 from krypton.cli.common import fail
+
+if TYPE_CHECKING:
+    from krypton.client import Client
 
 __all__ = ["register"]
 
@@ -57,25 +63,21 @@ def explain(
 
     Exits 1 if the job failed or its results could not be stored.
     """
-    from krypton.client import Client, KryptonError
-
     fields: dict[str, Any] = {"mode": mode, "store_results": store} | {
         name: value for name, value in (("model", model), ("dataset", dataset),
                                         ("patch_size", patch_size), ("stride", stride))
         if value is not None}
-    try:
-        with Client(url, api_key=api_key, timeout=max(timeout, 90.0)) as krypton:
-            job = krypton.explain_instance(pacs, study, series, instance, **fields)
-            typer.echo(f"job {job['id']} {job['status']}", err=True)
-            job = krypton.wait(job, timeout=timeout)
-    except KryptonError as exc:
-        fail(str(exc))
+    with _service(url, api_key, timeout=max(timeout, 90.0)) as krypton:
+        job = krypton.explain_instance(pacs, study, series, instance, **fields)
+        typer.echo(f"job {job['id']} {job['status']}", err=True)
+        job = krypton.wait(job, timeout=timeout)
     if job["status"] != "succeeded":
         typer.echo(f"error: job {job['id']} failed: {job['error']['detail']}", err=True)
         raise typer.Exit(code=1)
     prediction = job["prediction"]
+    untrained = "  (untrained demo weights: not a diagnosis)" if job["random_weights"] else ""
     typer.echo(f"{prediction['predicted_label']} ({prediction['predicted_probability']:.3f})"
-               f"  job {job['id']}")
+               f"  job {job['id']}{untrained}")
     _show(job)
 
 
@@ -89,32 +91,38 @@ def results(
 
     Exits 1 if it stored nothing, saying why.
     """
-    from krypton.client import Client, KryptonError
-
-    try:
-        with Client(url, api_key=api_key) as krypton:
-            job = krypton.job(job_id)
-    except KryptonError as exc:
-        fail(str(exc))
+    with _service(url, api_key) as krypton:
+        job = krypton.job(job_id)
     _show(job)
 
 
 @pacs_app.command("list")
 def list_pacs(url: Url = DEFAULT_URL, api_key: ApiKey = None) -> None:
     """The PACS the service knows, and whether results go back to each."""
-    from krypton.client import Client, KryptonError
-
-    try:
-        with Client(url, api_key=api_key) as krypton:
-            known = krypton.pacs()
-    except KryptonError as exc:
-        fail(str(exc))
+    with _service(url, api_key) as krypton:
+        known = krypton.pacs()
     for server in known:
         back = "results stored back" if server["store_results"] else "results kept"
         typer.echo(f"{server['name']:24} {back}")
     if not known:
         typer.echo("the service knows no PACS (KRYPTON_PACS_URL, or [[pacs]] in its "
                    "registry)", err=True)
+
+
+@contextlib.contextmanager
+def _service(url: str, api_key: str | None, *, timeout: float = 90.0) -> Iterator[Client]:
+    """A client of the service; its refusals and a service out of reach end the command
+    with one line saying so."""
+    from krypton.client import Client, KryptonError
+
+    try:
+        with Client(url, api_key=api_key, timeout=timeout) as krypton:
+            yield krypton
+    except KryptonError as exc:
+        fail(str(exc))
+    except httpx.TransportError as exc:
+        fail(f"cannot reach Krypton at {url} ({type(exc).__name__}): is `krypton serve` "
+             "running there? (--url or KRYPTON_URL says where)")
 
 
 def _show(job: dict[str, Any]) -> None:

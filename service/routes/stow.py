@@ -116,8 +116,10 @@ async def store_instances(request: Request, store: StoreDep, settings: SettingsD
         # header without the port, and a URL built from it would point elsewhere.
         taken.append(_item(header, url=None if job_id is None else f"/v1/heatmaps/{job_id}"))
     answer = Dataset()
-    answer.ReferencedSOPSequence = taken
-    answer.FailedSOPSequence = failed
+    if taken:
+        answer.ReferencedSOPSequence = taken
+    if failed:  # "required if any failures" (PS3.18)
+        answer.FailedSOPSequence = failed
     status = 200 if not failed else 202 if taken else 409
     return JSONResponse(answer.to_json_dict(), status_code=status, media_type=DICOM_JSON)
 

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
-import httpx
 import pytest
 
 from krypton.benchmarks.orthanc import free_port, orthanc_binary
@@ -27,47 +27,44 @@ def test_the_readme_recipe_has_five_lines() -> None:
 
 
 def test_the_readme_recipe_finds_map_overlay_and_report_in_orthanc(tmp_path: Path) -> None:
+    """The five lines as one script, as pasted at once; Orthanc's and Krypton's ports moved."""
     if orthanc_binary() is None:
         pytest.skip("Orthanc is not installed (the test command installs it)")
     pacs, api, dicom = free_port(), free_port(), free_port()
     config = tmp_path / "deploy" / "orthanc"
     config.mkdir(parents=True)
-    shutil.copy(ROOT / "deploy/orthanc/orthanc.json", config)
-    text = (config / "orthanc.json").read_text()
+    text = (ROOT / "deploy/orthanc/orthanc.json").read_text()
     (config / "orthanc.json").write_text(
         text.replace("8042", str(pacs)).replace("4242", str(dicom)))
     (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
-    lines = [line.split("  #")[0].rstrip(" &").replace("8042", str(pacs))
-             for line in RECIPE.strip().splitlines()]
-    lines[1] = lines[1].replace("krypton serve", f"krypton serve --port {api}")
-    lines[3] += f" --url http://127.0.0.1:{api}"
+    script = RECIPE.replace("8042", str(pacs)).replace("8001", str(api))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KRYPTON_")}
-    background = [subprocess.Popen(["bash", "-c", line], cwd=tmp_path, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   start_new_session=True) for line in lines[:2]]
+    shell = subprocess.Popen(["bash", "-c", f"{script}\nwait"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    # A script that hangs is stopped, which ends its output: the read below cannot hang.
+    watchdog = threading.Timer(300, os.killpg, (shell.pid, signal.SIGTERM))
+    watchdog.start()
     try:
-        _ready(f"http://127.0.0.1:{pacs}/system", f"http://127.0.0.1:{api}/readyz")
-        done = [subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env,
-                               capture_output=True, text=True, timeout=300)
-                for line in lines[2:]]
+        output = _until(shell, "Krypton occlusion ", count=3)
     finally:
-        for process in background:
-            os.killpg(process.pid, 15)
-            process.wait(timeout=30)
-    assert [step.returncode for step in done] == [0, 0, 0], [step.stderr for step in done]
-    assert "stored in PACS 'pacs'" in done[1].stdout
-    assert sorted(set(done[2].stdout.split("\n")) - {""}) == [
-        "Krypton occlusion heatmap", "Krypton occlusion overlay", "Krypton occlusion report"]
+        watchdog.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(timeout=30)
+    assert "stored in PACS 'pacs'" in output, output[-3000:]
+    assert sorted(line for line in output.splitlines() if line.startswith("Krypton occlusion")
+                  ) == ["Krypton occlusion heatmap", "Krypton occlusion overlay",
+                        "Krypton occlusion report"]
 
 
-def _ready(*urls: str) -> None:
-    deadline = time.monotonic() + 120
-    for url in urls:
-        while True:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{url} never answered"
-            time.sleep(0.3)
+def _until(shell: subprocess.Popen[str], start: str, *, count: int) -> str:
+    """The script's output until ``count`` lines starting with ``start`` (what its last line
+    prints), or its end."""
+    assert shell.stdout is not None
+    lines: list[str] = []
+    for line in shell.stdout:
+        lines.append(line.rstrip("\n"))
+        if sum(seen.startswith(start) for seen in lines) == count:
+            break
+    return "\n".join(lines)
