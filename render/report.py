@@ -5,7 +5,8 @@ A Parametric Map and a Secondary Capture (:mod:`krypton.render.dicom`) show
 model concluded it, or that the two belong together. A PACS, a worklist or
 an AI-results viewer (IHE AI Results) reads that from a Structured Report:
 :func:`measurement_report` writes one Comprehensive 3D SR holding a TID 1500
-Measurement Report with one TID 1501 measurement group:
+Measurement Report with one TID 1410 planar ROI measurement group, whose region
+is the whole source image (the finding is the image's, not a part's):
 
 * the finding, the predicted class, as the group's *Finding* (DCM 121071),
   coded in Krypton's local scheme ``99KRYPTON`` (code value: the class index,
@@ -14,9 +15,12 @@ Measurement Report with one TID 1501 measurement group:
   "Probability", UCUM ``1``);
 * the model as TID 4019 Algorithm Identification: its name, its version, its
   weights and the heatmap settings as Algorithm Parameters;
-* the source image as the group's source (DCM 121112 "Source of
-  Measurement"), and the Parametric Map and Secondary Capture as its visual
-  explanation (DCM 130401, the row TID 1410 and 1411 give ROI groups for it).
+* the region (DCM 111030 "Image Region"): a closed POLYLINE along the source
+  image's edges, in its pixel coordinates, referencing it (a viewer such as
+  OHIF reads a group's image and its place from this region, and fails on a
+  group without one);
+* the Parametric Map and Secondary Capture as the group's visual explanation
+  (DCM 130401, a row of TID 1410).
 
 Every instance the tree references is listed, with its series and study, in
 the evidence: the report stands in the source's study, beside its results,
@@ -32,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -95,19 +100,21 @@ def measurement_report(source: Dataset, results: Sequence[Dataset], *, algorithm
     Evidence Sequence when it is in the report's study (results made here are) and in
     the Pertinent Other Evidence Sequence otherwise, and it refuses a tree that
     references an instance missing from the evidence. The tree references each of them
-    too, so a reader of the content alone finds the heatmap: the results as *Visual
-    explanation* images of the group, which TID 1501 has no row for (TID 1410 and 1411,
-    for ROIs, do), so the group is extended with that row.
+    too, so a reader of the content alone finds the heatmap: the source as the image of
+    the group's region (:func:`_whole_image`), the results as its *Visual explanation*
+    images, a row of TID 1410 that highdicom's constructor does not take, so it is
+    appended to the group's content.
 
     Raises ``ValueError`` (naming no value) for a probability outside 0..1, a negative
-    class index, an empty label or algorithm name, or an input without the UIDs that
-    place it in a study.
+    class index, an empty label or algorithm name, a source without Rows and Columns,
+    or an input without the UIDs that place it in a study.
     """
     _check(source, results, algorithm, finding)
     header = _study_header(source)
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier="Krypton occlusion explanation"),
+        referenced_region=_whole_image(header),
         finding_type=_class_code(finding),
         # No Algorithm Family (optional): highdicom reads any coded child of the group
         # but the finding as a qualitative evaluation, and would report that one too.
@@ -118,9 +125,6 @@ def measurement_report(source: Dataset, results: Sequence[Dataset], *, algorithm
         measurements=[hd.sr.Measurement(
             name=codes.DCM.Probability, value=float(finding.probability),
             unit=codes.UCUM.NoUnits)],
-        source_images=[hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=header.SOPClassUID,
-            referenced_sop_instance_uid=header.SOPInstanceUID)],
     )
     group[0].ContentSequence.extend(_explanation(result) for result in results)
     report = hd.sr.MeasurementReport(
@@ -163,6 +167,8 @@ def _check(source: Dataset, results: Sequence[Dataset], algorithm: Algorithm,
         raise ValueError("the finding needs a label")
     if not algorithm.name.strip() or not algorithm.version.strip():
         raise ValueError("the algorithm needs a name and a version")
+    if not (source.get("Rows") and source.get("Columns")):
+        raise ValueError("the source lacks Rows or Columns, which the report's region needs")
     for role, dataset in [("source", source), *(("result", result) for result in results)]:
         missing = [name for name in IDENTITY if not dataset.get(name)]
         if missing:
@@ -179,6 +185,25 @@ def _study_header(source: Dataset) -> Dataset:
         if name not in header:
             setattr(header, name, "")
     return header
+
+
+def _whole_image(header: Dataset) -> hd.sr.ImageRegion:
+    """The source image's outline as a region of it: a closed POLYLINE along its edges.
+
+    SCOORD coordinates are (column, row) with sub-pixel resolution: 0,0 is the top left
+    corner of the top left pixel, Columns,Rows the bottom right corner of the bottom
+    right one (PS3.3 C.18.6, SCOORD Graphic Data), so these corners enclose every
+    pixel. A source has one frame; one of a multi-frame IOD (an enhanced CT) is
+    referenced as frame 1, as a region lies in a frame."""
+    rows, columns = float(header.Rows), float(header.Columns)
+    corners = [(0.0, 0.0), (columns, 0.0), (columns, rows), (0.0, rows), (0.0, 0.0)]
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(corners),
+        source_image=hd.sr.SourceImageForRegion(
+            referenced_sop_class_uid=header.SOPClassUID,
+            referenced_sop_instance_uid=header.SOPInstanceUID,
+            referenced_frame_numbers=[1] if "NumberOfFrames" in header else None))
 
 
 def _class_code(finding: Finding) -> hd.sr.CodedConcept:

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import httpx
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
 
 from tests import dicom_files as files
 from tests.pacs import ohif
@@ -203,20 +205,49 @@ def test_ohif_lists_kryptons_results_in_the_study(
     assert "SR\nKrypton occlusion report" in listed, listed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OHIF 3.13.2 reads the image coordinates (SCOORD) of every TID 1501 measurement "
-    "group as measurement.coords[0]; Krypton's group has none, so OHIF throws "
-    "\"Cannot read properties of undefined (reading 'ReferencedSOPSequence')\" and "
-    "the viewport stays black"))
+SR_ANNOTATIONS = """() => {
+  const tools = window.cornerstoneTools;
+  if (!tools) return [];
+  const seen = new Map();
+  for (const a of tools.annotation.state.getAllAnnotations())
+    seen.set(a.annotationUID, {tool: a.metadata.toolName, image: a.metadata.referencedImageId,
+                               points: a.data.handles.points.length});
+  return [...seen.values()];
+}"""
+"""The annotations OHIF made of the SR's measurement groups (once each: OHIF adds the
+same annotation twice, under one UID)."""
+VIEWPORT_TEXT = """() => [...document.querySelectorAll('svg text')].map(t => t.textContent)"""
+
+
 def test_ohif_opens_kryptons_report_over_the_source_image(
-        page: Any, viewer: ohif.OhifServer, study: Study) -> None:
+        page: Any, viewer: ohif.OhifServer, study: Study, orthanc_server: Orthanc,
+        tmp_path: Path) -> None:
+    """OHIF draws the report's region, the source CT's outline, over the CT, labelled
+    with the group's measurement ("Probability: 0.83 1": value to 2 places, then the
+    UCUM unit's code). It does not show the finding: OHIF labels a group with a region
+    by its numeric measurements and SNOMED finding sites only."""
     failures: list[str] = []
     page.on("console", lambda message: failures.append(message.text)
             if "Error Boundary" in message.text else None)
+    page.on("pageerror", lambda error: failures.append(str(error)))
     page.goto(viewer.viewer_url(study.source.StudyInstanceUID, study.series("report")))
-    deadline = time.monotonic() + DRAW_LIMIT_MS / 1000
-    while not failures and not page.evaluate(IMAGE_DRAWN) and time.monotonic() < deadline:
-        page.wait_for_timeout(250)
-    assert failures == []
-    assert page.evaluate(IMAGE_DRAWN), pixels(page)
+    page.wait_for_function(IMAGE_DRAWN, timeout=DRAW_LIMIT_MS, polling=250)
+    page.wait_for_function(f"() => ({SR_ANNOTATIONS})().length > 0", timeout=DRAW_LIMIT_MS,
+                           polling=250)
+    page.screenshot(path=str(tmp_path / "ohif-report.png"))
+    annotations = page.evaluate(SR_ANNOTATIONS)
+    labels = [text for text in page.evaluate(VIEWPORT_TEXT) if text.startswith("Probability")]
 
+    assert failures == []
+    [annotation] = annotations
+    assert annotation["tool"] == "DICOMSRDisplay", annotation
+    assert f"/instances/{study.source.SOPInstanceUID}/" in annotation["image"], annotation
+    assert annotation["points"] == 5, annotation  # the closed outline: four corners, and back
+    report = orthanc_server.client().retrieve_instance(
+        study.source.StudyInstanceUID, study.series("report"),
+        study.stored["report"]["sop_instance_uid"])
+    content = hd.sr.Comprehensive3DSR.from_dataset(report).content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    [group] = content.get_planar_roi_measurement_groups()
+    [probability] = group.get_measurements(name=codes.DCM.Probability)
+    assert labels == [f"Probability: {probability.value:.2f} 1"]

@@ -24,6 +24,8 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from krypton.models.pacs import PacsServer
+from krypton.service.pacs import PacsRefused, fetch_instance
 from tests import dicom_files as files
 from tests.pacs.conftest import Orthanc
 from tests.pacs.helpers import (
@@ -168,7 +170,7 @@ def test_the_report_read_back_from_orthanc_names_algorithm_finding_and_reference
         stored["report"]["sop_instance_uid"])
     content = hd.sr.Comprehensive3DSR.from_dataset(report).content
     assert isinstance(content, hd.sr.MeasurementReport)
-    [group] = content.get_image_measurement_groups()
+    [group] = content.get_planar_roi_measurement_groups()
     names = [item.value for item in find_content_items(group[0], name=codes.DCM.AlgorithmName)]
     parameters = [item.value for item in find_content_items(
         group[0], name=codes.DCM.AlgorithmParameters)]
@@ -182,8 +184,12 @@ def test_the_report_read_back_from_orthanc_names_algorithm_finding_and_reference
                                                 prediction["predicted_label"])
     [probability] = group.get_measurements(name=codes.DCM.Probability)
     assert probability.value == pytest.approx(prediction["predicted_probability"], abs=1e-6)
-    assert [image.referenced_sop_instance_uid for image in group.source_images] == [
-        source.SOPInstanceUID]
+    region = group.roi
+    assert isinstance(region, hd.sr.ImageRegion)
+    assert region.value.tolist() == [[0, 0], [source.Columns, 0], [source.Columns, source.Rows],
+                                     [0, source.Rows], [0, 0]]  # the whole source image
+    [reference] = region.ContentSequence[0].ReferencedSOPSequence
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
     explained = {item.referenced_sop_instance_uid for item in find_content_items(
         group[0], name=codes.DCM.VisualExplanation)}
     assert explained == {stored["parametric_map"]["sop_instance_uid"],
@@ -201,3 +207,11 @@ def test_the_service_log_holds_no_uid_of_the_study_it_explained(
     assert "job " in text  # the log is the service's, and it logged
     for uid in uids(source).values():
         assert uid not in text
+
+
+def test_a_pacs_url_that_is_not_the_dicomweb_base_is_named_as_the_likely_fault(
+        orthanc: Orthanc, source: Dataset) -> None:
+    server = PacsServer("wrong", orthanc.url)  # Orthanc's root, not its /dicom-web
+    with pytest.raises(PacsRefused, match="DICOMweb base"):
+        fetch_instance(server, source.StudyInstanceUID, source.SeriesInstanceUID,
+                       source.SOPInstanceUID, max_bytes=2**25)

@@ -14,7 +14,7 @@ from highdicom.sr.utils import find_content_items
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.uid import Comprehensive3DSRStorage
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
 from krypton.render import dicom
 from krypton.render.report import Algorithm, Finding, measurement_report
@@ -62,15 +62,16 @@ def made(request: pytest.FixtureRequest) -> Made:
     return _made(_source(request.param))
 
 
-def _group(report: Dataset) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _group(report: Dataset) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     document = hd.sr.Comprehensive3DSR.from_dataset(report)
     content = document.content
     assert isinstance(content, hd.sr.MeasurementReport)
-    [group] = content.get_image_measurement_groups()
+    [group] = content.get_planar_roi_measurement_groups()
     return group
 
 
-def _texts(group: hd.sr.MeasurementsAndQualitativeEvaluations, name: Code) -> list[str]:
+def _texts(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations,
+           name: Code) -> list[str]:
     return [str(item.value) for item in find_content_items(group[0], name=name)]
 
 
@@ -92,7 +93,11 @@ def test_report_is_a_comprehensive_3d_sr_holding_a_tid_1500_measurement_report(
             if item.name == codes.DCM.DeviceObserverName] == ["Krypton"]
     procedures = find_content_items(content[0], name=codes.DCM.ProcedureReported)
     assert [item.value for item in procedures] == [codes.SCT.ImagingProcedure]
-    assert len(content.get_image_measurement_groups()) == 1
+    assert len(content.get_planar_roi_measurement_groups()) == 1
+    assert content.get_image_measurement_groups() == []
+    [group] = find_content_items(content[0], name=codes.DCM.ImagingMeasurements)
+    [template] = group.ContentSequence[0].ContentTemplateSequence  # the measurement group
+    assert template.TemplateIdentifier == "1410"
 
 
 def test_report_names_the_algorithm_its_version_and_weights(made: Made) -> None:
@@ -140,12 +145,28 @@ def test_report_references_the_source_and_both_results(made: Made) -> None:
     document = hd.sr.Comprehensive3DSR.from_dataset(made.report)
     assert set(document.get_evidence(current_procedure_only=True)) == instances
     group = _group(made.report)
-    assert [image.referenced_sop_instance_uid for image in group.source_images] == [
-        made.source.SOPInstanceUID]
+    region = group.roi
+    assert region is not None
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+        made.source.SOPInstanceUID)
     explanations = find_content_items(group[0], name=codes.DCM.VisualExplanation)
     assert {(item.referenced_sop_class_uid, item.referenced_sop_instance_uid)
             for item in explanations} == {
         (ds.SOPClassUID, ds.SOPInstanceUID) for ds in (parametric, capture)}
+
+
+def test_the_group_s_region_outlines_the_whole_source_image(made: Made) -> None:
+    region = _group(made.report).roi
+    assert isinstance(region, hd.sr.ImageRegion)
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    rows, columns = int(made.source.Rows), int(made.source.Columns)
+    # Pixel edges, not centres: 0,0 is the top left pixel's top left corner.
+    assert region.value.tolist() == [[0, 0], [columns, 0], [columns, rows], [0, rows], [0, 0]]
+    [image] = region.ContentSequence
+    [reference] = image.ReferencedSOPSequence
+    assert (reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID) == (
+        made.source.SOPClassUID, made.source.SOPInstanceUID)
+    assert "ReferencedFrameNumber" not in reference  # single-frame sources
 
 
 def test_report_stands_in_the_source_study_in_a_new_series(made: Made) -> None:
@@ -193,3 +214,26 @@ def test_a_source_without_patient_and_study_details_gets_a_valid_report(
 def test_a_probability_outside_0_to_1_is_refused(probability: float) -> None:
     with pytest.raises(ValueError, match="probability"):
         _made(_source("CT_small.dcm"), finding=Finding("x", 0, probability))
+
+
+def test_a_source_without_a_pixel_grid_is_refused() -> None:
+    source = _source("CT_small.dcm")
+    del source.Rows
+    with pytest.raises(ValueError, match="Rows or Columns"):
+        measurement_report(source, [], algorithm=ALGORITHM, finding=FINDING,
+                           parameters=PARAMETERS)
+
+
+def test_the_region_over_a_one_frame_image_of_a_multi_frame_iod_names_its_frame() -> None:
+    ct = pydicom.dcmread(io.BytesIO(files.shipped("CT_small.dcm")))
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(
+        [ct], series_instance_uid=generate_uid(), series_number=5,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    source, _ = dicom.repaired(pydicom.dcmread(io.BytesIO(_encoded(enhanced))))
+    report = measurement_report(source, [], algorithm=ALGORITHM, finding=FINDING,
+                                parameters=PARAMETERS)
+    region = _group(pydicom.dcmread(io.BytesIO(report))).roi
+    assert region is not None
+    [reference] = region.ContentSequence[0].ReferencedSOPSequence
+    assert (reference.ReferencedSOPInstanceUID, reference.ReferencedFrameNumber) == (
+        source.SOPInstanceUID, 1)
