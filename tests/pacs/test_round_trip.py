@@ -215,3 +215,20 @@ def test_a_pacs_url_that_is_not_the_dicomweb_base_is_named_as_the_likely_fault(
     with pytest.raises(PacsRefused, match="DICOMweb base"):
         fetch_instance(server, source.StudyInstanceUID, source.SeriesInstanceUID,
                        source.SOPInstanceUID, max_bytes=2**25)
+
+
+def test_a_pacs_that_hangs_while_results_are_stored_fails_the_delivery_in_bounded_time(
+        krypton: httpx.Client, orthanc: Orthanc, source: Dataset) -> None:
+    response = explain(krypton, source, stride=4)
+    orthanc.freeze()  # connects, never answers
+    try:
+        began = time.monotonic()
+        job = finished(krypton, response)
+        elapsed = time.monotonic() - began
+        assert krypton.get("/readyz").status_code == 200
+    finally:
+        orthanc.thaw()
+    delivery = job["delivery"]
+    assert delivery["status"] == "failed" and delivery["attempts"] == 3, delivery
+    assert "did not answer (ReadTimeout)" in delivery["error"]["detail"]
+    assert elapsed < 3 * 5 + 0.6 + 15  # 3 attempts of the 5 s timeout, backoff, the heatmap
