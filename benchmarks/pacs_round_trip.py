@@ -52,6 +52,8 @@ FORWARD = Path(__file__).resolve().parents[1] / "deploy" / "orthanc" / "route-to
 JOB_DONE = re.compile(r"job \w+: heatmap on \S+ succeeded in ([0-9.]+) s")
 """The worker's log line of a finished heatmap: its time from claim to outcome stored,
 the PACS delivery included."""
+DELIVERED = re.compile(r"job \w+: results stored in PACS \S+ in ([0-9.]+) s")
+"""The worker's log line of a delivery: making the three DICOM results and storing them."""
 
 
 def images() -> Iterator[tuple[str, Dataset]]:
@@ -129,19 +131,21 @@ def main(
         try:
             with krypton(folder, orthanc, port, registry):
                 rows = [(name, round_trip(orthanc, dataset)) for name, dataset in images()]
-            jobs = [float(seconds) for seconds in JOB_DONE.findall(
-                (folder / "krypton.log").read_text(errors="replace"))]
+            log = (folder / "krypton.log").read_text(errors="replace")
+            jobs = [float(seconds) for seconds in JOB_DONE.findall(log)]
+            deliveries = [float(seconds) for seconds in DELIVERED.findall(log)]
         finally:
             orthanc.stop()
-    typer.echo(f"{'image':32} {'in to back':>10} {'job':>8}")
-    for (name, seconds), job in zip(rows, jobs, strict=False):
-        typer.echo(f"{name:32} {seconds:8.2f} s {job:6.2f} s")
+    typer.echo(f"{'image':32} {'in to back':>10} {'job':>8} {'of which results':>16}")
+    for (name, seconds), job, delivery in zip(rows, jobs, deliveries, strict=False):
+        typer.echo(f"{name:32} {seconds:8.2f} s {job:6.2f} s {delivery:14.2f} s")
     worst = max(rows, key=lambda row: row[1])
     typer.echo(f"worst: {worst[0]} {worst[1]:.2f} s")
     if output is not None:
         output.write_text(json.dumps(run_record("cpu") | {
             "benchmark": "pacs_round_trip", "seconds": dict(rows),
-            "job_seconds": dict(zip([name for name, _ in rows], jobs, strict=False))},
+            "job_seconds": dict(zip([name for name, _ in rows], jobs, strict=False)),
+            "delivery_seconds": dict(zip([name for name, _ in rows], deliveries, strict=False))},
             indent=2))
 
 

@@ -368,6 +368,7 @@ class Worker:
         images = await self.queue.images(job.id, job.images)
         if images is None:
             raise RunStopped(f"the images of job {job.id} are gone")
+        began = time.perf_counter()
         documents = await asyncio.to_thread(
             results_for_pacs, job.model_copy(update=outcome.updates), outcome.result, images,
             weights=self.cache.get(job.params.model).weights_id)
@@ -381,8 +382,9 @@ class Worker:
         else:
             delivery = await deliver(server, job.pacs.instance.study_instance_uid, documents,
                                      policy=self.delivery, stopping=self._stopping.is_set)
-        logger.info("job %s: results %s in PACS %r", job.id, delivery.status.replace("_", " "),
-                    delivery.pacs)
+        logger.info("job %s: results %s in PACS %r in %.3f s", job.id,
+                    delivery.status.replace("_", " "), delivery.pacs,
+                    time.perf_counter() - began)
         return Outcome(updates=outcome.updates | {"delivery": delivery},
                        result=outcome.result, dataset_config=outcome.dataset_config)
 
