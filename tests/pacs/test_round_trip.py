@@ -232,3 +232,14 @@ def test_a_pacs_that_hangs_while_results_are_stored_fails_the_delivery_in_bounde
     assert delivery["status"] == "failed" and delivery["attempts"] == 3, delivery
     assert "did not answer (ReadTimeout)" in delivery["error"]["detail"]
     assert elapsed < 3 * 5 + 0.6 + 15  # 3 attempts of the 5 s timeout, backoff, the heatmap
+
+
+def test_an_instance_in_a_transfer_syntax_krypton_cannot_decode_is_415_naming_it(
+        krypton: httpx.Client, orthanc: Orthanc) -> None:
+    mpeg2 = "1.2.840.10008.1.2.4.100"
+    data = files.with_transfer_syntax(files.shipped("MR_small_RLE.dcm"), mpeg2)
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    orthanc.rest("POST", "/instances", data=data)
+    problem = helpers.assert_problem(explain(krypton, dataset), 415)
+    assert mpeg2 in problem["detail"]
+    assert list(in_study(orthanc, dataset.StudyInstanceUID)) == [dataset.SOPInstanceUID]
