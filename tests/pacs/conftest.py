@@ -80,11 +80,11 @@ def krypton_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def krypton(orthanc_server: Orthanc, krypton_folder: Path) -> Iterator[httpx.Client]:
     """``krypton serve`` (embedded, running open on loopback) with the run's Orthanc as its
-    PACS ``orthanc``; a failed delivery is retried 3 times, 0.2 s apart at first."""
+    PACS ``orthanc``; a failed delivery is retried 3 times, 0.2 s apart at first, each request given 2 s."""
     folder = krypton_folder
     with helpers.serving(pacs_registry(folder, orthanc_server), log=folder / "serve.log",
                          KRYPTON_DELIVERY_ATTEMPTS="3",
                          KRYPTON_DELIVERY_BACKOFF_SECONDS="0.2",
-                         KRYPTON_PACS_TIMEOUT_SECONDS="5") as url, \
+                         KRYPTON_PACS_TIMEOUT_SECONDS="2") as url, \
             httpx.Client(base_url=url, timeout=60) as client:
         yield client
