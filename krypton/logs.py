@@ -31,8 +31,9 @@ __all__ = ["SafeFormatter", "WithholdQuoting", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings", "dicomweb_client")
-"""Loggers whose messages may quote a header value (or a study's UIDs, which name it)."""
+QUOTING_LOGGERS = ("pydicom", "highdicom", "py.warnings", "dicomweb_client", "urllib3")
+"""Loggers whose messages may quote a header value, or a study's UIDs (which name it: the
+DICOMweb client's, and the HTTP library's URLs at DEBUG)."""
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 

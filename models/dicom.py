@@ -158,8 +158,11 @@ def inflated_size(data: bytes) -> int:
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     pending, size = data[meta_end:], 0
     try:
-        while pending:
-            size += len(inflater.decompress(pending, _INFLATE_CHUNK))
+        while pending and not inflater.eof:  # bytes after the stream's end are padding
+            inflated = len(inflater.decompress(pending, _INFLATE_CHUNK))
+            size += inflated
+            if not inflated and len(inflater.unconsumed_tail) >= len(pending):
+                break  # no progress: nothing more comes of what is left
             pending = inflater.unconsumed_tail
             if size > limit:
                 raise ImageTooLargeError(

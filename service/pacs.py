@@ -104,6 +104,9 @@ def fetch_instance(server: PacsServer, study: str, series: str, instance: str, *
         # decoding is ours either way.
         dataset = web.retrieve_instance(study, series, instance,
                                         media_types=(("application/dicom", "*"),))
+    if dataset.get("SOPInstanceUID") != instance:
+        raise PacsRefused(f"PACS {server.name!r} answered with another instance than the one "
+                          "asked for")
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     data = buffer.getvalue()
@@ -125,16 +128,22 @@ def store_instances(server: PacsServer, study: str, documents: Sequence[bytes], 
     datasets = [dcmread(DicomBytesIO(document)) for document in documents]
     with _answers(server, "store the results"):
         answer = web.store_instances(datasets, study_instance_uid=study)
-    failed = answer.get("FailedSOPSequence") or []
-    if failed:
-        reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed})
-        raise PacsRefused(f"PACS {server.name!r} refused {len(failed)} of {len(documents)} "
-                          f"result objects (failure reasons {', '.join(reasons)})")
-    stored = [Stored(str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
-              for item in answer.get("ReferencedSOPSequence") or []]
-    if len(stored) != len(documents):
-        raise PacsRefused(f"PACS {server.name!r} stored {len(stored)} of {len(documents)} "
-                          "result objects")
+    try:
+        failed = answer.get("FailedSOPSequence") or []
+        if failed:
+            reasons = sorted({f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed})
+            raise PacsRefused(f"PACS {server.name!r} refused {len(failed)} of "
+                              f"{len(documents)} result objects (failure reasons "
+                              f"{', '.join(reasons)})")
+        stored = [Stored(str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID))
+                  for item in answer.get("ReferencedSOPSequence") or []]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise PacsRefused(f"PACS {server.name!r} answered the store with a malformed STOW-RS "
+                          "response") from None
+    sent = {str(dataset.SOPInstanceUID) for dataset in datasets}
+    if {item.sop_instance_uid for item in stored} != sent:
+        raise PacsRefused(f"PACS {server.name!r} did not confirm storing the "
+                          f"{len(documents)} result objects sent (it listed {len(stored)})")
     return stored
 
 

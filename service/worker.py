@@ -380,8 +380,16 @@ class Worker:
             delivery = Delivery(pacs=job.pacs.results_to, status="failed", attempts=0,
                                 error=problem_for(missing))
         else:
-            delivery = await deliver(server, job.pacs.instance.study_instance_uid, documents,
-                                     policy=self.delivery, stopping=self._stopping.is_set)
+            try:
+                delivery = await deliver(server, job.pacs.instance.study_instance_uid,
+                                         documents, policy=self.delivery,
+                                         stopping=self._stopping.is_set)
+            except Exception as exc:  # the heatmap is computed: keep it, say what failed
+                logger.exception("job %s: storing results in PACS %r failed", job.id,
+                                 server.name)
+                delivery = Delivery(pacs=server.name, status="failed", attempts=1,
+                                    study_instance_uid=job.pacs.instance.study_instance_uid,
+                                    error=problem_for(exc))
         logger.info("job %s: results %s in PACS %r in %.3f s", job.id,
                     delivery.status.replace("_", " "), delivery.pacs,
                     time.perf_counter() - began)

@@ -14,6 +14,7 @@ a rule that forwards everything, are acknowledged and not explained again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from email import policy
 from email.message import EmailMessage
@@ -100,11 +101,13 @@ async def store_instances(request: Request, store: StoreDep, settings: SettingsD
     out of resources, 0xC000 cannot understand, 0xC122 transfer syntax not
     supported, 0x0122 no route for its SOP class or modality, 0x0110 other).
     """
-    parts = _dicom_parts(request.headers.get("content-type", ""), await request.body())
+    # Off the event loop: parsing a large body, or reading a Deflated header, takes seconds.
+    parts = await asyncio.to_thread(_dicom_parts, request.headers.get("content-type", ""),
+                                    await request.body())
     taken: list[Dataset] = []
     failed: list[Dataset] = []
     for data in parts:
-        header = _header(data)
+        header = await asyncio.to_thread(_header, data)
         try:
             job_id = await _explain(data, header, store, settings, deployment, caller,
                                     admission)
@@ -136,8 +139,13 @@ def _dicom_parts(content_type: str, body: bytes) -> list[bytes]:
     if not content_type.lower().startswith("multipart/related"):
         raise UnsupportedMediaType('STOW-RS takes multipart/related; type="application/dicom"'
                                    f", not {content_type[:80]!r}")
-    message = BytesParser(policy=policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body)
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    boundary = BytesParser(policy=policy.HTTP).parsebytes(head, headersonly=True).get_boundary()
+    if boundary and body.count(b"--" + boundary.encode("latin-1")) > MAX_INSTANCES + 1:
+        # Counted before parsing: a million tiny parts would take the parser minutes.
+        raise PayloadTooLarge(f"the body holds more than {MAX_INSTANCES} parts; one request "
+                              f"takes at most {MAX_INSTANCES} instances")
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
     if not isinstance(message, EmailMessage) or not message.is_multipart():
         raise InvalidInput("the multipart/related body has no parts (is its boundary right?)")
     parts = [part.get_payload(decode=True) for part in message.iter_parts()

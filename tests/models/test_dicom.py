@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import resource
+import threading
 
 import numpy as np
 import pydicom
@@ -13,7 +14,7 @@ from pydicom.tag import Tag
 
 from krypton.benchmarks import samples
 from krypton.models import ImageDecodeError, ImageTooLargeError, decode_image
-from krypton.models.dicom import UnsupportedTransferSyntaxError, is_dicom
+from krypton.models.dicom import UnsupportedTransferSyntaxError, inflated_size, is_dicom
 from krypton.models.images import decode, image_size
 from krypton.models.windows import AppliedWindow, Window
 from tests import dicom_files as files
@@ -235,3 +236,14 @@ def test_header_size_is_read_without_decoding_and_bounded() -> None:
 def test_large_dicom_is_reduced_like_other_images() -> None:
     pixels = decode_image(files.shipped("JPEG2000.dcm"), max_side=256)
     assert pixels.shape == (256, 64, 3)
+
+
+def test_a_deflated_file_with_a_byte_after_its_stream_is_counted_and_ends() -> None:
+    """pydicom pads an odd-length deflated stream with a byte; counting must stop at the
+    stream's end (it once spun on the padding for ever)."""
+    padded = samples.deflate_bomb(8) + b"\x00"
+    done: list[int] = []
+    counting = threading.Thread(target=lambda: done.append(inflated_size(padded)), daemon=True)
+    counting.start()
+    counting.join(timeout=30)
+    assert done and done[0] > 8 * 2**20

@@ -80,7 +80,8 @@ def krypton_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def krypton(orthanc_server: Orthanc, krypton_folder: Path) -> Iterator[httpx.Client]:
     """``krypton serve`` (embedded, running open on loopback) with the run's Orthanc as its
-    PACS ``orthanc``; a failed delivery is retried 3 times, 0.2 s apart at first, each request given 2 s."""
+    PACS ``orthanc``; a failed delivery is retried 3 times, 0.2 s apart at first, each
+    request given 2 s."""
     folder = krypton_folder
     with helpers.serving(pacs_registry(folder, orthanc_server), log=folder / "serve.log",
                          KRYPTON_DELIVERY_ATTEMPTS="3",
