@@ -24,7 +24,7 @@ from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
 
 from krypton.models.pacs import PacsServer
-from krypton.service.problems import PayloadTooLarge, ServiceError
+from krypton.service.problems import InvalidInput, PayloadTooLarge, ServiceError
 
 __all__ = ["InstanceNotFound", "PacsNotFound", "PacsRefused", "PacsUnavailable", "Stored",
            "fetch_instance", "store_instances"]
@@ -80,14 +80,16 @@ def fetch_instance(server: PacsServer, study: str, series: str, instance: str, *
                    max_bytes: int, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> bytes:
     """The instance as a DICOM file, in the transfer syntax the PACS stored it in.
 
-    Its header is read first (WADO-RS metadata): an instance whose pixels would
-    pass the upload limit even compressed is refused before any pixel is sent.
+    Its header is read first (WADO-RS metadata): an instance that holds no image, or
+    whose pixels would pass the upload limit even compressed, is refused before any
+    of it is sent.
 
     Raises:
         InstanceNotFound: the PACS has no such instance.
         PacsUnavailable: the PACS did not answer, or failed.
         PacsRefused: the PACS refused the request (credentials, say).
         PayloadTooLarge: the instance is larger than ``max_bytes``.
+        InvalidInput: the instance holds no image.
     """
     web = client(server, timeout=timeout)
     try:
@@ -98,6 +100,9 @@ def fetch_instance(server: PacsServer, study: str, series: str, instance: str, *
     except InstanceNotFound:
         _check_base_url(web, server)
         raise
+    if not _number(metadata, "00280010", 0):  # no Rows: an SR, a PDF, a waveform
+        raise InvalidInput("the instance holds no image (it has no Rows), and a heatmap "
+                           "explains an image")
     _refuse_too_large(metadata, max_bytes)
     with _answers(server, "read the instance"):
         # "*": the stored transfer syntax; Orthanc cannot transcode JPEG 2000, and

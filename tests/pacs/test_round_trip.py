@@ -131,7 +131,7 @@ def test_a_non_image_instance_is_refused_422_and_nothing_is_stored(
     report = pydicom.dcmread(io.BytesIO(files.shipped("test-SR.dcm")))
     orthanc.client().store_instances([report])
     response = krypton.post("/v1/pacs/orthanc/heatmaps", json=uids(report) | FAST)
-    helpers.assert_problem(response, 422)
+    assert "holds no image" in helpers.assert_problem(response, 422)["detail"]  # from its header
     assert list(in_study(orthanc, report.StudyInstanceUID)) == [report.SOPInstanceUID]
 
 
