@@ -27,12 +27,13 @@ from pydicom.filebase import DicomBytesIO
 
 from krypton import __version__, render
 from krypton.core.plans import HeatmapPlan
-from krypton.core.records import Prediction, RunSummary
+from krypton.core.records import Prediction
 from krypton.models import decode_image
 from krypton.models.dicom import is_dicom, read_dicom
 from krypton.models.windows import AppliedWindow
 from krypton.render import dicom as dicom_render
 from krypton.render.report import Algorithm, Finding, measurement_report
+from krypton.run_stats import RunStats
 
 __all__ = ["DicomSource", "Heatmap", "dicom_source", "overlay", "parametric_map", "report"]
 
@@ -52,7 +53,7 @@ class Heatmap:
     """A finished heatmap job, as its DICOM results need it."""
 
     plan: HeatmapPlan
-    run: RunSummary
+    run: RunStats
     prediction: Prediction
     values: FloatArray
     """The heatmap in the view the results show (drop, or probability)."""
@@ -63,7 +64,7 @@ class Heatmap:
     @property
     def geometry(self) -> render.HeatmapGeometry:
         return render.HeatmapGeometry(self.plan.patch_size, self.plan.stride,
-                                      self.run.input_size, self.run.input_size)
+                                      *self.run.input_shape)
 
 
 def dicom_source(image: bytes) -> DicomSource | str:

@@ -24,7 +24,7 @@ import torch
 
 from krypton.core.model_cache import ModelCache
 from krypton.core.plans import HeatmapPlan, TuningPlan
-from krypton.core.records import JobKind, Prediction, PredictParams, RunSummary
+from krypton.core.records import JobKind, Prediction, PredictParams
 from krypton.engine import (
     IncrementalOcclusion,
     OcclusionResult,
@@ -40,7 +40,7 @@ from krypton.models.deployment import DeployedModel
 from krypton.models.images import INFERENCE_SIDE, decode
 from krypton.render import heatmap_npy
 
-__all__ = ["JobContext", "Outcome", "explain", "job_body", "run_body", "summarize"]
+__all__ = ["JobContext", "Outcome", "explain", "job_body", "prediction_of", "run_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,28 +107,21 @@ def heatmap(context: JobContext, plan: HeatmapPlan, images: list[bytes]) -> Outc
                      frame=plan.frame, window=loaded.deployed.preprocessing.window)
     result = explain(context.cache, plan, decoded.pixels, progress=context.progress,
                      should_stop=context.should_stop, partial=context.partial)
-    prediction, run = summarize(result, loaded.deployed, plan)
-    return Outcome(updates={"window": decoded.window, "prediction": prediction, "run": run},
+    return Outcome(updates={"window": decoded.window,
+                            "prediction": prediction_of(result, loaded.deployed),
+                            "run": result.stats},
                    result=heatmap_npy(result.heatmap))
 
 
-def summarize(result: OcclusionResult, deployed: DeployedModel, plan: HeatmapPlan
-              ) -> tuple[Prediction, RunSummary]:
-    """What a heatmap's job records of its run: the prediction, and how the engine ran.
-
-    The command line writes the same into its heatmap.json.
-    """
-    labels, stats = deployed.labels, result.stats
-    prediction = Prediction(
+def prediction_of(result: OcclusionResult, deployed: DeployedModel) -> Prediction:
+    """The prediction a heatmap explains, with the model's labels: what its job records
+    beside the engine's :class:`~krypton.engine.RunStats`, and the command line writes
+    into its heatmap.json."""
+    labels = deployed.labels
+    return Prediction(
         predicted_class=result.predicted_class, predicted_label=labels[result.predicted_class],
         predicted_probability=result.predicted_probability, target_class=result.target,
         target_label=labels[result.target], target_probability=result.target_probability)
-    run = RunSummary(
-        positions=stats.positions, input_size=deployed.preprocessing.size,
-        heatmap_shape=result.heatmap.shape, seconds=stats.seconds, device=stats.device,
-        mode=plan.mode, flops_ratio=stats.flops_ratio, **stats.approximation.knobs(),
-        refined_positions=stats.refined_positions, refine_rounds=stats.refine_rounds)
-    return prediction, run
 
 
 @job_body(JobKind.predict)

@@ -9,11 +9,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from krypton.core.plans import HeatmapPlan
+from krypton.run_stats import RunStats
 
-__all__ = ["JobKind", "PredictParams", "Prediction", "RunSummary", "heatmap_metadata"]
+__all__ = ["JobKind", "PredictParams", "Prediction", "heatmap_metadata"]
 
 
 class JobKind(StrEnum):
@@ -39,32 +40,14 @@ class Prediction(BaseModel):
     target_probability: float
 
 
-class RunSummary(BaseModel):
-    """How the engine ran the job."""
-
-    positions: int
-    input_size: int
-    """Side of the square model input the patch and stride are measured on."""
-    heatmap_shape: tuple[int, int]
-    seconds: float
-    device: str
-    mode: str
-    flops_ratio: float | None = None
-    tau: float = 1.0
-    drilldown_ratio: float | None = None
-    coarse_stride: int | None = None
-    drilldown_tolerance: float | None = None
-    refined_positions: int | None = None
-    """Drill-down: fine positions recomputed after the coarse stage."""
-    refine_rounds: int | None = None
-    """Drill-down: rounds of refinement (bisection escalates one level per round)."""
+_RUN = TypeAdapter(RunStats)
 
 
 def heatmap_metadata(job_id: str | None, view: str, params: HeatmapPlan,
                      prediction: Prediction, random_weights: bool,
-                     run: RunSummary | None) -> dict[str, Any]:
+                     run: RunStats | None) -> dict[str, Any]:
     """What heatmap.json says beside the array, from the service and the command line alike
     (``job_id`` is ``None`` for the command line's)."""
     return {"id": job_id, "view": view, "params": params.model_dump(),
             "prediction": prediction.model_dump(), "random_weights": random_weights,
-            "run": run.model_dump() if run else None}
+            "run": _RUN.dump_python(run, mode="json") if run else None}

@@ -29,7 +29,8 @@ from torch import Tensor, nn
 from krypton.approximation import Approximation
 from krypton.engine.errors import InvalidParamsError, RunStopped
 from krypton.engine.patches import PatchGrid, PatchValue, patch_tensor
-from krypton.engine.result import OcclusionResult, RunStats
+from krypton.engine.result import OcclusionResult
+from krypton.run_stats import EngineMode, RunStats
 
 __all__ = [
     "BatchLoop",
@@ -179,7 +180,7 @@ class OcclusionEngine(ABC):
             engine alone and wants no second copy on the device.
     """
 
-    mode: str
+    mode: EngineMode
 
     def __init__(self, model: nn.Module, *, device: torch.device | str | None = None,
                  output: Output = "logits", copy: bool = True) -> None:
@@ -307,6 +308,8 @@ class OcclusionEngine(ABC):
                 batches=loop.batches,
                 batch_size=loop.batch_size or 0,
                 seconds=seconds,
+                input_shape=(prepared.height, prepared.width),
+                heatmap_shape=grid.shape,
                 flops_full=flops[0] if flops else None,
                 flops_incremental=flops[1] if flops else None,
                 theoretical_ratio=loop.theoretical_ratio,

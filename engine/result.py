@@ -2,56 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from krypton.approximation import Approximation
+from krypton.run_stats import RunStats
 
 __all__ = ["OcclusionResult", "RunStats"]
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """How a run went. FLOPs count convolutions only, as the KRYPTON paper does.
-
-    ``flops_incremental`` is what this run spent per heatmap position (windows
-    rounded up to one size per layer, layers past the switch to full inference
-    counted whole, a drill-down's two stages added up), so ``flops_ratio`` is
-    the effective saving over naive inference. ``theoretical_ratio`` is the
-    paper's ``R``: full over incremental conv FLOPs for one patch at the image
-    centre, counting only the cells the patch really changes (with ``tau``
-    applied). Both are ``None`` for naive runs. ``positions`` counts every
-    occluded position of the run, a drill-down's coarse stage included.
-    """
-
-    mode: str
-    device: str
-    positions: int
-    batches: int
-    batch_size: int
-    seconds: float
-    flops_full: int | None = None
-    flops_incremental: int | None = None
-    theoretical_ratio: float | None = None
-    approximation: Approximation = field(default_factory=Approximation)
-    """How far the run departed from exact (exact: ``tau`` 1, no drill-down)."""
-    refined_positions: int | None = None
-    """Drill-down only: fine positions recomputed after the coarse stage."""
-    refine_rounds: int | None = None
-    """Drill-down only: rounds of refinement; bisection escalates one level per round."""
-
-    @property
-    def positions_per_second(self) -> float:
-        return self.positions / self.seconds if self.seconds > 0 else float("inf")
-
-    @property
-    def flops_ratio(self) -> float | None:
-        """Full over incremental conv FLOPs per position for this run."""
-        if self.flops_full is None or not self.flops_incremental:
-            return None
-        return self.flops_full / self.flops_incremental
 
 
 @dataclass(frozen=True)

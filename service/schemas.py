@@ -11,8 +11,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from krypton.core.plans import HeatmapPlan, TuningPlan
-from krypton.core.records import JobKind, Prediction, PredictParams, RunSummary
+from krypton.core.records import JobKind, Prediction, PredictParams
 from krypton.models.windows import AppliedWindow, Window
+from krypton.run_stats import RunStats
 
 __all__ = [
     "DatasetInfo",
@@ -159,7 +160,7 @@ class Job(BaseModel):
     timings: Timings = Field(default_factory=lambda: Timings(created_at=utcnow()))
     prediction: Prediction | None = None
     probabilities: list[float] | None = None
-    run: RunSummary | None = None
+    run: RunStats | None = None
     window: AppliedWindow | None = Field(
         default=None, description="For a grayscale DICOM image: the window that mapped its "
         "values to what the model saw (the model's, the file's, or the image's own range).")
@@ -194,7 +195,7 @@ class JobView(BaseModel):
     progress: float
     params: HeatmapPlan | PredictParams | TuningPlan
     prediction: Prediction | None
-    run: RunSummary | None
+    run: RunStats | None
     window: AppliedWindow | None
     tuned: dict[str, Any] | None
     error: dict[str, Any] | None

@@ -230,7 +230,7 @@ def _write(output: Path, values: npt.NDArray[np.float32], result: OcclusionResul
            view: str) -> list[Path]:
     """The files the service would give for this heatmap: its array, its JSON document,
     or its PNG and overlay (with the untrained-model band where weights are random)."""
-    from krypton.core.jobs import summarize
+    from krypton.core.jobs import prediction_of
     from krypton.core.records import heatmap_metadata
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -239,9 +239,9 @@ def _write(output: Path, values: npt.NDArray[np.float32], result: OcclusionResul
         output.write_bytes(render.heatmap_npy(values))
         return [output]
     if suffix == ".json":
-        prediction, run = summarize(result, deployed, plan)
         output.write_text(render.heatmap_json(values, heatmap_metadata(
-            None, view, plan, prediction, deployed.random_weights, run)))
+            None, view, plan, prediction_of(result, deployed), deployed.random_weights,
+            result.stats)))
         return [output]
     size = deployed.preprocessing.size
     geometry = render.HeatmapGeometry(result.patch_size, result.stride, size, size)

@@ -344,7 +344,7 @@ async def _overlay_inputs(queue: JobQueue, job: Job, size: int
         frame=job.params.frame if len(images) == 1 else None,
         window=job.window.replay() if job.window is not None else None)
     geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
-                                      job.run.input_size, job.run.input_size)
+                                      *job.run.input_shape)
     return pixels, geometry
 
 

@@ -25,9 +25,10 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from krypton.core.plans import HeatmapPlan
-from krypton.core.records import Prediction, RunSummary
+from krypton.core.records import Prediction
 from krypton.models.deployment import load_deployment
 from krypton.render import heatmap_npy
+from krypton.run_stats import RunStats
 from krypton.service.app import create_app
 from krypton.service.config import Settings
 from krypton.service.schemas import Job, JobStatus, new_job_id
@@ -98,8 +99,8 @@ async def _finish_first(queue: InMemoryQueue, job_id: str) -> None:
     assert claim is not None
     prediction = Prediction(predicted_class=0, predicted_label="a", predicted_probability=0.9,
                             target_class=0, target_label="a", target_probability=0.9)
-    run = RunSummary(positions=16, input_size=64, heatmap_shape=(4, 4), seconds=0.1,
-                     device="cpu", mode="exact")
+    run = RunStats(mode="exact", device="cpu", positions=16, batches=1, batch_size=16,
+                   seconds=0.1, input_shape=(64, 64), heatmap_shape=(4, 4))
     assert await queue.finish(claim, job.model_copy(update={
         "status": JobStatus.succeeded, "prediction": prediction, "run": run}),
         heatmap_npy(np.random.default_rng(0).random((4, 4))), owner="")

@@ -82,7 +82,7 @@ def test_get_heatmap_of_finished_job_reports_prediction_with_deployed_labels(
 def test_get_heatmap_of_finished_job_reports_run_and_timings(job: dict[str, Any]) -> None:
     assert job["run"]["heatmap_shape"] == [4, 4]
     assert job["run"]["positions"] == 16
-    assert job["run"]["input_size"] == helpers.INPUT_SIZE
+    assert job["run"]["input_shape"] == [helpers.INPUT_SIZE, helpers.INPUT_SIZE]
     assert job["run"]["mode"] == "exact"
     assert job["created_at"] <= job["started_at"] <= job["finished_at"]
     assert job["compute_seconds"] >= 0 and job["queue_wait_seconds"] >= 0

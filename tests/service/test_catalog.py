@@ -128,13 +128,13 @@ def test_approximate_job_with_tuned_dataset_succeeds(approximate: dict[str, Any]
 
 
 def test_approximate_job_reports_the_tuned_tau_in_run(approximate: dict[str, Any]) -> None:
-    assert approximate["run"]["tau"] == TUNED_TAU
+    assert approximate["run"]["approximation"]["tau"] == TUNED_TAU
     assert approximate["params"]["tau"] == TUNED_TAU
 
 
 def test_approximate_job_reports_what_its_bisection_refined(approximate: dict[str, Any]) -> None:
     run = approximate["run"]
-    assert run["drilldown_tolerance"] == helpers.TUNED_TOLERANCE
+    assert run["approximation"]["drilldown_tolerance"] == helpers.TUNED_TOLERANCE
     assert run["refined_positions"] is not None and run["refine_rounds"] is not None
     assert run["positions"] <= 16
 
@@ -260,7 +260,7 @@ def test_freshly_tuned_dataset_runs_approximate_jobs(api: TestClient, retina_png
     _, job = tuning
     done = helpers.finished(api, retina_png, mode="approximate", dataset=TUNING_DATASET)
     assert done["status"] == "succeeded", done["error"]
-    assert done["run"]["tau"] == job["tuned"]["tau"]
+    assert done["run"]["approximation"]["tau"] == job["tuned"]["tau"]
     assert done["run"]["heatmap_shape"] == [7, 7]
 
 

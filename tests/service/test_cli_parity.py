@@ -100,7 +100,7 @@ def test_explain_writes_the_services_heatmap_json_key_by_key(
     written = _leaves(json.loads((tmp_path / "cli.json").read_text()))
 
     assert set(written) == set(served)
-    assert ("run", "tau") in served and ("params", "tuned_for") in served
+    assert ("run", "approximation", "tau") in served and ("params", "tuned_for") in served
     for key in set(served) - RUN_SPECIFIC:
         if isinstance(served[key], float):
             assert written[key] == pytest.approx(served[key], rel=1e-6), key
@@ -131,4 +131,4 @@ def test_the_readmes_tune_then_serve_workflow_runs_approximate_jobs(
     assert dataset["stale"] is None and dataset["tuned"]["checkpoint"] == tuned["checkpoint"]
     job = helpers.finished(client, retina_png, mode="approximate", dataset="retina")
     assert job["status"] == "succeeded", job["error"]
-    assert (job["run"]["mode"], job["run"]["tau"]) == ("approximate", tuned["tau"])
+    assert (job["run"]["mode"], job["run"]["approximation"]["tau"]) == ("approximate", tuned["tau"])

@@ -423,7 +423,7 @@ def test_redis_that_lost_its_data_serves_the_config_files_again_without_a_restar
         job = helpers.finished(client, retina_png, dataset=helpers.TUNED_DATASET,
                                mode="approximate")
     assert job["status"] == "succeeded", job["error"]
-    assert job["run"]["tau"] == helpers.TUNED_TAU
+    assert job["run"]["approximation"]["tau"] == helpers.TUNED_TAU
 
 
 def test_redis_approximate_job_runs_the_knobs_redis_holds(
@@ -432,7 +432,7 @@ def test_redis_approximate_job_runs_the_knobs_redis_holds(
         job = helpers.finished(client, retina_png, dataset=helpers.TUNED_DATASET,
                                mode="approximate")
     assert job["status"] == "succeeded", job["error"]
-    assert job["run"]["tau"] == helpers.TUNED_TAU
+    assert job["run"]["approximation"]["tau"] == helpers.TUNED_TAU
 
 
 # ---------------------------------------------------------------- consumers and connections
