@@ -20,7 +20,7 @@ from krypton.engine.errors import (
     UnsupportedModelError,
 )
 from krypton.engine.incremental import IncrementalOcclusion
-from krypton.engine.occlusion import MODES, make_engine, occlusion
+from krypton.engine.occlusion import MODES, kept_engine, make_engine, occlusion
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.quality import heatmap_ssim, points_at
 from krypton.engine.reference import ReferenceOcclusion
@@ -53,6 +53,7 @@ __all__ = [
     "coarse_stride_for_speedup",
     "heatmap_ssim",
     "points_at",
+    "kept_engine",
     "make_engine",
     "occlusion",
     "tune",

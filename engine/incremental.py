@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,7 @@ from krypton.engine.graph import LayerKind, trace
 from krypton.engine.patches import PatchGrid
 from krypton.engine.planning import Mode, Shape, Step, StepPlan, plan_steps
 
-__all__ = ["IncrementalOcclusion"]
+__all__ = ["IncrementalOcclusion", "PlanCacheInfo"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,13 @@ _DEFAULT_FULL_THRESHOLD = 0.8
 
 Padding = Literal["zero", "-inf"]
 """What cells outside a map read as: zeros (conv, average pooling) or -inf (max pooling)."""
+
+
+class PlanCacheInfo(NamedTuple):
+    """Runs that reused a kept step plan (``hits``), and plans made and kept (``misses``)."""
+
+    hits: int
+    misses: int
 
 
 class IncrementalOcclusion(OcclusionEngine):
@@ -82,6 +89,14 @@ class IncrementalOcclusion(OcclusionEngine):
         self.plan = trace(self.model)
         self.full_threshold = full_threshold
         self._step_plans: dict[tuple[Any, ...], tuple[StepPlan, float]] = {}
+        self._plan_hits = 0
+
+    @property
+    def plan_cache(self) -> PlanCacheInfo:
+        """How the engine's step plans were found, as ``functools``' ``cache_info``: one is
+        kept per input shape, grid and ``tau``, planned on its first run (a miss) and
+        reused after (a hit), so a long-lived engine grows by one per new grid."""
+        return PlanCacheInfo(self._plan_hits, len(self._step_plans))
 
     def _forward(self, image: Tensor) -> tuple[Tensor, Any]:
         activations = self.plan.forward_layers(image)
@@ -98,7 +113,9 @@ class IncrementalOcclusion(OcclusionEngine):
     ) -> tuple[StepPlan, float]:
         """The step plan for these map shapes and this grid, planned once and kept."""
         key = (tuple(shapes.items()), grid, tau)
-        if key not in self._step_plans:
+        if key in self._step_plans:
+            self._plan_hits += 1
+        else:
             steps = plan_steps(
                 self.plan, shapes, grid.rows, grid.cols, grid.patch,
                 full_threshold=self.full_threshold, tau=tau,

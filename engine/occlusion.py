@@ -32,7 +32,7 @@ from krypton.engine.patches import PatchValue
 from krypton.engine.reference import ReferenceOcclusion
 from krypton.engine.result import OcclusionResult
 
-__all__ = ["MODES", "make_engine", "occlusion"]
+__all__ = ["MODES", "kept_engine", "make_engine", "occlusion"]
 
 MODES: tuple[str, ...] = ("exact", "approximate", "naive")
 
@@ -133,16 +133,23 @@ def occlusion(
             "mode='approximate' needs tau and/or drilldown_ratio with coarse_stride "
             "(see `krypton tune` for a dataset's settings); mode='exact' runs without them")
     approximation = Approximation.of(tau, drilldown_ratio, coarse_stride, drilldown_tolerance)
-    engine = _engine(model, mode, device, output)
+    engine = kept_engine(model, mode, device=device, output=output)
     return approximate(
         approximation, engine, image, patch_size, stride, patch_value=patch_value, target=target,
         batch_size=batch_size, progress=progress, should_stop=should_stop, partial=partial,
     )
 
 
-def _engine(model: nn.Module, mode: str, device: torch.device | str | None,
-            output: Output) -> OcclusionEngine:
-    """The kept engine for this model, mode, device and output, or a new one."""
+def kept_engine(model: nn.Module, mode: str = "exact", *,
+                device: torch.device | str | None = None,
+                output: Output = "logits") -> OcclusionEngine:
+    """The engine :func:`occlusion` runs ``model`` on for this mode, device and output.
+
+    It is built on first use and kept while the model lives and its weights are
+    neither replaced nor written in place, so repeated calls trace the model and
+    plan each grid once. ``approximate`` shares the ``exact`` engine. A model in
+    training mode gets no kept engine: building one refuses it.
+    """
     if not isinstance(model, nn.Module) or model.training:
         return make_engine(model, mode, device=device, output=output)  # it refuses them
     key = ("naive" if mode == "naive" else "exact", str(device), output)

@@ -17,12 +17,10 @@ from krypton.engine import (
     ReferenceOcclusion,
     coarse_stride_for_speedup,
     heatmap_ssim,
-    incremental,
     occlusion,
 )
 from krypton.engine.drilldown import interpolate_coarse, top_drop
 from krypton.engine.patches import PatchGrid
-from krypton.engine.planning import plan_steps
 from tests.engine.helpers import TOLERANCE, architecture, calibrate
 
 
@@ -210,22 +208,25 @@ def test_heatmap_ssim_of_different_shapes_raises() -> None:
 
 
 def test_engine_plans_each_grid_once_across_calls_with_the_same_settings(
-    resnet_case: tuple[nn.Module, torch.Tensor], monkeypatch: pytest.MonkeyPatch,
+    resnet_case: tuple[nn.Module, torch.Tensor],
 ) -> None:
     model, image = resnet_case
     engine = IncrementalOcclusion(model)
-    calls: list[float] = []
-
-    def counted(*args: object, **kwargs: object) -> object:
-        calls.append(float(kwargs.get("tau", 1.0)))  # type: ignore[arg-type]
-        return plan_steps(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(incremental, "plan_steps", counted)
     first = engine.attribute(image, 12, 12, tau=0.7)
-    planned = len(calls)
     second = engine.attribute(image, 12, 12, tau=0.7)
-    assert planned > 0 and len(calls) == planned
+    assert engine.plan_cache == (1, 1)  # planned on the first run, reused on the second
     np.testing.assert_array_equal(first.heatmap, second.heatmap)
+
+
+def test_engine_plans_anew_for_another_tau_or_grid(
+    resnet_case: tuple[nn.Module, torch.Tensor],
+) -> None:
+    model, image = resnet_case
+    engine = IncrementalOcclusion(model)
+    engine.attribute(image, 12, 12, tau=0.7)
+    engine.attribute(image, 12, 12, tau=0.5)
+    engine.attribute(image, 12, 6, tau=0.5)
+    assert engine.plan_cache == (0, 3)
 
 
 def _drilldown_partials(resnet_case: tuple[nn.Module, torch.Tensor]

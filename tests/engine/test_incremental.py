@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from krypton.engine import IncrementalOcclusion, ReferenceOcclusion, RunStopped, occlusion
+from krypton.engine import (
+    IncrementalOcclusion,
+    ReferenceOcclusion,
+    RunStopped,
+    kept_engine,
+    occlusion,
+)
 from krypton.models import build_model, get_model_spec, list_models
 from tests.engine.helpers import TOLERANCE, architecture, assert_exact, calibrate
 
@@ -198,21 +202,23 @@ def test_model_ending_in_softmax_gives_the_same_heatmap_with_output_probabilitie
         np.testing.assert_allclose(result.heatmap, expected, atol=TOLERANCE)
 
 
-def test_occlusion_reuses_its_engine_for_the_same_model(
-        tiny_cnn: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    module = importlib.import_module("krypton.engine.occlusion")
-    built: list[str] = []
-    original = module.make_engine
-
-    def counting(*args: object, **kwargs: object) -> object:
-        built.append(str(kwargs.get("device")))
-        return original(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(module, "make_engine", counting)
+def test_occlusion_runs_every_call_for_one_model_on_one_kept_engine(
+        tiny_cnn: nn.Module) -> None:
     image = torch.randn(3, 16, 16)
     occlusion(tiny_cnn, image, 4, 4)
-    occlusion(tiny_cnn, image, 4, 2)
-    assert len(built) == 1
+    occlusion(tiny_cnn, image, 4, 2, mode="approximate", tau=0.5)
+    engine = kept_engine(tiny_cnn)
+    assert isinstance(engine, IncrementalOcclusion)
+    assert engine.plan_cache.misses == 2  # both calls planned on it
+    assert kept_engine(tiny_cnn, "approximate") is engine
+
+
+def test_occlusion_keeps_a_new_engine_once_the_weights_are_replaced(
+        tiny_cnn: nn.Module) -> None:
+    before = kept_engine(tiny_cnn)
+    tiny_cnn.load_state_dict({name: tensor.clone() for name, tensor
+                              in tiny_cnn.state_dict().items()}, assign=True)
+    assert kept_engine(tiny_cnn) is not before
 
 
 def test_occlusion_sees_weights_changed_in_place_since_the_last_call(
