@@ -34,8 +34,8 @@ from krypton.models import (
     seeded,
 )
 
-__all__ = ["TrainingReport", "accuracy", "confusion_matrix", "default_steps", "demo_checkpoint",
-           "per_class", "save_checkpoint", "train_demo_model"]
+__all__ = ["TrainingReport", "TrainingStreams", "accuracy", "confusion_matrix", "default_steps",
+           "demo_checkpoint", "per_class", "save_checkpoint", "train_demo_model"]
 
 _STEPS = 600
 _STEPS_BY_MODEL = {"resnet18": 1200, "inception_v3": 800, "vgg16": 540}
@@ -53,10 +53,12 @@ _LEARNING_RATE = 3e-4
 (BENCHMARKS.md, "Demo models"). VGG16's twin needs its lesion map as well: on
 the label alone it learned only exudates, at this rate and at 1e-3."""
 
-_FULL_SIZE_STREAM = 2**32
+_FULL_SIZE_STREAM = 3_000_017
 """Added to the seed of the full-size image stream, so the last steps draw new
-labels and views instead of replaying the half-size stream's first ones; the
-validation and sample seeds stay below it."""
+labels and views instead of replaying the half-size stream's first ones. Above
+the validation and sample seeds, so it draws neither of theirs; and below
+``2**32``: torch's CPU generator keeps only a seed's low 32 bits, so an offset of
+``2**32`` would replay the half-size stream exactly."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,7 @@ def train_demo_model(
     rate = learning_rate if learning_rate is not None else _LEARNING_RATE
     model = _trainable_model(name, seed)
     _zero_head(model)
-    streams = _Streams.for_model(name, seed=seed, occluders=occluders, batch_size=batch_size,
+    streams = TrainingStreams.for_model(name, seed=seed, occluders=occluders, batch_size=batch_size,
                                  full_from=steps - round(full_size_share * steps))
     started = time.perf_counter()
     with seeded(seed, device):  # dropout and the lesion map's start draw from these
@@ -245,8 +247,10 @@ def _trainable_model(name: str, seed: int) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class _Streams:
-    """The training images: half-size views up to step ``full_from``, full-size after."""
+class TrainingStreams:
+    """The images a training run sees: half-size views up to step ``full_from``,
+    full-size after, each size from a stream of its own (the full-size one is not
+    the half-size one replayed larger)."""
 
     small: FundusLesions
     full: FundusLesions
@@ -256,7 +260,7 @@ class _Streams:
 
     @classmethod
     def for_model(cls, name: str, *, seed: int, occluders: float, batch_size: int,
-                  full_from: int) -> _Streams:
+                  full_from: int) -> TrainingStreams:
         spec = get_model_spec(name)
         size = spec.input_size
         small = FundusLesions(max(size // 2, 80), seed=seed, occluders=occluders,
@@ -268,7 +272,7 @@ class _Streams:
         return (self.small if step < self.full_from else self.full).batch(self.batch_size)
 
 
-def _fit(name: str, model: nn.Module, streams: _Streams, *, steps: int, rate: float,
+def _fit(name: str, model: nn.Module, streams: TrainingStreams, *, steps: int, rate: float,
          device: str, say: Callable[[str], None]) -> tuple[list[float], list[float]]:
     """Train ``model`` in place.
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from krypton.demo import LABELS, demo_checkpoint, save_checkpoint, train_demo_model
-from krypton.demo.training import TrainingReport
+from krypton.demo.training import TrainingReport, TrainingStreams
 from krypton.models import build_model, read_state_dict
 
 
@@ -82,21 +82,12 @@ def test_invalid_training_options_raise(options: dict[str, float]) -> None:
         train_demo_model("resnet18", **options)  # type: ignore[arg-type]
 
 
-def test_full_size_steps_draw_a_stream_apart_from_the_half_size_one(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from krypton.demo import training
-
-    seeds: list[int] = []
-
-    class Recording(training.FundusLesions):
-        def __init__(self, size: int, *, seed: int = 0, **options: float) -> None:
-            seeds.append(seed)
-            super().__init__(size, seed=seed, **options)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(training, "FundusLesions", Recording)
-    train_demo_model("resnet18", steps=1, batch_size=1, validation=1)
-    small, full = seeds[:2]  # evaluation adds the validation stream after them
-    assert small != full
+def test_full_size_steps_draw_a_stream_apart_from_the_half_size_one() -> None:
+    streams = TrainingStreams.for_model("resnet18", seed=0, occluders=0.5, batch_size=16,
+                                        full_from=1)
+    half_size, full_size = streams.batch(0), streams.batch(1)
+    assert half_size.images.shape[-1] < full_size.images.shape[-1]
+    assert not torch.equal(half_size.labels, full_size.labels)
 
 
 @pytest.mark.parametrize(("name", "expected"), [("vgg11", True), ("resnet18", False)])
