@@ -24,8 +24,9 @@ from krypton.engine.occlusion import MODES, kept_engine, make_engine, occlusion
 from krypton.engine.patches import PatchGrid, PatchValue
 from krypton.engine.quality import heatmap_ssim, points_at
 from krypton.engine.reference import ReferenceOcclusion
-from krypton.engine.result import OcclusionResult, RunStats
+from krypton.engine.result import OcclusionResult
 from krypton.engine.tuning import FrontierPoint, TuningResult, tune
+from krypton.run_stats import RunStats
 
 __all__ = [
     "MODES",
@@ -52,9 +53,9 @@ __all__ = [
     "approximate",
     "coarse_stride_for_speedup",
     "heatmap_ssim",
-    "points_at",
     "kept_engine",
     "make_engine",
+    "points_at",
     "occlusion",
     "tune",
 ]

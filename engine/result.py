@@ -9,7 +9,7 @@ import numpy.typing as npt
 
 from krypton.run_stats import RunStats
 
-__all__ = ["OcclusionResult", "RunStats"]
+__all__ = ["OcclusionResult"]
 
 
 @dataclass(frozen=True)

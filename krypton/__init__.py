@@ -1,3 +1,3 @@
 """Krypton: occlusion sensitivity heatmaps for CNN classifiers, fast."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

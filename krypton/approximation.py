@@ -143,7 +143,7 @@ class Approximation:
         return self.tau == 1.0 and not self.drills_down
 
     def knobs(self) -> dict[str, Any]:
-        """The four knobs by name, as requests, configs and run summaries spell them."""
+        """The four knobs by name, as requests and dataset configs spell them."""
         return {"tau": self.tau, "drilldown_ratio": self.drilldown_ratio,
                 "coarse_stride": self.coarse_stride,
                 "drilldown_tolerance": self.drilldown_tolerance}

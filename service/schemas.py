@@ -8,7 +8,7 @@ import secrets
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from krypton.core.plans import HeatmapPlan, TuningPlan
 from krypton.core.records import JobKind, Prediction, PredictParams
@@ -136,6 +136,28 @@ class Delivery(BaseModel):
         "retries for an unreachable PACS), or why no DICOM result exists for this image.")
 
 
+def run_of_0_1(run: Any) -> Any:
+    """A job's ``run`` as Krypton 0.1 stored it, in today's shape, so that jobs kept in
+    Redis across an upgrade are still served and can be deleted.
+
+    0.1 kept a flat copy of the run: one input side, the knobs side by side, no
+    batches. Those it did not record read as 0 (``batches``, ``batch_size``), and
+    its FLOP ratio is not carried over, since 0.1 kept the ratio without the
+    counts it is made of. Anything else passes through unchanged.
+    """
+    if not isinstance(run, dict) or "input_size" not in run:
+        return run
+    side = run["input_size"]
+    knobs = ("tau", "drilldown_ratio", "coarse_stride", "drilldown_tolerance")
+    return {"mode": run.get("mode"), "device": run.get("device"),
+            "positions": run.get("positions"), "batches": 0, "batch_size": 0,
+            "seconds": run.get("seconds"), "input_shape": (side, side),
+            "heatmap_shape": run.get("heatmap_shape"),
+            "approximation": {name: run[name] for name in knobs if run.get(name) is not None},
+            "refined_positions": run.get("refined_positions"),
+            "refine_rounds": run.get("refine_rounds")}
+
+
 class Job(BaseModel):
     """A unit of work and everything known about it so far."""
 
@@ -184,6 +206,11 @@ class Job(BaseModel):
     delivery: Delivery | None = Field(
         default=None, description="Storing the results in the PACS: what was stored where, "
         "or why not. Set when the job finishes.")
+
+    @field_validator("run", mode="before")
+    @classmethod
+    def _run_of_an_earlier_release(cls, run: Any) -> Any:
+        return run_of_0_1(run)
 
 
 class JobView(BaseModel):

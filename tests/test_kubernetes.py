@@ -384,8 +384,8 @@ def test_the_deployment_the_docs_write_renders_with_its_own_images_and_registry(
     assert rendered.returncode == 0, rendered.stderr
     objects = [d for d in yaml.safe_load_all(rendered.stdout) if d]
     images = {c["image"] for _, c in _containers(objects)}
-    assert {"registry.example.org/krypton-api:0.1.0",
-            "registry.example.org/krypton-worker:0.1.0"} <= images
+    assert {"registry.example.org/krypton-api:0.2.0",
+            "registry.example.org/krypton-worker:0.2.0"} <= images
     [registry] = [o for o in objects if o["kind"] == "ConfigMap"]
     assert 'name = "chest"' in registry["data"]["registry.toml"]
     mounted = {v["configMap"]["name"] for d in objects if d["kind"] == "Deployment"

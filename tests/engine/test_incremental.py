@@ -129,6 +129,14 @@ def test_drop_is_unoccluded_probability_minus_heatmap(tiny_cnn: nn.Module) -> No
     np.testing.assert_allclose(result.drop, result.target_probability - result.heatmap)
 
 
+@pytest.mark.parametrize("mode", ["exact", "naive"])
+def test_stats_give_the_input_and_heatmap_shapes_height_first(tiny_cnn: nn.Module,
+                                                              mode: str) -> None:
+    result = occlusion(tiny_cnn, torch.randn(3, 16, 24), 4, 4, mode=mode)
+    assert result.stats.input_shape == (16, 24)
+    assert result.stats.heatmap_shape == result.heatmap.shape == (4, 6)
+
+
 def test_stats_count_fewer_incremental_flops_for_a_small_patch() -> None:
     image = torch.randn(3, 64, 64)
     result = occlusion(architecture("vgg16"), image, 4, 60)
@@ -216,6 +224,7 @@ def test_occlusion_runs_every_call_for_one_model_on_one_kept_engine(
 def test_occlusion_keeps_a_new_engine_once_the_weights_are_replaced(
         tiny_cnn: nn.Module) -> None:
     before = kept_engine(tiny_cnn)
+    assert kept_engine(tiny_cnn) is before
     tiny_cnn.load_state_dict({name: tensor.clone() for name, tensor
                               in tiny_cnn.state_dict().items()}, assign=True)
     assert kept_engine(tiny_cnn) is not before

@@ -8,6 +8,7 @@ test needs: SIGKILL leaves no chance to clean up.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -549,3 +550,28 @@ def test_redis_holding_a_broken_tuned_config_is_the_servers_fault_not_the_caller
     problem = helpers.assert_problem(response, 500)
     assert problem["type"] == "urn:krypton:problem:dataset-config-unreadable"
     assert "Doe" not in response.text and constants.DATASET_KEY.format("") not in response.text
+
+
+# A heatmap job's run as 0.1.0 stored it: flat knobs, one input side, no batches.
+RUN_OF_0_1_0 = {"positions": 16, "input_size": helpers.INPUT_SIZE, "heatmap_shape": [4, 4],
+                "seconds": 0.2, "device": "cpu", "mode": "exact", "flops_ratio": 2.5,
+                "tau": 1.0, "drilldown_ratio": None, "coarse_stride": None,
+                "drilldown_tolerance": None, "refined_positions": None, "refine_rounds": None}
+
+
+def test_a_job_stored_before_the_run_record_changed_shape_is_served_and_can_be_deleted(
+        client: TestClient, redis_url: str, redis_client: redis.Redis, deployment: Deployment,
+        retina_png: bytes) -> None:
+    with ThreadedWorker(redis_url, deployment, name="thread-1"):
+        job = helpers.finished(client, retina_png)
+    key = constants.JOB_KEY.format(job["id"])
+    stored = json.loads(redis_client.get(key))  # type: ignore[arg-type]
+    redis_client.set(key, json.dumps({**stored, "run": RUN_OF_0_1_0}), keepttl=True)
+
+    served = client.get(f"/v1/heatmaps/{job['id']}")
+    assert served.status_code == 200, served.text
+    run = served.json()["run"]
+    assert run["input_shape"] == [helpers.INPUT_SIZE, helpers.INPUT_SIZE]
+    assert (run["approximation"]["tau"], run["flops_ratio"]) == (1.0, None)
+    assert client.get(job["links"]["json"]).status_code == 200
+    assert client.delete(f"/v1/heatmaps/{job['id']}").status_code == 204
