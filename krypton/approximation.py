@@ -52,26 +52,23 @@ def quality_target(target_ssim: object) -> float:
 
 @dataclass(frozen=True)
 class Approximation:
-    """The four knobs of approximate inference, checked together.
+    """The four knobs of approximate inference, checked together when made: a knob out
+    of range, or knobs that do not go together, are refused (ApproximationError, whose
+    message says which rule). The default is exact."""
 
-    Args:
-        tau: projective-field threshold, ``0 < tau <= 1``; 1 is exact.
-        drilldown_ratio: fraction ``r`` of fine positions recomputed after the
-            coarse stage, ``0 < r <= 1``; ``None`` runs no drill-down.
-        coarse_stride: stride of the coarse stage in input pixels, a positive
-            integer; required with ``drilldown_ratio``.
-        drilldown_tolerance: refine by bisection to this share of the coarse
-            map's range, in ``[0, 1]``, ``drilldown_ratio`` being the cap;
-            ``None`` refines the ratio with the largest drop.
-
-    Raises:
-        ApproximationError: a knob out of range, or knobs that do not go together.
-    """
+    __pydantic_config__ = {"use_attribute_docstrings": True}  # the API's schema shows these
 
     tau: float = 1.0
+    """Projective-field threshold, 0 < tau <= 1; 1 is exact."""
     drilldown_ratio: float | None = None
+    """Fraction r of fine positions recomputed after the coarse stage, 0 < r <= 1; none
+    runs no drill-down."""
     coarse_stride: int | None = None
+    """Stride of the drill-down's coarse stage in input pixels, a positive integer;
+    required with drilldown_ratio."""
     drilldown_tolerance: float | None = None
+    """Refine by bisection to this share of the coarse map's range, in [0, 1],
+    drilldown_ratio being the cap; none refines the ratio with the largest drop."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tau", _fraction("tau", self.tau, low_open=True))

@@ -16,7 +16,9 @@ convert '1999-13-45'``. So what reaches a log is cut at two places:
 
 Krypton's own messages name jobs, models and sizes, never a header value or
 image bytes; :func:`configure_logging` installs both cuts on the one handler
-every record goes through.
+every record goes through. A third keeps the access log's paths and drops
+the values of their query strings: Krypton reads no secret from a URL, but a
+client may put one there (``?api_key=...``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import sys
 import traceback
 from types import TracebackType
 
-__all__ = ["SafeFormatter", "WithholdQuoting", "configure_logging"]
+__all__ = ["SafeFormatter", "WithholdQueryValues", "WithholdQuoting", "configure_logging"]
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -47,6 +49,20 @@ class WithholdQuoting(logging.Filter):
             record.msg = (f"{record.levelname.lower()} from {record.name} (message withheld: "
                           "it may quote an image's header)")
             record.args = None
+        return True
+
+
+class WithholdQueryValues(logging.Filter):
+    """The access log's request target with each query value replaced by ``*``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access records: (client, method, target, HTTP version, status).
+        if (record.name == "uvicorn.access" and isinstance(record.args, tuple)
+                and len(record.args) > 2 and "?" in str(record.args[2])):
+            path, _, query = str(record.args[2]).partition("?")
+            names = (field.partition("=")[0] for field in query.split("&"))
+            record.args = (*record.args[:2], f"{path}?{'&'.join(f'{n}=*' for n in names)}",
+                           *record.args[3:])
         return True
 
 
@@ -92,6 +108,7 @@ def configure_logging(level: str | int) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter(FORMAT))
     handler.addFilter(WithholdQuoting())
+    handler.addFilter(WithholdQueryValues())
     logging.basicConfig(level=level.upper() if isinstance(level, str) else level,
                         handlers=[handler], force=True)
     logging.captureWarnings(True)

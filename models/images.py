@@ -77,9 +77,11 @@ def image_size(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> t
             turned = _orientation(header) in _TURNED
     except ImageDecodeError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"the image has too many pixels to decode safely: "
-                                 f"{_reason(exc)}") from exc
+    except Image.DecompressionBombError as exc:  # Pillow would not even open it
+        bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = (f"more than the limit of {max_pixels}" if max_pixels is not None
+                 else "too many to decode safely")
+        raise ImageTooLargeError(f"the image has over {bound} pixels, {limit}") from exc
     except Exception as exc:
         raise ImageDecodeError(f"the image cannot be read: {_reason(exc)}") from exc
     return (width, height) if turned else (height, width)

@@ -202,7 +202,7 @@ def _keys(path: Path) -> KeyStore:
     if not path.is_file():
         raise ValueError(f"KRYPTON_KEYS_FILE {path} does not exist; create it with "
                          f"`krypton keys add NAME --file {path}`")
-    store = KeyStore(path)
+    store = KeyStore(path, required=True)
     if not store.keys():
         raise ValueError(f"KRYPTON_KEYS_FILE {path} holds no keys; add one with "
                          f"`krypton keys add NAME --file {path}`")

@@ -111,13 +111,20 @@ class KeysFileError(ValueError):
 class KeyStore:
     """API keys in a JSON file; re-read when the file changes, so revoking needs no restart.
 
+    Args:
+        path: the keys file.
+        required: the file must exist (a service's keys): one gone while the service
+            runs refuses every key, as a broken one does, rather than reading as a
+            file with no keys. The command line that creates the file leaves it off.
+
     Raises:
         ValueError: the file is not a keys file (on reading it), naming the file, the key
             and the field at fault.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, required: bool = False) -> None:
         self.path = Path(path)
+        self.required = required
         self._lock = threading.Lock()
         self._seen: tuple[float, int] | None = None
         self._keys: dict[str, ApiKey] = {}
@@ -168,6 +175,9 @@ class KeyStore:
             stat = self.path.stat()
         except FileNotFoundError:
             self._seen, self._keys = None, {}
+            if self.required:
+                raise KeysFileError(f"keys file {self.path} is missing: it was moved or "
+                                    "deleted while the service ran") from None
             return
         if self._seen == (stat.st_mtime, stat.st_size):
             return

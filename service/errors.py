@@ -10,6 +10,7 @@ shape.
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -71,26 +72,38 @@ def install_handlers(app: FastAPI) -> None:
     async def validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         details = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {error['msg']}"
+            f"{'.'.join(str(p) for p in error['loc'] if p != 'body')}: {_message(error)}"
             for error in exc.errors())
         return _respond(request, invalid_input(details))
 
     async def http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        slug, title = {404: ("not-found", "Not found"),
+        slug, title = {400: ("malformed-body", "The request body cannot be read"),
+                       404: ("not-found", "Not found"),
                        405: ("method-not-allowed", "Method not allowed"),
                        413: (PayloadTooLarge.slug, PayloadTooLarge.title),
-                       }.get(exc.status_code, ("http-error", str(exc.detail)))
+                       }.get(exc.status_code, ("http-error", HTTPStatus(exc.status_code).phrase))
+        detail = str(exc.detail)
+        if exc.status_code == 400:  # the form parser's words: say what a body must be
+            detail += (" Send the fields as multipart/form-data, the image as a file part "
+                       "(curl -F image=@FILE).")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
-        return _respond(request, problem(exc.status_code, slug, title, str(exc.detail)),
-                        headers=headers)
+        return _respond(request, problem(exc.status_code, slug, title, detail), headers=headers)
 
     for error in (ServiceError, ModelError, RedisError, Exception):
         app.add_exception_handler(error, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)
+
+
+def _message(error: dict[str, Any]) -> str:
+    """pydantic's message, but a text field where a file belongs said in the caller's terms
+    (pydantic speaks of UploadFile and a Python class)."""
+    if "Expected UploadFile" in str(error.get("msg", "")):
+        return "must be a file part (curl -F image=@FILE), not a text field"
+    return str(error["msg"])
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

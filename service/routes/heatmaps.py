@@ -73,7 +73,7 @@ router = APIRouter(prefix="/v1", tags=["heatmaps"])
 DICOM_MEDIA_TYPE = "application/dicom"
 DROPPED_HEADER = "Krypton-Dropped-Attributes"
 """Names the source header attributes a DICOM result left out for their invalid values."""
-_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*(\d{1,9})\s*(?:$|[,;])", re.IGNORECASE)
+_PREFER_WAIT = re.compile(r'(?:^|[,;\s])wait\s*=\s*(?:(\d+)|"(\d+)")\s*(?:$|[,;])', re.IGNORECASE)
 
 ImagePart = Annotated[UploadFile, File(description=(
     "PNG, JPEG or TIFF (8/16-bit), or DICOM (judged by content)."))]
@@ -128,10 +128,15 @@ async def wait_for(queue: JobQueue, job: Job, seconds: float, *,
 
 
 def prefer_wait(prefer: str | None) -> int:
-    """Seconds asked for by ``Prefer: wait=N`` (RFC 7240), capped; 0 without it (or with a
-    number too long to be one: a preference the server may ignore)."""
+    """Seconds asked for by ``Prefer: wait=N`` or ``wait="N"`` (RFC 7240), capped; 0
+    without it, or with a value that is not a whole number (a preference the server may
+    ignore). A number of any length is read as the cap without converting it."""
     match = _PREFER_WAIT.search(prefer or "")
-    return min(int(match.group(1)), constants.MAX_WAIT_SECONDS) if match else 0
+    if match is None:
+        return 0
+    digits = match.group(1) or match.group(2)
+    cap = constants.MAX_WAIT_SECONDS
+    return cap if len(digits) > len(str(cap)) else min(int(digits), cap)
 
 
 async def _dataset_config(store: Store, deployment: Deployment,

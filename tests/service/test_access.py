@@ -267,6 +267,19 @@ def test_an_event_stream_ends_with_a_401_event_once_its_key_is_revoked(
     assert events == ["progress", "error"]
 
 
+def test_a_keys_file_moved_away_while_serving_refuses_every_key_with_503_and_says_so(
+        make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    keys = KeyStore(tmp_path / "keys.json")
+    token = keys.add("alice", "admin")
+    client = make_client(keys_file=keys.path)
+    keys.path.rename(tmp_path / "keys.moved")  # an operator's slip, while it runs
+    with caplog.at_level(logging.WARNING):
+        response = client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+    assert helpers.assert_problem(response, 503)["type"] == (
+        "urn:krypton:problem:keys-unavailable")
+    assert "keys.json" in caplog.text and "missing" in caplog.text
+
+
 def test_a_keys_file_broken_while_serving_refuses_every_key_with_503_and_logs_no_hash(
         make_client: ClientFactory, tmp_path: Path, retina_png: bytes,
         caplog: pytest.LogCaptureFixture) -> None:

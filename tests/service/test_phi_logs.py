@@ -28,6 +28,8 @@ from tests.service import helpers
 from tests.service.helpers import FAST
 
 MARK, BAD_DATE = samples.MARK, samples.BAD_DATE
+QUERY_SECRET = "kr_QUERYSECRET0123456789"
+"""A key a client put in the URL, where Krypton never reads one."""
 _marked = samples.marked
 
 
@@ -63,6 +65,8 @@ def log_of_every_dicom_path(registry: Path, tmp_path_factory: pytest.TempPathFac
         for link in ("self", "png", "json", "npy", "overlay_png", "dcm", "overlay_dcm",
                      "events"):
             statuses[link] = client.get(job["links"][link]).status_code
+        statuses["query"] = client.get(job["links"]["png"],
+                                       params={"api_key": QUERY_SECRET}).status_code
         post("predict", "/v1/predict", single)
         frame = post("frame", "/v1/heatmaps", multi, frame="2", **FAST).json()
         statuses["frame.dcm"] = client.get(f"/v1/heatmaps/{frame['id']}/heatmap.dcm"
@@ -89,7 +93,7 @@ def test_every_dicom_path_ran(log_of_every_dicom_path: tuple[str, dict[str, int]
         "heatmap": 200, "self": 200, "png": 200, "json": 200, "npy": 200, "dcm": 200,
         "overlay_dcm": 200, "events": 200, "overlay_png": 200, "predict": 200, "frame": 200,
         "frame.dcm": 409, "no frame": 422, "truncated": 422, "transfer syntax": 415,
-        "photometric": 422, "tuning": 202}
+        "photometric": 422, "tuning": 202, "query": 200}
 
 
 def test_no_tag_value_reaches_the_log_at_any_level(
@@ -134,3 +138,11 @@ def test_a_patient_sex_outside_m_f_o_is_left_out_of_results(api: TestClient, lin
     assert response.status_code == 200, response.text
     assert response.headers["Krypton-Dropped-Attributes"] == "PatientSex"
     assert pydicom.dcmread(io.BytesIO(response.content)).PatientSex == ""
+
+
+def test_the_access_log_keeps_a_query_strings_names_and_withholds_its_values(
+        log_of_every_dicom_path: tuple[str, dict[str, int]]) -> None:
+    log, statuses = log_of_every_dicom_path
+    assert statuses["query"] == 200
+    assert "api_key=" in log
+    assert QUERY_SECRET not in log
