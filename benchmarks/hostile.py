@@ -7,7 +7,8 @@ and workers, does one kind of harm, and returns what it measured, with
 
 - ``memory``: the API's and a worker's resident memory over their warm idle
   for three 7000x7000 RLE DICOM uploads at once, their DICOM and overlay
-  results, and a 5600x5600 uncompressed DICOM (bound: 300 MiB);
+  results, and a 5600x5600 uncompressed DICOM (bound: 300 MiB each, 450 MiB for
+  the three uploads at once, as the README says);
 - ``redis-empty``: Redis run without persistence, killed with jobs in flight
   and started empty: what the lost jobs' owners are told, whether workers
   take new jobs, and what ``/readyz`` says meanwhile;
@@ -62,6 +63,9 @@ from krypton.benchmarks.faults import Client, Cluster, cluster
 
 MiB = 2**20
 MEMORY_BOUND = 300 * MiB
+THREE_AT_ONCE_BOUND = 450 * MiB
+"""The README's bound for three large uploads at once: they decode in turn, and the
+allocator keeps part of what each freed."""
 TERMINAL = ("succeeded", "failed", "error")
 
 Scenario = Callable[[argparse.Namespace, dict[str, str]], dict[str, Any]]
@@ -157,7 +161,7 @@ def memory(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any]:
         for thread in bombs:
             thread.join()
         bomb_peak = _status(running.api.pid, "VmHWM") - api_idle
-    peaks = [three_at_once, worker_peak, raw_peak, bomb_peak, *results.values()]
+    peaks = [worker_peak, raw_peak, bomb_peak, *results.values()]
     return _report("memory", upload_bytes=len(big), answers=answers, raw_answer=raw_answer,
                    jobs=[d.get("status") for d in documents],
                    api_mib_three_uploads_at_once=round(three_at_once / MiB),
@@ -166,7 +170,8 @@ def memory(args: argparse.Namespace, form: dict[str, str]) -> dict[str, Any]:
                    result_bytes=sizes, api_mib_raw_5600=round(raw_peak / MiB),
                    deflate_bomb_bytes=len(bomb), deflate_bomb_answers=bomb_answers,
                    api_mib_two_deflate_bombs=round(bomb_peak / MiB),
-                   ok=all(p < MEMORY_BOUND for p in peaks))
+                   ok=three_at_once < THREE_AT_ONCE_BOUND
+                   and all(p < MEMORY_BOUND for p in peaks))
 
 
 # ---------------------------------------------------------------- Redis loses its data

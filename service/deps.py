@@ -6,6 +6,8 @@ import logging
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from krypton.models.deployment import Deployment
@@ -128,15 +130,24 @@ def admit_job(request: Request, settings: SettingsDep, caller: CallerDep) -> Adm
 
 
 async def refuse_ambiguous_fields(request: Request, caller: CallerDep) -> None:
-    """A form field sent empty or twice is refused, not read as absent or as its last value.
+    """A form field the route does not take, or sent empty or twice, is refused, not
+    ignored, read as absent or as its last value.
 
-    FastAPI reads ``patch_color=`` as absent and ``model=a&model=b`` as ``b``;
-    both are mistakes, not a wish for the default or for the second model.
-    Only ``images`` (tuning's samples) may repeat. Runs after authentication
-    (``caller``): an anonymous request learns nothing of its form.
+    FastAPI ignores ``tau=0.1`` on a route without that field, reads
+    ``patch_color=`` as absent and ``model=a&model=b`` as ``b``: each is a
+    mistake (a knob that only the command line takes, say), not a wish for
+    the default. Only ``images`` (tuning's samples) may repeat. Runs after
+    authentication (``caller``): an anonymous request learns nothing of its form.
     """
     form = await request.form()  # parsed once already for the route's own fields
     names = [name for name, _ in form.multi_items()]
+    route = request.scope.get("route")
+    if isinstance(route, APIRoute):
+        taken = _form_fields(route.dependant)
+        unknown = sorted(set(names) - taken)
+        if unknown:
+            raise InvalidInput(f"form field(s) {', '.join(unknown)} not taken here; this "
+                               f"route takes {', '.join(sorted(taken))}")
     empty = sorted({name for name, value in form.multi_items() if value == ""})
     if empty:
         raise InvalidInput(f"form field(s) {', '.join(empty)} sent empty; leave a field out "
@@ -145,6 +156,14 @@ async def refuse_ambiguous_fields(request: Request, caller: CallerDep) -> None:
     if repeated:
         raise InvalidInput(f"form field(s) {', '.join(repeated)} sent more than once; send "
                            "each once")
+
+
+def _form_fields(dependant: Dependant) -> set[str]:
+    """The form fields a route (or a dependency of it) declares."""
+    names = {field.alias for field in dependant.body_params}
+    for dependency in dependant.dependencies:
+        names |= _form_fields(dependency)
+    return names
 
 
 AdmissionDep = Annotated[Admission, Depends(admit_job)]

@@ -139,6 +139,20 @@ def test_a_form_field_sent_twice_is_refused_not_read_as_its_last_value(
     assert "model" in helpers.assert_problem(response, 422)["detail"]
 
 
+def test_a_form_field_the_route_does_not_take_is_refused_naming_it(
+        api: TestClient, retina_png: bytes) -> None:
+    response = helpers.submit(api, retina_png, tau="0.1", **FAST)  # a knob of the CLI's
+    detail = helpers.assert_problem(response, 422)["detail"]
+    assert "tau" in detail and "patch_size" in detail  # the field, and what is taken
+
+
+def test_a_prediction_refuses_a_form_field_it_does_not_take(api: TestClient,
+                                                            retina_png: bytes) -> None:
+    response = api.post("/v1/predict", files={"image": ("r.png", retina_png, "image/png")},
+                        data={"top_k": "-1"})
+    assert "top_k" in helpers.assert_problem(response, 422)["detail"]
+
+
 def test_unreadable_image_detail_names_no_internal_object(api: TestClient) -> None:
     garbage = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
     detail = helpers.assert_problem(helpers.submit(api, garbage, **FAST), 422)["detail"]
