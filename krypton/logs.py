@@ -53,17 +53,27 @@ class WithholdQuoting(logging.Filter):
 
 
 class WithholdQueryValues(logging.Filter):
-    """The access log's request target with each query value replaced by ``*``."""
+    """The access log's request target with each query value replaced by ``*``, and any
+    part of the query that is not a plain ``name=value`` replaced whole."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         # uvicorn's access records: (client, method, target, HTTP version, status).
         if (record.name == "uvicorn.access" and isinstance(record.args, tuple)
                 and len(record.args) > 2 and "?" in str(record.args[2])):
             path, _, query = str(record.args[2]).partition("?")
-            names = (field.partition("=")[0] for field in query.split("&"))
-            record.args = (*record.args[:2], f"{path}?{'&'.join(f'{n}=*' for n in names)}",
+            record.args = (*record.args[:2], f"{path}?{_names_only(query)}",
                            *record.args[3:])
         return True
+
+
+_QUERY_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+"""A name kept in the log: short, as every query name of the API is; a key is longer."""
+
+
+def _names_only(query: str) -> str:
+    fields = (field.partition("=") for field in query.split("&"))
+    return "&".join(f"{name}=*" if sign and _QUERY_NAME.fullmatch(name) else "*"
+                    for name, sign, _ in fields)
 
 
 _READS_IMAGES = re.compile(r"[/\\](pydicom|highdicom|PIL|dicomweb_client|requests)[/\\]"

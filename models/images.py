@@ -79,7 +79,8 @@ def image_size(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> t
         raise
     except Image.DecompressionBombError as exc:  # Pillow would not even open it
         bound = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-        limit = (f"more than the limit of {max_pixels}" if max_pixels is not None
+        limit = (f"more than the limit of {max_pixels}"
+                 if max_pixels is not None and max_pixels < bound
                  else "too many to decode safely")
         raise ImageTooLargeError(f"the image has over {bound} pixels, {limit}") from exc
     except Exception as exc:

@@ -82,11 +82,13 @@ def install_handlers(app: FastAPI) -> None:
                        404: ("not-found", "Not found"),
                        405: ("method-not-allowed", "Method not allowed"),
                        413: (PayloadTooLarge.slug, PayloadTooLarge.title),
-                       }.get(exc.status_code, ("http-error", HTTPStatus(exc.status_code).phrase))
+                       }.get(exc.status_code, ("http-error", _phrase(exc.status_code)))
         detail = str(exc.detail)
-        if exc.status_code == 400:  # the form parser's words: say what a body must be
-            detail += (" Send the fields as multipart/form-data, the image as a file part "
-                       "(curl -F image=@FILE).")
+        if exc.status_code == 400:  # the body parser's words: say what a body must be
+            form = request.headers.get("content-type", "").startswith("multipart/")
+            detail = detail.rstrip(". ") + (
+                ". Send the fields as multipart/form-data, the image as a file part "
+                "(curl -F image=@FILE)." if form else ". Send the body as UTF-8 JSON.")
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(_allowed_methods(request))
@@ -102,8 +104,16 @@ def _message(error: dict[str, Any]) -> str:
     """pydantic's message, but a text field where a file belongs said in the caller's terms
     (pydantic speaks of UploadFile and a Python class)."""
     if "Expected UploadFile" in str(error.get("msg", "")):
-        return "must be a file part (curl -F image=@FILE), not a text field"
+        field = next((str(p) for p in error["loc"] if p != "body"), "image")
+        return f"must be a file part (curl -F {field}=@FILE), not a text field"
     return str(error["msg"])
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

@@ -37,7 +37,7 @@ from fastapi.sse import ServerSentEvent
 
 from krypton import render
 from krypton.service import constants
-from krypton.service.problems import JobLost, problem, problem_for
+from krypton.service.problems import JobLost, ServiceError, problem, problem_for
 from krypton.service.schemas import Job, JobStatus, JobView
 from krypton.service.store import JobQueue
 
@@ -170,7 +170,13 @@ async def job_events(hub: EventHub, job: Job, view: Callable[[Job], JobView], *,
         while True:
             snapshot = await watch.after(version)
             version = snapshot.version
-            if not authorized():
+            try:
+                still_valid = authorized()
+            except ServiceError as exc:  # the keys file broke or went away mid-stream
+                yield ServerSentEvent(event="error", data=problem_for(exc) | {"job_id": job.id},
+                                      retry=constants.RETRY_AFTER_SECONDS * 1000)
+                return
+            if not still_valid:
                 yield ServerSentEvent(event="error", data=problem(
                     401, "unauthorized", "API key required",
                     "the API key of this stream is no longer valid", job_id=job.id))

@@ -134,7 +134,7 @@ def prefer_wait(prefer: str | None) -> int:
     match = _PREFER_WAIT.search(prefer or "")
     if match is None:
         return 0
-    digits = match.group(1) or match.group(2)
+    digits = (match.group(1) or match.group(2)).lstrip("0") or "0"
     cap = constants.MAX_WAIT_SECONDS
     return cap if len(digits) > len(str(cap)) else min(int(digits), cap)
 

@@ -267,6 +267,25 @@ def test_an_event_stream_ends_with_a_401_event_once_its_key_is_revoked(
     assert events == ["progress", "error"]
 
 
+def test_an_event_stream_ends_with_a_503_event_once_its_keys_file_is_moved_away(
+        make_client: ClientFactory, tmp_path: Path, retina_png: bytes) -> None:
+    store = KeyStore(tmp_path / "keys.json")
+    token = store.add("viewer", "heatmaps")
+    client = make_client(keys_file=store.path, embedded_workers=0)  # the job stays queued
+    job = _submit(client, retina_png, token)
+    events, data = [], ""
+    with client.stream("GET", job["links"]["events"], headers=_as(token)) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                events.append(line.split(":", 1)[1].strip())
+                if events == ["progress"]:
+                    store.path.rename(tmp_path / "keys.moved")
+            if line.startswith("data:") and events[-1] == "error":
+                data = line
+    assert events == ["progress", "error"]
+    assert "keys-unavailable" in data
+
+
 def test_a_keys_file_moved_away_while_serving_refuses_every_key_with_503_and_says_so(
         make_client: ClientFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     keys = KeyStore(tmp_path / "keys.json")

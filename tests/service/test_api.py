@@ -280,6 +280,7 @@ def test_submit_with_prefer_wait_longer_than_the_cap_waits_only_the_cap(
     pytest.param("wait=3600", 60, id="capped-at-60"),
     pytest.param("wait=99999999999999999999", 60, id="twenty-digits-capped"),
     pytest.param('wait="5"', 5, id="quoted"),
+    pytest.param("wait=0000000005", 5, id="leading-zeros"),
     pytest.param('wait="5', 0, id="unbalanced-quote"),
     pytest.param("handling=lenient", 0, id="other-preference"),
     pytest.param("wait=1e9", 0, id="not-a-whole-number"),

@@ -406,3 +406,17 @@ def test_an_image_sent_as_a_text_field_is_told_to_be_a_file_part(api: TestClient
     document = helpers.assert_problem(response, 422)
     assert "must be a file part" in document["detail"]
     assert "UploadFile" not in document["detail"] and "class" not in document["detail"]
+
+
+def test_a_json_body_that_cannot_be_parsed_is_told_to_be_json(api: TestClient) -> None:
+    response = api.post("/v1/pacs/pacs/heatmaps", content=b'{"study_uid": "\xff\xfe"}',
+                        headers={"Content-Type": "application/json"})
+    document = helpers.assert_problem(response, 400)
+    assert document["type"] == "urn:krypton:problem:malformed-body"
+    assert "JSON" in document["detail"] and "multipart" not in document["detail"]
+
+
+def test_tuning_images_sent_as_text_fields_are_told_to_be_file_parts(api: TestClient) -> None:
+    response = api.post(f"/v1/datasets/{helpers.TUNING_DATASET}/tuning",
+                        data={"images": "hello"}, files={"stride": (None, "32")})
+    assert "-F images=@FILE" in helpers.assert_problem(response, 422)["detail"]
