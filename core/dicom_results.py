@@ -35,7 +35,8 @@ from krypton.render import dicom as dicom_render
 from krypton.render.report import Algorithm, Finding, measurement_report
 from krypton.run_stats import RunStats
 
-__all__ = ["DicomSource", "Heatmap", "dicom_source", "overlay", "parametric_map", "report"]
+__all__ = ["DicomSource", "Heatmap", "dicom_source", "heatmap_geometry", "overlay",
+           "parametric_map", "report"]
 
 FloatArray = npt.NDArray[np.floating]
 
@@ -63,8 +64,12 @@ class Heatmap:
 
     @property
     def geometry(self) -> render.HeatmapGeometry:
-        return render.HeatmapGeometry(self.plan.patch_size, self.plan.stride,
-                                      *self.run.input_shape)
+        return heatmap_geometry(self.plan, self.run)
+
+
+def heatmap_geometry(plan: HeatmapPlan, run: RunStats) -> render.HeatmapGeometry:
+    """Where a heatmap's cells sit on the model input its run saw."""
+    return render.HeatmapGeometry(plan.patch_size, plan.stride, *run.input_shape)
 
 
 def dicom_source(image: bytes) -> DicomSource | str:

@@ -152,8 +152,9 @@ def train_demo_model(
     rate = learning_rate if learning_rate is not None else _LEARNING_RATE
     model = _trainable_model(name, seed)
     _zero_head(model)
-    streams = TrainingStreams.for_model(name, seed=seed, occluders=occluders, batch_size=batch_size,
-                                 full_from=steps - round(full_size_share * steps))
+    streams = TrainingStreams.for_model(name, seed=seed, occluders=occluders,
+                                        batch_size=batch_size,
+                                        full_from=steps - round(full_size_share * steps))
     started = time.perf_counter()
     with seeded(seed, device):  # dropout and the lesion map's start draw from these
         losses, map_losses = _fit(name, model, streams, steps=steps, rate=rate, device=device,

@@ -55,7 +55,7 @@ __all__ = [
     "heatmap_ssim",
     "kept_engine",
     "make_engine",
-    "points_at",
     "occlusion",
+    "points_at",
     "tune",
 ]

@@ -25,7 +25,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from krypton import render
 from krypton.core import dicom_results
-from krypton.core.dicom_results import DicomSource, Heatmap, dicom_source
+from krypton.core.dicom_results import DicomSource, Heatmap, dicom_source, heatmap_geometry
 from krypton.core.plans import HeatmapPlan, Mode, TuningPlan, resolve_heatmap
 from krypton.core.records import JobKind, PredictParams, heatmap_metadata
 from krypton.models import DatasetConfig, decode_image
@@ -348,9 +348,7 @@ async def _overlay_inputs(queue: JobQueue, job: Job, size: int
         decode_image, images[-1], max_pixels=None, max_side=size,
         frame=job.params.frame if len(images) == 1 else None,
         window=job.window.replay() if job.window is not None else None)
-    geometry = render.HeatmapGeometry(job.params.patch_size, job.params.stride,
-                                      *job.run.input_shape)
-    return pixels, geometry
+    return pixels, heatmap_geometry(job.params, job.run)
 
 
 def _download_headers(source: DicomSource, filename: str) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -249,41 +250,42 @@ def test_a_key_revoked_and_added_again_under_its_name_sees_none_of_the_old_keys_
     helpers.assert_problem(client.get(job["links"]["self"], headers=_as(second)), 404)
 
 
-def test_an_event_stream_ends_with_a_401_event_once_its_key_is_revoked(
-        make_client: ClientFactory, tmp_path: Path, retina_png: bytes) -> None:
+def _stream_broken_at_first_progress(make_client: ClientFactory, tmp_path: Path,
+                                     retina_png: bytes, harm: Callable[[KeyStore], object]
+                                     ) -> tuple[list[str], str]:
+    """The event names of a queued job's stream whose keys ``harm`` changes once it has
+    sent its first progress event, and the data line of its error event."""
     store = KeyStore(tmp_path / "keys.json")
     token = store.add("viewer", "heatmaps")
     client = make_client(keys_file=store.path, embedded_workers=0)  # the job stays queued
     job = _submit(client, retina_png, token)
-    events = []
+    events, error = [], ""
     with client.stream("GET", job["links"]["events"], headers=_as(token)) as stream:
         for line in stream.iter_lines():
             if line.startswith("event:"):
                 events.append(line.split(":", 1)[1].strip())
                 if events == ["progress"]:
-                    store.revoke("viewer")
+                    harm(store)
             if line.startswith("data:") and events[-1] == "error":
-                assert '"status":401' in line.replace(" ", "")
+                error = line
+    return events, error
+
+
+def test_an_event_stream_ends_with_a_401_event_once_its_key_is_revoked(
+        make_client: ClientFactory, tmp_path: Path, retina_png: bytes) -> None:
+    events, error = _stream_broken_at_first_progress(
+        make_client, tmp_path, retina_png, lambda store: store.revoke("viewer"))
     assert events == ["progress", "error"]
+    assert '"status":401' in error.replace(" ", "")
 
 
 def test_an_event_stream_ends_with_a_503_event_once_its_keys_file_is_moved_away(
         make_client: ClientFactory, tmp_path: Path, retina_png: bytes) -> None:
-    store = KeyStore(tmp_path / "keys.json")
-    token = store.add("viewer", "heatmaps")
-    client = make_client(keys_file=store.path, embedded_workers=0)  # the job stays queued
-    job = _submit(client, retina_png, token)
-    events, data = [], ""
-    with client.stream("GET", job["links"]["events"], headers=_as(token)) as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                events.append(line.split(":", 1)[1].strip())
-                if events == ["progress"]:
-                    store.path.rename(tmp_path / "keys.moved")
-            if line.startswith("data:") and events[-1] == "error":
-                data = line
+    events, error = _stream_broken_at_first_progress(
+        make_client, tmp_path, retina_png,
+        lambda store: store.path.rename(tmp_path / "keys.moved"))
     assert events == ["progress", "error"]
-    assert "keys-unavailable" in data
+    assert "keys-unavailable" in error
 
 
 def test_a_keys_file_moved_away_while_serving_refuses_every_key_with_503_and_says_so(
